@@ -1,0 +1,2 @@
+//! The edgecore binary's library: metamanager, the SQLite store, wiring, CLI.
+#![forbid(unsafe_code)]
