@@ -10,3 +10,11 @@ pub enum DecodeError {
     #[error("message is not a beehive message")]
     Json(#[source] serde_json::Error),
 }
+
+/// Errors of the hub that stop it from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The TLS material named in the config could not be used.
+    #[error("tls setup failed: {0}")]
+    Tls(String),
+}

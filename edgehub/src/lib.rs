@@ -2,12 +2,14 @@
 //!
 //! It owns the beehive message model, mutual TLS to CloudHub and the WebSocket session
 //! (keepalive, reserved operations, reconnect). Messages from the cloud go to metamanager over a
-//! bounded channel; metamanager sends back through a [`HubHandle`]-style handle.
+//! bounded channel; metamanager sends back through a [`HubHandle`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod error;
+mod hub;
 mod message;
 
-pub use error::DecodeError;
+pub use error::{DecodeError, HubError};
+pub use hub::{DisconnectReason, HubHandle, HubSettings, LinkState, spawn};
 pub use message::{Header, Message, Resource, Route, now_millis, op};
