@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's whole test suite: what `.ci/run` runs and what the README's test command runs.
+# Works on a fresh Debian 12 machine with Rust installed; installs what it needs idempotently.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "format"
+cargo fmt --all -- --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "unit, integration and end-to-end tests"
+cargo test --workspace --locked
+
+if [ -x tests/vip/vip-failover.sh ] || [ -f tests/vip/vip-failover.sh ]; then
+  step "keepalived + haproxy failover in network namespaces"
+  bash tests/vip/vip-failover.sh
+fi
+
+if [ -f cross/ci.sh ]; then
+  step "cross builds for aarch64 and armv7, run under qemu"
+  bash cross/ci.sh
+fi
+
+printf '\n==> all checks passed in %ss\n' "$(( $(date +%s) - started ))"
