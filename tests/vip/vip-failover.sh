@@ -1,0 +1,510 @@
+#!/usr/bin/env bash
+# tests/vip/vip-failover.sh — CloudCore failover behind a VIP, end to end, with the real
+# daemons: keepalived (VRRP) holding a virtual IP, haproxy (`balance source`, as in
+# KubeEdge's HA guide) on every cloud host, one `cloudsim serve` CloudHub replica per cloud
+# host (they share the cluster state through one SQLite file), and `edgecore` on an edge
+# host dialing VIP:10010. It crashes the VIP master's keepalived and its replica, feeds
+# more objects, and measures how long until edgecore is connected again and its store
+# equals the cluster again.
+#
+#   tests/vip/vip-failover.sh          run the test (what tests/run.sh / .ci/run call)
+#   tests/vip/vip-failover.sh down     remove whatever a killed run left behind
+#
+# Prints `failover_reconnect_ms=N converge_ms=N`, then one JSON line (also in
+# $STATE/result.json). Exit 0 = passed (or SKIP, see below), non-zero = failed.
+#
+# Topology (all of it exists ONLY inside network namespaces this script creates):
+#   ${P}sw       bridge br0, one veth end per host (c1 c2 c3 e1); stp off, no mcast snooping
+#   ${P}cloudN   eth0 NET.1N/24: cloudsim :10000, haproxy :10010 -> cloud1..N:10000,
+#                keepalived VRID 53 (cloud1 priority 150 MASTER, cloud2 100, cloud3 75),
+#                vrrp_script = "haproxy :10010 accepts"
+#   ${P}edge1    eth0 NET.21/24: edgecore -> VIP:10010
+#   VIP = NET.242 (default NET 10.10.103)
+# The veth pairs are created inside ${P}sw with the peer moved straight into the host's
+# namespace, so nothing ever exists in the root namespace; the root namespace is
+# snapshotted before and compared after.
+#
+# Failure injected (VIPTEST_MODE):
+#   kill (default)  SIGSTOP+SIGKILL the master's keepalived (parent and VRRP child, so it
+#                   can neither respawn nor send a priority-0 advert: a crash) and SIGKILL
+#                   its cloudsim. Its haproxy keeps running and it keeps the VIP address
+#                   (a crashed keepalived does not remove it); the backup takes over by
+#                   VRRP timeout and gratuitous ARP.
+#   host            power cut: SIGSTOP+SIGKILL everything in the master's namespace, eth0 down.
+#
+# Binaries: EDGECORE_BIN and CLOUDSIM_BIN, or built with
+# `cargo build --release --locked -p edgecore -p edgecore-tests` (CARGO_TARGET_DIR honoured).
+# If they cannot be built or do not implement the interface yet, the same topology and
+# failover run with tests/vip/standin.py (python3) in their place, the stand-in numbers
+# are printed, and the script prints "SKIP: ..." and exits 0 (VIPTEST_STRICT=1: exit 1).
+#
+# Env (defaults): VIPTEST_PREFIX (ekv-)  VIPTEST_NET (10.10.103)  VIPTEST_CLOUDS (3)
+#   VIPTEST_VRID (53)  VIPTEST_VRRP_VERSION (3)  VIPTEST_ADVERT (0.2 s; VRRPv2 needs whole s)
+#   VIPTEST_MODE (kill)  VIPTEST_BOUND (30 s per wait)  VIPTEST_SETTLE (3 s)
+#   VIPTEST_FEED (20 objects before)  VIPTEST_FEED_AFTER (20 objects after the kill)
+#   VIPTEST_NODE (edge-vip-1)  VIPTEST_STATE (tests/vip/run)  VIPTEST_KEEP (0: 1 = leave
+#   it all running for inspection; clean up with `down`)  VIPTEST_STANDIN (0: 1 = force the
+#   stand-ins)  VIPTEST_NO_APT (0)  VIPTEST_STRICT (0)  VIPTEST_RUST_LOG (info)
+#   VIPTEST_CONNECTED_RE / VIPTEST_LOST_RE: how a link transition looks in edgecore's log.
+set -euo pipefail
+export LC_ALL=C
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+P="${VIPTEST_PREFIX:-ekv-}"
+NET="${VIPTEST_NET:-10.10.103}"
+NCLOUD="${VIPTEST_CLOUDS:-3}"
+VIP="$NET.242"
+VRID="${VIPTEST_VRID:-53}"
+VRRP_VERSION="${VIPTEST_VRRP_VERSION:-3}"
+ADVERT="${VIPTEST_ADVERT:-0.2}"
+MODE="${VIPTEST_MODE:-kill}"
+BOUND="${VIPTEST_BOUND:-30}"
+SETTLE="${VIPTEST_SETTLE:-3}"
+FEED1="${VIPTEST_FEED:-20}"
+FEED2="${VIPTEST_FEED_AFTER:-20}"
+EDGE_NODE="${VIPTEST_NODE:-edge-vip-1}"
+STATE="${VIPTEST_STATE:-$HERE/run}"
+CONNECTED_RE="${VIPTEST_CONNECTED_RE:-(^|[^a-z])connected([^a-z]|$)}"
+LOST_RE="${VIPTEST_LOST_RE:-(^|[^a-z])(lost|disconnected)([^a-z]|$)}"
+SW="${P}sw"
+EDGE="${P}edge1"
+PORT_HUB=10000 PORT_HA=10010
+LOCK="/run/lock/${P}vip-failover.lock"
+
+case "$MODE" in kill|host) ;; *) echo "VIPTEST_MODE must be kill or host" >&2; exit 2;; esac
+case "$NCLOUD" in 2|3) ;; *) echo "VIPTEST_CLOUDS must be 2 or 3" >&2; exit 2;; esac
+case "$STATE" in /*) ;; *) STATE="$PWD/$STATE";; esac
+
+log() { printf '[vip-failover %s] %s\n' "$(date +%T.%3N)" "$*" >&2; }
+die() { printf '[vip-failover] FAIL: %s\n' "$*" >&2; exit 1; }
+
+clouds() { local i; for ((i = 1; i <= NCLOUD; i++)); do echo "cloud$i"; done; }
+ns_of() { echo "${P}$1"; }
+ip_of() { case "$1" in cloud*) echo "$NET.1${1#cloud}";; edge1) echo "$NET.21";; esac; }
+port_of() { case "$1" in cloud*) echo "c${1#cloud}";; edge1) echo "e1";; esac; }
+prio_of() { case "$1" in cloud1) echo 150;; cloud2) echo 100;; *) echo 75;; esac; }
+ns_exists() { [ -e "/run/netns/$1" ]; }
+now() { echo "$EPOCHREALTIME"; }
+ms_since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 + 0.5 }'; }
+
+# ------------------------------------------------------------------ prerequisites ---
+need_tools() {
+  local missing=()
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v keepalived >/dev/null || missing+=(keepalived)
+  command -v haproxy >/dev/null || missing+=(haproxy)
+  { command -v setsid >/dev/null && command -v flock >/dev/null; } || missing+=(util-linux)
+  [ "${1:-}" = python ] && ! command -v python3 >/dev/null && missing+=(python3)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "${VIPTEST_NO_APT:-0}" = 1 ] && { echo "missing: ${missing[*]}"; return 1; }
+  log "installing ${missing[*]} (policy-rc.d / no systemd: services are not started)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; then
+    apt-get update -qq >&2 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 ||
+      { echo "apt-get install ${missing[*]} failed"; return 1; }
+  fi
+}
+
+# ------------------------------------------------------------- process tracking ---
+# A tracked process: pid file $STATE/pid/NAME.pid; before any signal we check that the
+# process's command line contains $STATE (every command we start names it).
+pid_alive() {
+  local f="$STATE/pid/$1.pid" pid cl
+  [ -s "$f" ] || return 1
+  pid="$(head -n1 "$f" | tr -dc 0-9)"
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  cl="$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || true)"
+  [[ "$cl" == *"$STATE"* ]] || return 1
+  echo "$pid"
+}
+signal_tracked() { local pid; pid="$(pid_alive "$1")" || return 0; kill "-$2" "$pid" 2>/dev/null || true; }
+# start_bg NAME NS CMD... — detached, inside NS. stdout+stderr go to $STATE/log/NAME.log,
+# each line prefixed with the epoch time it was read ($EPOCHREALTIME), which is what the
+# failover times are computed from. The pid file holds CMD's own pid (exec).
+start_bg() {
+  local name="$1" ns="$2"; shift 2
+  rm -f "$STATE/pid/$name.pid"
+  setsid -f ip netns exec "$ns" env NO_COLOR=1 RUST_LOG="${VIPTEST_RUST_LOG:-info}" bash -c '
+    pidf=$1 logf=$2; shift 2
+    { echo $BASHPID > "$pidf"; exec "$@"; } 2>&1 < /dev/null |
+      while IFS= read -r l || [ -n "$l" ]; do printf "%s %s\n" "$EPOCHREALTIME" "$l"; done >> "$logf"
+  ' ekv-start "$STATE/pid/$name.pid" "$STATE/log/$name.log" "$@" > /dev/null 2>&1 < /dev/null 9>&-
+  local i; for ((i = 0; i < 100; i++)); do pid_alive "$name" >/dev/null && return 0; sleep 0.05; done
+  log "$name did not start; tail of its log:"; tail -n 15 "$STATE/log/$name.log" >&2 || true
+  return 1
+}
+
+# ---------------------------------------------------------- root namespace guard ---
+root_snapshot() { { ip -br addr; ip route; ip -6 route; ip -br link | awk '{print $1, $3}'; } 2>/dev/null || true; }
+root_ns_ours() { # prints anything of OURS visible in the root namespace
+  local a r l; a="$(ip -br addr 2>/dev/null || true)"; r="$(ip route 2>/dev/null || true)"; l="$(ip -br link 2>/dev/null || true)"
+  [[ "$a" == *" $NET."* ]] && echo "address in $NET.0/24"
+  [[ "$r" == *"$NET."* ]] && echo "route to $NET.0/24"
+  awk -v p="$P" 'index($1, p) == 1 {print "interface " $1}' <<< "$l"
+  case "$l" in *$'\n'"c1@"*|"c1@"*|*$'\n'"e1@"*|"e1@"*) echo "veth end in root ns";; esac
+  return 0
+}
+
+# ------------------------------------------------------------------- teardown ---
+teardown() {
+  local f name pid n ns
+  mkdir -p "$STATE/pid"
+  for f in "$STATE"/pid/*.pid; do
+    [ -e "$f" ] || continue
+    name="$(basename "$f" .pid)"
+    signal_tracked "$name" CONT; signal_tracked "$name" TERM
+  done
+  for ((n = 0; n < 20; n++)); do
+    pid=""; for f in "$STATE"/pid/*.pid; do [ -e "$f" ] && pid_alive "$(basename "$f" .pid)" >/dev/null && pid=1; done
+    [ -z "$pid" ] && break; sleep 0.1
+  done
+  for f in "$STATE"/pid/*.pid; do [ -e "$f" ] && signal_tracked "$(basename "$f" .pid)" KILL; done
+  # Whatever still runs inside OUR namespaces (keepalived children, the log stampers)
+  # can only be ours: we created these namespaces.
+  local all=() sig
+  for f in /run/netns/"$P"*; do [ -e "$f" ] && all+=("$(basename "$f")"); done
+  for sig in TERM KILL; do
+    for ns in "${all[@]+"${all[@]}"}"; do
+      for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "-$sig" "$pid" 2>/dev/null || true; done
+    done
+    [ "$sig" = TERM ] && [ ${#all[@]} -gt 0 ] && sleep 0.3
+  done
+  for ns in "${all[@]+"${all[@]}"}"; do ip netns del "$ns" 2>/dev/null || log "WARN: could not delete netns $ns"; done
+  rm -f "$STATE"/pid/*.pid
+}
+
+# ---------------------------------------------------------------------- config ---
+render() { # render TEMPLATE OUT KEY=VALUE...
+  local t="$1" out="$2" kv k v; shift 2
+  t="$(< "$t")"
+  for kv in "$@"; do k="${kv%%=*}" v="${kv#*=}"; t="${t//@$k@/$v}"; done
+  if grep -qE '@[A-Z_]+@' <<< "$t"; then die "unrendered placeholder in $out: $(grep -oE '@[A-Z_]+@' <<< "$t" | sort -u | xargs)"; fi
+  printf '%s\n' "$t" > "$out"
+}
+
+write_files() {
+  mkdir -p "$STATE"/{pid,log,conf,bin,run,edge}
+  chmod 755 "$STATE" "$STATE"/{pid,log,conf,bin,run}
+  # keepalived's enable_script_security wants root-owned scripts in non-writable dirs
+  cat > "$STATE/bin/check.sh" <<'EOF'
+#!/bin/bash
+# vrrp_script: healthy iff every given local port accepts TCP within 1 s
+for p in "$@"; do timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$p" 2>/dev/null || exit 1; done
+EOF
+  cat > "$STATE/bin/notify.sh" <<EOF
+#!/bin/bash
+# keepalived notify: \$1 = node, then keepalived appends: TYPE NAME STATE PRIORITY
+export LC_ALL=C
+echo "\$EPOCHREALTIME \$1 \$2 \$3 \$4 \$5" >> "$STATE/log/vrrp-events.log"
+EOF
+  chmod 755 "$STATE/bin/check.sh" "$STATE/bin/notify.sh"
+  local c servers="" b
+  for b in $(clouds); do servers+="  server $b $(ip_of "$b"):$PORT_HUB"$'\n'; done
+  for c in $(clouds); do
+    local st=BACKUP; [ "$c" = cloud1 ] && st=MASTER
+    render "$HERE/keepalived.conf.in" "$STATE/conf/keepalived-$c.conf" NODE="$c" STATE="$STATE" \
+      HA_PORT="$PORT_HA" STATE_INIT="$st" VRID="$VRID" PRIO="$(prio_of "$c")" ADVERT="$ADVERT" \
+      VIP="$VIP" VRRP_VERSION="$VRRP_VERSION"
+    render "$HERE/haproxy.cfg.in" "$STATE/conf/haproxy-$c.cfg" NODE="$c" HA_PORT="$PORT_HA" SERVERS="${servers%$'\n'}"
+  done
+  render "$HERE/edgecore.yaml.in" "$STATE/conf/edgecore.yaml" EDGE_DB="$STATE/edge/edgecore.db" \
+    VIP="$VIP" HA_PORT="$PORT_HA" PKI="$STATE/pki" EDGE_NODE="$EDGE_NODE"
+}
+
+# -------------------------------------------------------------------- topology ---
+make_topology() {
+  ip netns add "$SW"
+  ip -n "$SW" link set lo up
+  ip -n "$SW" link add br0 type bridge stp_state 0 mcast_snooping 0
+  ip -n "$SW" link set br0 up
+  local n ns port
+  for n in $(clouds) edge1; do
+    ns="$(ns_of "$n")"; port="$(port_of "$n")"
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    # created inside $SW, the peer goes straight into $ns: never in the root namespace
+    ip -n "$SW" link add "$port" type veth peer name eth0 netns "$ns"
+    ip -n "$SW" link set "$port" master br0 up
+    ip -n "$ns" addr add "$(ip_of "$n")/24" dev eth0
+    ip -n "$ns" link set eth0 up
+  done
+}
+
+has_vip() { local a; a="$(ip -n "$(ns_of "$1")" -4 -o addr show dev eth0 2>/dev/null || true)"; [[ "$a" == *" $VIP/"* ]]; }
+vip_holders() { local c; for c in $(clouds); do has_vip "$c" && echo "$c"; done; return 0; }
+vrrp_state() { awk -v c="$1" '$2 == c {s = $5} END {print s}' "$STATE/log/vrrp-events.log" 2>/dev/null || true; }
+edge_tcp_ok() { timeout 1 ip netns exec "$EDGE" bash -c "exec 3<>/dev/tcp/$VIP/$PORT_HA" 2>/dev/null; }
+
+start_clouds() {
+  local c ns
+  for c in $(clouds); do
+    ns="$(ns_of "$c")"
+    if [ "$REAL" = 1 ]; then
+      start_bg "hub-$c" "$ns" "$CLOUDSIM_BIN" serve --listen "0.0.0.0:$PORT_HUB" --state "$STATE/cluster.db" \
+        --pki "$STATE/pki" --name "$c"
+    else
+      start_bg "hub-$c" "$ns" python3 "$HERE/standin.py" serve --name "$c" --port "$PORT_HUB" --tag "$STATE"
+    fi
+    start_bg "haproxy-$c" "$ns" haproxy -db -f "$STATE/conf/haproxy-$c.cfg"
+    echo "$(now) $c INSTANCE VI_EKV STARTING 0" >> "$STATE/log/vrrp-events.log"
+    # -n foreground (setsid detaches), -l -D log to our file, -G no syslog, -P VRRP only.
+    # Its own pid files must differ from our tracking file (else "daemon is already running").
+    start_bg "keepalived-$c" "$ns" keepalived -n -l -D -G -P -f "$STATE/conf/keepalived-$c.conf" \
+      -p "$STATE/run/keepalived-$c.main.pid" -r "$STATE/pid/keepalived-vrrp-$c.pid" \
+      -c "$STATE/run/keepalived-$c.chk.pid"
+  done
+}
+
+wait_vip_converged() { # every keepalived MASTER/BACKUP, cloud1 the only holder, edge reaches VIP:10010
+  local deadline c st ok h
+  deadline=$(( $(date +%s) + BOUND ))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    ok=1
+    for c in $(clouds); do st="$(vrrp_state "$c")"; case "$st" in MASTER|BACKUP) ;; *) ok=0;; esac; done
+    h="$(vip_holders | xargs)"
+    [ "$h" = cloud1 ] || ok=0
+    [ $ok = 1 ] && edge_tcp_ok && { log "VIP $VIP on cloud1; edge reaches VIP:$PORT_HA (haproxy)"; return 0; }
+    sleep 0.2
+  done
+  for c in $(clouds); do log "  $c: vrrp=$(vrrp_state "$c") vip=$(has_vip "$c" && echo yes || echo no)"; done
+  return 1
+}
+
+# ------------------------------------------------------------------ edge + checks ---
+# edge_event_after T0 RE [last] — epoch of the first (or last) edge log line after T0
+# matching RE (case-insensitive, ANSI colours stripped); empty if none.
+edge_event_after() {
+  awk -v t0="$1" -v re="$2" -v last="${3:-}" '
+    { line = $0; gsub(/\033\[[0-9;]*m/, "", line); t = $1 + 0
+      if (t >= t0 && tolower(substr(line, length($1) + 2)) ~ re) { r = $1; if (!last) { print r; exit } } }
+    END { if (last && r != "") print r }' "$STATE/log/edge.log" 2>/dev/null || true
+}
+edge_count_after() {
+  awk -v t0="$1" -v re="$2" '{ line = $0; gsub(/\033\[[0-9;]*m/, "", line)
+    if ($1 + 0 >= t0 && tolower(substr(line, length($1) + 2)) ~ re) n++ } END { print n + 0 }' "$STATE/log/edge.log" 2>/dev/null || echo 0
+}
+edge_connected_now() { # the last link transition in the edge log is "connected"
+  awk -v c="$CONNECTED_RE" -v l="$LOST_RE" '{ line = $0; gsub(/\033\[[0-9;]*m/, "", line); m = tolower(substr(line, length($1) + 2))
+    if (m ~ c) s = 1; else if (m ~ l || m ~ /connecting/) s = 0 } END { exit !s }' "$STATE/log/edge.log" 2>/dev/null
+}
+check_once() {
+  if [ "$REAL" = 1 ]; then
+    "$CLOUDSIM_BIN" check --state "$STATE/cluster.db" --edge-db "$STATE/edge/edgecore.db" --node "$EDGE_NODE" \
+      >> "$STATE/log/check.log" 2>&1 < /dev/null
+  else
+    edge_connected_now   # stand-in: nothing to compare, "converged" = connected
+  fi
+}
+feed() { [ "$REAL" = 1 ] || return 0
+  "$CLOUDSIM_BIN" feed --state "$STATE/cluster.db" --count "$1" --kind mixed >> "$STATE/log/feed.log" 2>&1 < /dev/null ||
+    die "cloudsim feed failed: $(tail -n 3 "$STATE/log/feed.log")"; }
+# Which replica the edge's session is on (best effort, for the report).
+session_holder() {
+  if [ "$REAL" = 0 ]; then
+    awk '{ if (match($0, /connected to cloud[0-9]+/)) w = substr($0, RSTART + 13, RLENGTH - 13) } END { print w }' "$STATE/log/edge.log" 2>/dev/null
+    return 0
+  fi
+  local c best="" bt=0 t
+  for c in $(clouds); do
+    t="$(awk -v n="$EDGE_NODE" 'index($0, n) && tolower($0) ~ /connect|session|open|accept/ && tolower($0) !~ /disconnect|clos|lost|gone|drop/ { t = $1 } END { print t + 0 }' \
+      "$STATE/log/hub-$c.log" 2>/dev/null || echo 0)"
+    awk -v a="$t" -v b="$bt" 'BEGIN { exit !(a > b) }' && { best="$c"; bt="$t"; }
+  done
+  echo "${best:-unknown}"
+}
+
+start_edge() {
+  if [ "$REAL" = 1 ]; then
+    start_bg edge "$EDGE" "$EDGECORE_BIN" --config "$STATE/conf/edgecore.yaml"
+  else
+    start_bg edge "$EDGE" python3 "$HERE/standin.py" edge --host "$VIP" --port "$PORT_HA" \
+      --max-seconds $((BOUND * 3 + 30)) --tag "$STATE"
+  fi
+}
+
+# ------------------------------------------------------------------- binaries ---
+resolve_bins() { # sets EDGECORE_BIN CLOUDSIM_BIN, or returns 1 with the reason in $WHY
+  WHY=""
+  if [ -z "${EDGECORE_BIN:-}" ] || [ -z "${CLOUDSIM_BIN:-}" ]; then
+    command -v cargo >/dev/null || { WHY="cargo not found and EDGECORE_BIN/CLOUDSIM_BIN not set"; return 1; }
+    log "building edgecore and cloudsim (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --locked -p edgecore -p edgecore-tests >&2) ||
+      { WHY="cargo build --release -p edgecore -p edgecore-tests failed"; return 1; }
+    local td; td="${CARGO_TARGET_DIR:-$ROOT/target}"; case "$td" in /*) ;; *) td="$ROOT/$td";; esac
+    EDGECORE_BIN="${EDGECORE_BIN:-$td/release/edgecore}" CLOUDSIM_BIN="${CLOUDSIM_BIN:-$td/release/cloudsim}"
+  fi
+  [ -x "$EDGECORE_BIN" ] || { WHY="no executable $EDGECORE_BIN"; return 1; }
+  [ -x "$CLOUDSIM_BIN" ] || { WHY="no executable $CLOUDSIM_BIN"; return 1; }
+  local h; h="$(timeout 10 "$CLOUDSIM_BIN" --help 2>&1 || true)"
+  [[ "$h" == *pki* && "$h" == *serve* && "$h" == *feed* && "$h" == *check* ]] ||
+    { WHY="cloudsim does not implement pki/serve/feed/check yet"; return 1; }
+  h="$(timeout 10 "$EDGECORE_BIN" --help 2>&1 || true)"
+  [[ "$h" == *--config* ]] || { WHY="edgecore has no --config option yet"; return 1; }
+}
+
+# ------------------------------------------------------------------------ main ---
+cmd_down() {
+  exec 9> "$LOCK"; flock -w 60 9 || die "another run holds $LOCK"
+  teardown
+  local bad; bad="$(root_ns_ours)"; [ -z "$bad" ] || die "root namespace has: $bad"
+  log "down: done"
+}
+
+cmd_run() {
+  local t_start; t_start="$(now)"
+  [ "$(id -u)" = 0 ] || { echo "SKIP: vip-failover needs root (network namespaces)"; exit "$SKIP_RC"; }
+  local why=""
+  REAL=1
+  if [ "${VIPTEST_STANDIN:-0}" = 1 ]; then REAL=0; why="VIPTEST_STANDIN=1"
+  elif ! resolve_bins; then REAL=0; why="$WHY"; fi
+  if [ "$REAL" = 0 ]; then log "real binaries unavailable ($why): running the topology with stand-ins"; fi
+  local miss extra=""; [ "$REAL" = 0 ] && extra=python
+  miss="$(need_tools $extra)" || { echo "SKIP: cannot install tools: $miss"; exit "$SKIP_RC"; }
+
+  exec 9> "$LOCK"; flock -w 120 9 || die "another run holds $LOCK"
+  teardown                                  # leftovers of a killed run
+  local bad; bad="$(root_ns_ours)"; [ -z "$bad" ] && [ ! -e "/run/netns/$SW" ] ||
+    die "SAFETY: root namespace already has: $bad — refusing to start"
+  ROOT_BEFORE="$(root_snapshot)"
+  rm -rf "$STATE/log" "$STATE/edge" "$STATE/pki" "$STATE"/cluster.db* "$STATE/result.json"
+  write_files
+  trap on_exit EXIT
+  trap 'exit 130' INT TERM
+
+  if ! ip netns add "${P}probe" 2>/dev/null; then echo "SKIP: cannot create network namespaces here"; exit "$SKIP_RC"; fi
+  ip netns del "${P}probe"
+  make_topology
+  bad="$(root_ns_ours)"; [ -z "$bad" ] || die "SAFETY: root namespace has: $bad"
+  if [ "$REAL" = 1 ]; then
+    "$CLOUDSIM_BIN" pki --dir "$STATE/pki" --node "$EDGE_NODE" --san "$VIP" > "$STATE/log/pki.log" 2>&1 ||
+      die "cloudsim pki failed: $(tail -n 5 "$STATE/log/pki.log")"
+  fi
+  start_clouds
+  wait_vip_converged || die "VRRP/haproxy did not converge within ${BOUND}s"
+  local t_up; t_up="$(now)"
+  feed "$FEED1"
+
+  start_edge
+  local t_edge deadline; t_edge="$(now)"
+  deadline=$(( $(date +%s) + BOUND ))
+  until [ -n "$(edge_event_after "$t_edge" "$CONNECTED_RE")" ] && check_once; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "edge did not connect and converge within ${BOUND}s (before the failover)"
+    pid_alive edge >/dev/null || die "edge process exited before the failover"
+    sleep 0.2
+  done
+  local initial_ms; initial_ms="$(ms_since "$t_edge" "$(now)")"
+  sleep 1                                    # a steady session before the break
+  local victim; victim="$(vip_holders | xargs)"
+  [ "$victim" = cloud1 ] || die "expected cloud1 to hold the VIP, holders: '$victim'"
+  local sess_before; sess_before="$(session_holder)"
+  log "edge connected and converged in ${initial_ms} ms (session on ${sess_before:-?}); crashing $victim (mode $MODE)"
+
+  # ---- the break
+  local vns; vns="$(ns_of "$victim")"
+  local t0; t0="$(now)"
+  case "$MODE" in
+    kill)
+      # freeze first, so the parent can neither respawn the VRRP child nor make it
+      # send a priority-0 advert on the way out: this is a crash, not a stop
+      signal_tracked "keepalived-$victim" STOP; signal_tracked "keepalived-vrrp-$victim" STOP
+      signal_tracked "hub-$victim" KILL
+      signal_tracked "keepalived-vrrp-$victim" KILL; signal_tracked "keepalived-$victim" KILL ;;
+    host)
+      local pids; pids="$(ip netns pids "$vns" 2>/dev/null | xargs)"
+      [ -n "$pids" ] && kill -STOP $pids 2>/dev/null || true
+      [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
+      ip -n "$vns" link set eth0 down ;;
+  esac
+  log "crashed $victim"
+  feed "$FEED2"
+  local t_fed; t_fed="$(now)"
+
+  # ---- measure: first new connection after the break, first convergence after the feed
+  local t_conn="" t_conv="" t_lost=""
+  deadline=$(( $(date +%s) + BOUND ))
+  while [ -z "$t_conn" ] || [ -z "$t_conv" ]; do
+    [ -n "$t_conn" ] || t_conn="$(edge_event_after "$t0" "$CONNECTED_RE")"
+    if [ -z "$t_conv" ] && [ -n "$t_conn" ] && check_once; then t_conv="$(now)"; fi
+    [ -n "$t_conn" ] && [ -n "$t_conv" ] && break
+    [ "$(date +%s)" -lt "$deadline" ] || break
+    pid_alive edge >/dev/null || { log "edge process exited"; break; }
+    sleep 0.05
+  done
+  t_lost="$(edge_event_after "$t0" "$LOST_RE")"
+  # ---- settle: a crashed keepalived leaves the VIP on the old master too, and the new
+  # master's gratuitous ARPs (again 1 s later) can break a session made through it
+  # in the meantime. Watch a little longer, then require: connected and converged.
+  local stable=0 t_stable=""
+  if [ -n "$t_conn" ] && [ -n "$t_conv" ]; then
+    sleep "$SETTLE"
+    deadline=$(( $(date +%s) + BOUND ))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+      if edge_connected_now && check_once; then stable=1; t_stable="$(now)"; break; fi
+      sleep 0.1
+    done
+  fi
+  local reconnects; reconnects="$(edge_count_after "$t0" "$CONNECTED_RE")"
+  local last_conn; last_conn="$(edge_event_after "$t0" "$CONNECTED_RE" last)"
+  local new_master; new_master="$(awk -v t0="$t0" -v v="$victim" '$1 >= t0 && $5 == "MASTER" && $2 != v { printf "%s@%d", $2, ($1 - t0) * 1000; exit }' "$STATE/log/vrrp-events.log")"
+  local holders_after; holders_after="$(vip_holders | xargs)"
+  local sess_after; sess_after="$(session_holder)"
+
+  local reconnect_ms=null converge_ms=null lost_ms=null last_ms=null
+  [ -n "$t_conn" ] && reconnect_ms="$(ms_since "$t0" "$t_conn")"
+  [ -n "$t_conv" ] && converge_ms="$(ms_since "$t0" "$t_conv")"
+  [ -n "$t_lost" ] && lost_ms="$(ms_since "$t0" "$t_lost")"
+  [ -n "$last_conn" ] && last_ms="$(ms_since "$t0" "$last_conn")"
+  local what; [ "$REAL" = 1 ] && what=edgecore || what=standin
+  echo "failover_reconnect_ms=$reconnect_ms converge_ms=$converge_ms"
+  local json
+  json="$(printf '{"test":"vip-failover","edge":"%s","mode":"%s","clouds":%d,"vrrp_version":%s,"advert_int_s":%s,"vip":"%s","victim":"%s","session_before":"%s","session_after":"%s","new_master_at":"%s","vip_holders_after":"%s","lost_ms":%s,"failover_reconnect_ms":%s,"converge_ms":%s,"reconnects":%d,"last_reconnect_ms":%s,"stable":%s,"initial_connect_converge_ms":%s,"fed_before":%d,"fed_after":%d,"feed_ms":%s,"total_s":%s}' \
+    "$what" "$MODE" "$NCLOUD" "$VRRP_VERSION" "$ADVERT" "$VIP" "$victim" "${sess_before:-}" "${sess_after:-}" "${new_master:-}" \
+    "$holders_after" "$lost_ms" "$reconnect_ms" "$converge_ms" "$reconnects" "$last_ms" \
+    "$([ $stable = 1 ] && echo true || echo false)" "$initial_ms" "$FEED1" "$FEED2" "$(ms_since "$t0" "$t_fed")" \
+    "$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')")"
+  echo "$json"; echo "$json" > "$STATE/result.json"
+
+  [ -n "$t_conn" ] || die "edge did not reconnect within ${BOUND}s of the crash (logs: $STATE/log)"
+  [ -n "$t_conv" ] || die "edge store did not converge within ${BOUND}s of the crash (logs: $STATE/log)"
+  [ "$stable" = 1 ] || die "edge not connected+converged ${SETTLE}s after the failover (logs: $STATE/log)"
+  if [ "$REAL" = 0 ]; then
+    echo "SKIP: edgecore/cloudsim failover not run ($why); keepalived+haproxy topology checked with stand-ins"
+    [ "${VIPTEST_STRICT:-0}" = 1 ] && exit 1
+    exit 0
+  fi
+  log "PASS"
+}
+
+on_exit() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ $rc -ne 0 ] && [ -d "$STATE/log" ]; then
+    local f
+    for f in "$STATE"/log/edge.log "$STATE"/log/hub-cloud*.log "$STATE"/log/vrrp-events.log "$STATE"/log/check.log; do
+      [ -s "$f" ] && { log "--- tail $f"; tail -n 12 "$f" >&2; }
+    done
+  fi
+  if [ "${VIPTEST_KEEP:-0}" = 1 ]; then
+    log "VIPTEST_KEEP=1: leaving it running; clean up with: $0 down"
+  else
+    teardown
+    local bad after; bad="$(root_ns_ours)"; after="$(root_snapshot)"
+    if [ -n "$bad" ]; then log "SAFETY FAIL: root namespace has: $bad"; rc=1
+    elif [ "$after" != "$ROOT_BEFORE" ]; then
+      log "WARN: root namespace changed during the run, but nothing of ours (another process?):"
+      diff <(echo "$ROOT_BEFORE") <(echo "$after") >&2 || true
+    else log "teardown done; root namespace unchanged"; fi
+  fi
+  exit $rc
+}
+
+SKIP_RC=0; [ "${VIPTEST_STRICT:-0}" = 1 ] && SKIP_RC=1
+ROOT_BEFORE=""
+REAL=0 WHY=""
+case "${1:-run}" in
+  run) cmd_run;;
+  down) cmd_down;;
+  -h|--help|help) sed -n '2,46p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//';;
+  *) echo "usage: $0 [run|down]" >&2; exit 2;;
+esac
