@@ -1,15 +1,25 @@
-//! The top of edgecore.yaml and the sections other than edgeHub.
-//!
-//! SKELETON: the config helper completes defaults, the unused KubeEdge sections, and validation.
+//! The top of edgecore.yaml, `database`, `modules`, `modules.metaManager` and our
+//! `modules.health`. KubeEdge's defaults live in the `Default` impls at the end.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
 
+use crate::de;
+use crate::edged::Edged;
 use crate::edgehub::EdgeHub;
+use crate::other_modules::{DbTest, DeviceTwin, EdgeStream, EventBus, ServiceBus, TaskManager};
+
+/// The `apiVersion` edgecore.yaml must carry.
+pub const API_VERSION: &str = "edgecore.config.kubeedge.io/v1alpha2";
+/// The `kind` edgecore.yaml must carry.
+pub const KIND: &str = "EdgeCore";
 
 /// The whole file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EdgeCoreConfig {
     /// `edgecore.config.kubeedge.io/v1alpha2`.
@@ -17,9 +27,19 @@ pub struct EdgeCoreConfig {
     /// `EdgeCore`.
     pub kind: String,
     /// SQLite store.
+    #[serde(deserialize_with = "de::null_as_default")]
     pub database: Database,
     /// Module sections.
+    #[serde(deserialize_with = "de::null_as_default")]
     pub modules: Modules,
+    /// KubeEdge feature gates, by name.
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de::null_as_default"
+    )]
+    pub feature_gates: BTreeMap<String, bool>,
+    /// Version of the edgecore that last wrote the file (KubeEdge rewrites it on start).
+    pub edgecore_version: String,
 }
 
 /// `database`.
@@ -35,15 +55,42 @@ pub struct Database {
 }
 
 /// `modules`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Modules {
     /// The cloud link.
+    #[serde(deserialize_with = "de::null_as_default")]
     pub edge_hub: EdgeHub,
     /// The store and request routing.
+    #[serde(deserialize_with = "de::null_as_default")]
     pub meta_manager: MetaManager,
     /// The node agent.
+    #[serde(deserialize_with = "de::null_as_default")]
     pub edged: Edged,
+    /// Ours: local health and metrics endpoint.
+    #[serde(deserialize_with = "de::null_as_default")]
+    pub health: Health,
+    /// KubeEdge's database self-test (not run).
+    #[serde(deserialize_with = "de::null_as_default")]
+    pub db_test: DbTest,
+    /// KubeEdge's device twin (not run).
+    #[serde(deserialize_with = "de::null_as_default")]
+    pub device_twin: DeviceTwin,
+    /// KubeEdge's stream tunnel (not run).
+    #[serde(deserialize_with = "de::null_as_default")]
+    pub edge_stream: EdgeStream,
+    /// KubeEdge's MQTT bridge (not run).
+    #[serde(deserialize_with = "de::null_as_default")]
+    pub event_bus: EventBus,
+    /// KubeEdge's service bus (not run).
+    #[serde(deserialize_with = "de::null_as_default")]
+    pub service_bus: ServiceBus,
+    /// KubeEdge's task manager (not run).
+    #[serde(deserialize_with = "de::null_as_default")]
+    pub task_manager: TaskManager,
+    /// Newer KubeEdge releases' stream-rule endpoint (not run), kept as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_rule_endpoint: Option<Value>,
 }
 
 /// `modules.metaManager`.
@@ -52,39 +99,69 @@ pub struct Modules {
 pub struct MetaManager {
     /// Module switch.
     pub enable: bool,
+    /// Group that upstream messages go to (`hub`).
+    pub context_send_group: String,
+    /// Module that upstream messages go to (`websocket`).
+    pub context_send_module: String,
     /// Seconds to wait for the cloud's answer to a remote query.
+    #[serde(deserialize_with = "de::seconds")]
     pub remote_query_timeout: u32,
+    /// KubeEdge's local API server for edge pods (not run).
+    #[serde(deserialize_with = "de::null_as_default")]
+    pub meta_server: MetaServer,
 }
 
-/// `modules.edged`.
+/// `modules.metaManager.metaServer` (not run; kept so the keys are known and print back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct Edged {
+pub struct MetaServer {
     /// Module switch.
     pub enable: bool,
-    /// The node name: `node_id` header, certificate CN, URL path segment.
-    pub hostname_override: String,
-    /// Namespace of edged's startup pod-list query.
-    pub register_node_namespace: String,
-    /// The kubelet configuration subset edged honours.
-    pub tailored_kubelet_config: TailoredKubeletConfig,
+    /// Listen `host:port`.
+    pub server: String,
+    /// Address on the dummy interface that pods reach.
+    pub dummy_server: String,
+    /// CA (PEM).
+    pub tls_ca_file: String,
+    /// Server certificate (PEM).
+    pub tls_cert_file: String,
+    /// Server key (PEM).
+    pub tls_private_key_file: String,
+    /// Accepted service-account token issuers (`null` allowed, as KubeEdge prints).
+    pub service_account_issuers: Option<Vec<String>>,
+    /// Accepted token audiences.
+    pub api_audiences: Option<Vec<String>>,
+    /// Service-account public keys.
+    pub service_account_key_files: Option<Vec<String>>,
 }
 
-/// `modules.edged.tailoredKubeletConfig` (the keys we use; others are tolerated).
+/// `modules.health` (ours): the local HTTP endpoint for `/healthz`, `/readyz` and `/metrics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct TailoredKubeletConfig {
-    /// CRI socket, `unix:///run/containerd/containerd.sock`.
-    pub container_runtime_endpoint: String,
+pub struct Health {
+    /// Serve the endpoint.
+    pub enable: bool,
+    /// Listen address, `ip:port`.
+    pub address: String,
+}
+
+impl Health {
+    /// The listen address; `None` unless it is `ip:port` (which [`EdgeCoreConfig::validate`]
+    /// checks when the endpoint is enabled).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.address.parse().ok()
+    }
 }
 
 impl Default for EdgeCoreConfig {
     fn default() -> Self {
         Self {
-            api_version: "edgecore.config.kubeedge.io/v1alpha2".to_owned(),
-            kind: "EdgeCore".to_owned(),
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
             database: Database::default(),
             modules: Modules::default(),
+            feature_gates: BTreeMap::new(),
+            edgecore_version: String::new(),
         }
     }
 }
@@ -99,40 +176,41 @@ impl Default for Database {
     }
 }
 
-impl Default for Modules {
-    fn default() -> Self {
-        Self {
-            edge_hub: EdgeHub::default(),
-            meta_manager: MetaManager::default(),
-            edged: Edged::default(),
-        }
-    }
-}
-
 impl Default for MetaManager {
     fn default() -> Self {
         Self {
             enable: true,
+            context_send_group: "hub".to_owned(),
+            context_send_module: "websocket".to_owned(),
             remote_query_timeout: 60,
+            meta_server: MetaServer::default(),
         }
     }
 }
 
-impl Default for Edged {
+impl Default for MetaServer {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            server: "127.0.0.1:10550".to_owned(),
+            dummy_server: "169.254.30.10:10550".to_owned(),
+            tls_ca_file: "/etc/kubeedge/ca/rootCA.crt".to_owned(),
+            tls_cert_file: "/etc/kubeedge/certs/server.crt".to_owned(),
+            tls_private_key_file: "/etc/kubeedge/certs/server.key".to_owned(),
+            service_account_issuers: Some(vec![
+                "https://kubernetes.default.svc.cluster.local".to_owned(),
+            ]),
+            api_audiences: None,
+            service_account_key_files: None,
+        }
+    }
+}
+
+impl Default for Health {
     fn default() -> Self {
         Self {
             enable: true,
-            hostname_override: String::new(),
-            register_node_namespace: "default".to_owned(),
-            tailored_kubelet_config: TailoredKubeletConfig::default(),
-        }
-    }
-}
-
-impl Default for TailoredKubeletConfig {
-    fn default() -> Self {
-        Self {
-            container_runtime_endpoint: "unix:///run/containerd/containerd.sock".to_owned(),
+            address: "127.0.0.1:10370".to_owned(),
         }
     }
 }
