@@ -1,3 +1,25 @@
 //! The node side of the edge: cloud → edgehub → metamanager → **edged-shim** → runtime.
+//!
+//! edged-shim registers the Node, patches its status, and runs the pods metamanager feeds it
+//! through a container runtime. It speaks pods, never hub messages: everything towards the
+//! cloud goes through the [`MetaClient`] trait that metamanager implements.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod backoff;
+mod host;
+mod meta;
+mod node;
+mod node_status;
+mod runtime;
+mod settings;
+#[cfg(test)]
+mod testutil;
+mod time;
+
+pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent};
+pub use runtime::{
+    ContainerConfig, ContainerState, ContainerStatus, Mount, Runtime, RuntimeError, RuntimeFuture,
+    RuntimeState, SandboxConfig, SandboxInfo,
+};
+pub use settings::{EdgedSettings, PressureThresholds};

@@ -1,0 +1,239 @@
+//! The node task: register the Node, then patch its status every `nodeStatusUpdateFrequency`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::{MissedTickBehavior, sleep, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::host::HostProbe;
+use crate::meta::MetaClient;
+#[cfg(test)]
+use crate::node::ConditionType;
+use crate::node::{Condition, TimedCondition, conditions, node_object, status_patch};
+use crate::runtime::RuntimeState;
+use crate::settings::EdgedSettings;
+use crate::time::rfc3339;
+
+/// Upper bound for one metamanager call (its own remote timeout is 60 s by default).
+pub(crate) const META_CALL_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Remembers when each condition last changed, as `lastTransitionTime` needs.
+#[derive(Debug, Default)]
+pub(crate) struct TransitionClock {
+    last: Vec<TimedCondition>,
+}
+
+impl TransitionClock {
+    pub(crate) fn update(&mut self, now: &str, current: [Condition; 4]) -> &[TimedCondition] {
+        let previous = std::mem::take(&mut self.last);
+        self.last = current
+            .into_iter()
+            .map(|condition| {
+                let last_transition = previous
+                    .iter()
+                    .find(|p| p.condition.kind == condition.kind && p.condition.status == condition.status)
+                    .map_or_else(|| now.to_owned(), |p| p.last_transition.clone());
+                TimedCondition {
+                    condition,
+                    last_transition,
+                }
+            })
+            .collect();
+        &self.last
+    }
+
+    #[cfg(test)]
+    fn ready(&self) -> Option<&TimedCondition> {
+        self.last
+            .iter()
+            .find(|c| c.condition.kind == ConditionType::Ready)
+    }
+}
+
+pub(crate) async fn run(
+    settings: EdgedSettings,
+    meta: Arc<dyn MetaClient>,
+    mut probe: Box<dyn HostProbe>,
+    runtime: watch::Receiver<RuntimeState>,
+    cancel: CancellationToken,
+) {
+    let facts = probe.facts();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let version = runtime.borrow().version().to_owned();
+        let node = node_object(&settings, &facts, &version);
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            r = timeout(META_CALL_TIMEOUT, meta.register_node(node)) => r,
+        };
+        match result {
+            Ok(Ok(())) => break,
+            Ok(Err(error)) => warn!(%error, "node registration failed; retrying"),
+            Err(_) => warn!(timeout = ?META_CALL_TIMEOUT, "node registration timed out; retrying"),
+        }
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            () = sleep(backoff.next_delay()) => {}
+        }
+    }
+    info!(node = %settings.node_name, "node registered");
+
+    let mut clock = TransitionClock::default();
+    let mut tick = tokio::time::interval(settings.node_status_update_frequency);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let sample = probe.sample();
+        let state = runtime.borrow().clone();
+        let current = conditions(&sample, &settings.thresholds, state.ready());
+        let now = rfc3339(SystemTime::now());
+        let timed = clock.update(&now, current);
+        let patch = status_patch(&settings, &facts, state.version(), timed, &now);
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            r = timeout(META_CALL_TIMEOUT, meta.patch_node_status(&settings.node_name, patch)) => r,
+        };
+        match result {
+            Ok(Ok(())) => debug!("node status patched"),
+            Ok(Err(error)) => warn!(%error, "node status patch failed"),
+            Err(_) => warn!(timeout = ?META_CALL_TIMEOUT, "node status patch timed out"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{HostFacts, HostSample};
+    use crate::testutil::{MetaCall, RecordingMeta};
+    use serde_json::Value;
+
+    struct FixedProbe;
+    impl HostProbe for FixedProbe {
+        fn facts(&mut self) -> HostFacts {
+            HostFacts {
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                arch: "amd64".to_owned(),
+                kernel_version: "6.1.0".to_owned(),
+                os_image: "test".to_owned(),
+                machine_id: String::new(),
+                system_uuid: String::new(),
+                boot_id: String::new(),
+                internal_ip: None,
+            }
+        }
+        fn sample(&mut self) -> HostSample {
+            HostSample {
+                memory_available_bytes: 1 << 29,
+                disk: None,
+                processes: 10,
+                pid_max: 1000,
+            }
+        }
+    }
+
+    fn settings() -> EdgedSettings {
+        let mut s = EdgedSettings::from_config(&config::Edged::default());
+        s.node_name = "n1".to_owned();
+        s
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registers_with_retry_then_patches_every_period() {
+        let (meta, mut calls) = RecordingMeta::new();
+        meta.fail_registrations(2);
+        let (_state_tx, state_rx) = watch::channel(RuntimeState::Up {
+            version: "containerd://1.6.20".to_owned(),
+        });
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            settings(),
+            meta.clone(),
+            Box::new(FixedProbe),
+            state_rx,
+            cancel.clone(),
+        ));
+        let start = tokio::time::Instant::now();
+        for attempt in 0..3 {
+            match calls.recv().await {
+                Some(MetaCall::RegisterNode(node)) => {
+                    assert_eq!(node["metadata"]["name"], "n1", "attempt {attempt}");
+                    assert_eq!(
+                        node["status"]["nodeInfo"]["containerRuntimeVersion"],
+                        "containerd://1.6.20"
+                    );
+                }
+                other => panic!("expected registration, got {other:?}"),
+            }
+        }
+        // Two failures: 1 s + 2 s of backoff.
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        let mut at = Vec::new();
+        for _ in 0..3 {
+            match calls.recv().await {
+                Some(MetaCall::PatchNode { node, patch }) => {
+                    assert_eq!(node, "n1");
+                    let v: Value = serde_json::from_str(&patch).unwrap();
+                    assert_eq!(v["status"]["conditions"][3]["type"], "Ready");
+                    assert_eq!(v["status"]["conditions"][3]["status"], "True");
+                    at.push(start.elapsed().as_secs());
+                }
+                other => panic!("expected node patch, got {other:?}"),
+            }
+        }
+        assert_eq!(at, [3, 13, 23]);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runtime_down_makes_the_node_not_ready() {
+        let (meta, mut calls) = RecordingMeta::new();
+        let (_state_tx, state_rx) = watch::channel(RuntimeState::Down {
+            reason: "no socket".to_owned(),
+        });
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            settings(),
+            meta.clone(),
+            Box::new(FixedProbe),
+            state_rx,
+            cancel.clone(),
+        ));
+        assert!(matches!(calls.recv().await, Some(MetaCall::RegisterNode(_))));
+        match calls.recv().await {
+            Some(MetaCall::PatchNode { patch, .. }) => {
+                let v: Value = serde_json::from_str(&patch).unwrap();
+                assert_eq!(v["status"]["conditions"][3]["status"], "False");
+                assert_eq!(v["status"]["conditions"][3]["reason"], "KubeletNotReady");
+            }
+            other => panic!("expected node patch, got {other:?}"),
+        }
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn transition_time_changes_only_on_a_status_change() {
+        let probe_sample = FixedProbe.sample();
+        let th = crate::settings::PressureThresholds::default();
+        let mut clock = TransitionClock::default();
+        clock.update("t1", conditions(&probe_sample, &th, Ok(())));
+        clock.update("t2", conditions(&probe_sample, &th, Ok(())));
+        assert_eq!(clock.ready().unwrap().last_transition, "t1");
+        clock.update("t3", conditions(&probe_sample, &th, Err("down")));
+        assert_eq!(clock.ready().unwrap().last_transition, "t3");
+    }
+}

@@ -1,0 +1,240 @@
+//! The container runtime as edged-shim uses it: a small trait the CRI client implements.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// A boxed future returned by [`Runtime`] methods (dyn-compatible async).
+pub type RuntimeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RuntimeError>> + Send + 'a>>;
+
+/// Why a runtime call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The endpoint cannot be used at all (bad scheme or path).
+    #[error("container runtime endpoint {endpoint:?} is not usable: {why}; set containerRuntimeEndpoint to unix:///path/to/socket")]
+    Endpoint {
+        /// The configured endpoint.
+        endpoint: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The runtime does not answer: socket missing, refused, or connection lost.
+    #[error("container runtime at {endpoint} is unavailable; start it or fix containerRuntimeEndpoint")]
+    Unavailable {
+        /// The configured endpoint.
+        endpoint: String,
+        /// The transport error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The call took longer than the request timeout.
+    #[error("runtime call {call} timed out after {timeout:?}")]
+    Timeout {
+        /// The CRI call.
+        call: &'static str,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The object named in the call does not exist.
+    #[error("runtime call {call}: {what} not found")]
+    NotFound {
+        /// The CRI call.
+        call: &'static str,
+        /// What was looked up.
+        what: String,
+    },
+    /// The runtime refused the call.
+    #[error("runtime call {call} failed: {message}")]
+    Call {
+        /// The CRI call.
+        call: &'static str,
+        /// The runtime's message.
+        message: String,
+    },
+}
+
+impl RuntimeError {
+    /// True when the runtime itself is unreachable (not a problem with one pod).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Unavailable { .. } | RuntimeError::Endpoint { .. } | RuntimeError::Timeout { .. }
+        )
+    }
+}
+
+/// What the pod sandbox is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Pod name.
+    pub name: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod UID.
+    pub uid: String,
+    /// How many sandboxes this pod had before.
+    pub attempt: u32,
+    /// `spec.hostNetwork`: share the node's network namespace (no CNI needed).
+    pub host_network: bool,
+    /// Hostname inside the pod.
+    pub hostname: String,
+    /// Directory for the pod's container logs.
+    pub log_directory: PathBuf,
+    /// Cgroup parent, if any.
+    pub cgroup_parent: Option<String>,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A bind mount into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Path inside the container.
+    pub container_path: String,
+    /// Path on the host.
+    pub host_path: PathBuf,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// What a container is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// Container name in the pod.
+    pub name: String,
+    /// Image reference as the pod names it.
+    pub image: String,
+    /// Entrypoint override (`command`).
+    pub command: Vec<String>,
+    /// Arguments (`args`).
+    pub args: Vec<String>,
+    /// Environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Bind mounts.
+    pub mounts: Vec<Mount>,
+    /// Working directory, empty for the image's.
+    pub working_dir: String,
+    /// Log file, relative to the sandbox's log directory.
+    pub log_path: String,
+    /// How many times this container was created before.
+    pub attempt: u32,
+}
+
+/// Container state as the runtime reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Exited.
+    Exited,
+    /// Unknown to the runtime.
+    Unknown,
+}
+
+/// One container's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    /// Runtime's container ID.
+    pub id: String,
+    /// State.
+    pub state: ContainerState,
+    /// Start time, nanoseconds since the epoch (0 = not started).
+    pub started_at: i64,
+    /// Finish time, nanoseconds since the epoch (0 = not finished).
+    pub finished_at: i64,
+    /// Exit code when exited.
+    pub exit_code: i32,
+    /// Short reason (`Error`, `Completed`, `OOMKilled`, `StartError`).
+    pub reason: String,
+    /// Longer message.
+    pub message: String,
+    /// Image reference as the runtime resolved it.
+    pub image: String,
+    /// Image ID (digest).
+    pub image_ref: String,
+}
+
+/// A sandbox as listed by the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxInfo {
+    /// Runtime's sandbox ID.
+    pub id: String,
+    /// Pod UID from the sandbox metadata.
+    pub uid: String,
+    /// Whether the sandbox is ready.
+    pub ready: bool,
+}
+
+/// What the pod worker needs from a container runtime. Every call may be slow; callers
+/// bound each with a timeout.
+pub trait Runtime: Send + Sync + 'static {
+    /// `<runtime name>://<version>`, e.g. `containerd://1.6.20`.
+    fn version(&self) -> RuntimeFuture<'_, String>;
+    /// The image's ID when present locally, `None` when it must be pulled.
+    fn image_status<'a>(&'a self, image: &'a str) -> RuntimeFuture<'a, Option<String>>;
+    /// Pull an image; returns its reference.
+    fn pull_image<'a>(&'a self, image: &'a str) -> RuntimeFuture<'a, String>;
+    /// Create and start a pod sandbox; returns its ID.
+    fn run_sandbox<'a>(&'a self, config: &'a SandboxConfig) -> RuntimeFuture<'a, String>;
+    /// Stop a sandbox and everything in it.
+    fn stop_sandbox<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()>;
+    /// Remove a stopped sandbox.
+    fn remove_sandbox<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()>;
+    /// Sandboxes that exist in the runtime.
+    fn list_sandboxes(&self) -> RuntimeFuture<'_, Vec<SandboxInfo>>;
+    /// Create a container in a sandbox; returns its ID.
+    fn create_container<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        sandbox: &'a SandboxConfig,
+        config: &'a ContainerConfig,
+    ) -> RuntimeFuture<'a, String>;
+    /// Start a created container.
+    fn start_container<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()>;
+    /// Stop a container, killing it after `grace`.
+    fn stop_container<'a>(&'a self, id: &'a str, grace: Duration) -> RuntimeFuture<'a, ()>;
+    /// Remove a container.
+    fn remove_container<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()>;
+    /// A container's status.
+    fn container_status<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ContainerStatus>;
+}
+
+/// The runtime's health as the pod worker last saw it; the node's Ready condition follows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeState {
+    /// Not probed yet.
+    Unknown,
+    /// Answering; its version string.
+    Up {
+        /// `containerd://1.6.20`.
+        version: String,
+    },
+    /// Not answering, with the reason.
+    Down {
+        /// The error text.
+        reason: String,
+    },
+}
+
+impl RuntimeState {
+    /// `Ok` when the runtime answers, else the reason it does not.
+    pub fn ready(&self) -> Result<(), &str> {
+        match self {
+            RuntimeState::Up { .. } => Ok(()),
+            RuntimeState::Unknown => Err("runtime not probed yet"),
+            RuntimeState::Down { reason } => Err(reason),
+        }
+    }
+
+    /// The version string, empty unless up.
+    pub fn version(&self) -> &str {
+        match self {
+            RuntimeState::Up { version } => version,
+            _ => "",
+        }
+    }
+}
