@@ -7,16 +7,25 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod edged;
+mod env;
+#[cfg(test)]
+mod fake_runtime;
 mod host;
 mod meta;
 mod node;
 mod node_status;
+mod pod;
+mod pod_status;
+mod pod_worker;
 mod runtime;
 mod settings;
 #[cfg(test)]
 mod testutil;
 mod time;
+mod volumes;
 
+pub use edged::{EdgedHandle, spawn};
 pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent};
 pub use runtime::{
     ContainerConfig, ContainerState, ContainerStatus, Mount, Runtime, RuntimeError, RuntimeFuture,

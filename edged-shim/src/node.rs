@@ -20,13 +20,6 @@ pub(crate) enum ConditionType {
 }
 
 impl ConditionType {
-    pub(crate) const ALL: [ConditionType; 4] = [
-        ConditionType::MemoryPressure,
-        ConditionType::DiskPressure,
-        ConditionType::PidPressure,
-        ConditionType::Ready,
-    ];
-
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             ConditionType::MemoryPressure => "MemoryPressure",

@@ -56,21 +56,65 @@ pub struct EdgedSettings {
 }
 
 impl EdgedSettings {
-    /// Settings from the `modules.edged` section with KubeEdge defaults for what it lacks.
+    /// Settings from the validated `modules.edged` section; zero or empty values fall back
+    /// to KubeEdge's defaults.
     pub fn from_config(edged: &config::Edged) -> Self {
+        let k = &edged.tailored_kubelet_config;
+        let or = |d: Duration, default: u64| {
+            if d.is_zero() {
+                Duration::from_secs(default)
+            } else {
+                d
+            }
+        };
+        let path_or = |p: &str, default: &str| {
+            PathBuf::from(if p.is_empty() { default } else { p })
+        };
         Self {
             node_name: edged.hostname_override.clone(),
-            node_ip: None,
-            node_labels: BTreeMap::new(),
-            node_status_update_frequency: Duration::from_secs(10),
-            max_pods: 110,
-            root_directory: PathBuf::from("/var/lib/edged"),
-            pod_log_directory: PathBuf::from("/var/log/pods"),
+            node_ip: edged.node_ip.parse().ok(),
+            node_labels: edged.node_labels.clone(),
+            node_status_update_frequency: or(k.node_status_update_frequency.as_duration(), 10),
+            max_pods: u32::try_from(k.max_pods).ok().filter(|n| *n > 0).unwrap_or(110),
+            root_directory: path_or(&edged.root_directory, "/var/lib/kubelet"),
+            pod_log_directory: path_or(&k.pod_logs_dir, "/var/log/pods"),
             cgroup_parent: None,
             kubelet_version: "v1.30.7-kubeedge-v1.21.2".to_owned(),
             thresholds: PressureThresholds::default(),
-            runtime_request_timeout: Duration::from_secs(120),
+            runtime_request_timeout: or(k.runtime_request_timeout.as_duration(), 120),
             pod_sync_period: Duration::from_secs(2),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_config_takes_the_kubelet_keys() {
+        let mut edged = config::Edged::default();
+        edged.hostname_override = "n1".to_owned();
+        edged.node_ip = "192.168.1.50".to_owned();
+        edged.root_directory = "/srv/edged".to_owned();
+        edged.tailored_kubelet_config.max_pods = 20;
+        edged.tailored_kubelet_config.node_status_update_frequency = config::GoDuration::from_secs(5);
+        let s = EdgedSettings::from_config(&edged);
+        assert_eq!(s.node_name, "n1");
+        assert_eq!(s.node_ip, "192.168.1.50".parse().ok());
+        assert_eq!(s.root_directory, PathBuf::from("/srv/edged"));
+        assert_eq!(s.max_pods, 20);
+        assert_eq!(s.node_status_update_frequency, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn zero_values_fall_back_to_defaults() {
+        let mut edged = config::Edged::default();
+        edged.tailored_kubelet_config.max_pods = 0;
+        edged.tailored_kubelet_config.node_status_update_frequency = config::GoDuration::from_secs(0);
+        let s = EdgedSettings::from_config(&edged);
+        assert_eq!(s.max_pods, 110);
+        assert_eq!(s.node_status_update_frequency, Duration::from_secs(10));
+        assert_eq!(s.node_ip, None);
     }
 }

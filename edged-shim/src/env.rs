@@ -1,0 +1,348 @@
+//! Container environment from `env` and `envFrom`, with configmaps and secrets from metamanager.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::meta::{MetaClient, MetaError};
+use crate::pod::{Container, Pod};
+
+/// Why a container's environment could not be built (`CreateContainerConfigError`).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EnvError {
+    #[error("{kind} {namespace}/{name} not found; create it in the cloud or mark the reference optional")]
+    Missing {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error("key {key:?} not found in {kind} {namespace}/{name}")]
+    MissingKey {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("{kind} {namespace}/{name} key {key:?} is not valid base64 or UTF-8")]
+    BadValue {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("cannot fetch {kind} {namespace}/{name}")]
+    Fetch {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: MetaError,
+    },
+}
+
+/// Configmaps or secrets, decoded to key → value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    ConfigMap,
+    Secret,
+}
+
+impl Source {
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Source::ConfigMap => "configmap",
+            Source::Secret => "secret",
+        }
+    }
+}
+
+/// Fetches and decodes configmaps and secrets once per pod sync.
+pub(crate) struct Objects<'a> {
+    meta: &'a dyn MetaClient,
+    namespace: &'a str,
+    cache: HashMap<(Source, String), Option<HashMap<String, Vec<u8>>>>,
+}
+
+impl<'a> Objects<'a> {
+    pub(crate) fn new(meta: &'a dyn MetaClient, namespace: &'a str) -> Self {
+        Self {
+            meta,
+            namespace,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The data of a configmap or secret, `None` when it does not exist.
+    pub(crate) async fn get(
+        &mut self,
+        source: Source,
+        name: &str,
+    ) -> Result<Option<HashMap<String, Vec<u8>>>, EnvError> {
+        if let Some(hit) = self.cache.get(&(source, name.to_owned())) {
+            return Ok(hit.clone());
+        }
+        let fetched = match source {
+            Source::ConfigMap => self.meta.get_configmap(self.namespace, name).await,
+            Source::Secret => self.meta.get_secret(self.namespace, name).await,
+        }
+        .map_err(|e| EnvError::Fetch {
+            kind: source.kind(),
+            namespace: self.namespace.to_owned(),
+            name: name.to_owned(),
+            source: e,
+        })?;
+        let decoded = match fetched {
+            None => None,
+            Some(obj) => Some(decode(source, self.namespace, name, &obj)?),
+        };
+        self.cache
+            .insert((source, name.to_owned()), decoded.clone());
+        Ok(decoded)
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        self.namespace
+    }
+}
+
+/// `data` (text; base64 for secrets) and `binaryData`/`stringData` of an object.
+fn decode(
+    source: Source,
+    namespace: &str,
+    name: &str,
+    obj: &Value,
+) -> Result<HashMap<String, Vec<u8>>, EnvError> {
+    let mut out = HashMap::new();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bad = |key: &str| EnvError::BadValue {
+        kind: source.kind(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        key: key.to_owned(),
+    };
+    let entries = |field: &str| {
+        obj.get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect::<Vec<_>>()
+    };
+    match source {
+        Source::ConfigMap => {
+            for (k, v) in entries("data") {
+                out.insert(k, v.into_bytes());
+            }
+            for (k, v) in entries("binaryData") {
+                out.insert(k.clone(), b64.decode(v).map_err(|_| bad(&k))?);
+            }
+        }
+        Source::Secret => {
+            for (k, v) in entries("data") {
+                out.insert(k.clone(), b64.decode(v).map_err(|_| bad(&k))?);
+            }
+            for (k, v) in entries("stringData") {
+                out.insert(k, v.into_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn field_value(pod: &Pod, host_ip: &str, path: &str) -> String {
+    match path {
+        "metadata.name" => pod.metadata.name.clone(),
+        "metadata.namespace" => pod.metadata.namespace.clone(),
+        "metadata.uid" => pod.metadata.uid.clone(),
+        "spec.nodeName" => pod.spec.node_name.clone(),
+        "status.hostIP" => host_ip.to_owned(),
+        "status.podIP" if pod.spec.host_network => host_ip.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The environment of `container`: `envFrom` first, then `env`, later names winning.
+pub(crate) async fn container_env(
+    pod: &Pod,
+    container: &Container,
+    host_ip: &str,
+    objects: &mut Objects<'_>,
+) -> Result<Vec<(String, String)>, EnvError> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let set = |vars: &mut Vec<(String, String)>, k: String, v: String| {
+        if let Some(slot) = vars.iter_mut().find(|(name, _)| *name == k) {
+            slot.1 = v;
+        } else {
+            vars.push((k, v));
+        }
+    };
+    for from in &container.env_from {
+        let (source, r) = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), _) => (Source::ConfigMap, r),
+            (None, Some(r)) => (Source::Secret, r),
+            (None, None) => continue,
+        };
+        match objects.get(source, &r.name).await? {
+            Some(data) => {
+                let mut keys: Vec<_> = data.into_iter().collect();
+                keys.sort();
+                for (k, v) in keys {
+                    let text = String::from_utf8(v).map_err(|_| EnvError::BadValue {
+                        kind: source.kind(),
+                        namespace: objects.namespace().to_owned(),
+                        name: r.name.clone(),
+                        key: k.clone(),
+                    })?;
+                    set(&mut vars, format!("{}{k}", from.prefix), text);
+                }
+            }
+            None if r.optional == Some(true) => {}
+            None => {
+                return Err(EnvError::Missing {
+                    kind: source.kind(),
+                    namespace: objects.namespace().to_owned(),
+                    name: r.name.clone(),
+                });
+            }
+        }
+    }
+    for var in &container.env {
+        let value = match (&var.value, &var.value_from) {
+            (_, Some(from)) => {
+                let keyed = match (&from.config_map_key_ref, &from.secret_key_ref) {
+                    (Some(r), _) => Some((Source::ConfigMap, r)),
+                    (None, Some(r)) => Some((Source::Secret, r)),
+                    (None, None) => None,
+                };
+                if let Some((source, r)) = keyed {
+                    let optional = r.optional == Some(true);
+                    let data = objects.get(source, &r.name).await?;
+                    let Some(data) = data else {
+                        if optional {
+                            continue;
+                        }
+                        return Err(EnvError::Missing {
+                            kind: source.kind(),
+                            namespace: objects.namespace().to_owned(),
+                            name: r.name.clone(),
+                        });
+                    };
+                    let Some(bytes) = data.get(&r.key) else {
+                        if optional {
+                            continue;
+                        }
+                        return Err(EnvError::MissingKey {
+                            kind: source.kind(),
+                            namespace: objects.namespace().to_owned(),
+                            name: r.name.clone(),
+                            key: r.key.clone(),
+                        });
+                    };
+                    String::from_utf8(bytes.clone()).map_err(|_| EnvError::BadValue {
+                        kind: source.kind(),
+                        namespace: objects.namespace().to_owned(),
+                        name: r.name.clone(),
+                        key: r.key.clone(),
+                    })?
+                } else if let Some(f) = &from.field_ref {
+                    field_value(pod, host_ip, &f.field_path)
+                } else {
+                    String::new()
+                }
+            }
+            (Some(v), None) => v.clone(),
+            (None, None) => String::new(),
+        };
+        set(&mut vars, var.name.clone(), value);
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::RecordingMeta;
+    use serde_json::json;
+
+    fn pod(container: Value) -> Pod {
+        Pod::from_json(&json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {"nodeName": "n1", "containers": [container]},
+        }))
+        .unwrap()
+    }
+
+    fn meta() -> std::sync::Arc<RecordingMeta> {
+        let (meta, _calls) = RecordingMeta::new();
+        meta.put("configmap", "ns", "cfg", json!({"data": {"greeting": "hello", "B": "b"}}));
+        // "s3cret" in base64
+        meta.put("secret", "ns", "sec", json!({"data": {"password": "czNjcmV0"}}));
+        meta
+    }
+
+    #[tokio::test]
+    async fn value_from_configmap_secret_and_field() {
+        let meta = meta();
+        let p = pod(json!({"name": "c", "env": [
+            {"name": "PLAIN", "value": "x"},
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "none", "key": "k", "optional": true}}},
+        ]}));
+        let mut objects = Objects::new(meta.as_ref(), "ns");
+        let env = container_env(&p, &p.spec.containers[0], "10.0.0.1", &mut objects)
+            .await
+            .unwrap();
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [("PLAIN", "x"), ("GREETING", "hello"), ("PASSWORD", "s3cret"), ("POD", "p")]
+        );
+    }
+
+    #[tokio::test]
+    async fn env_from_with_prefix_then_env_overrides() {
+        let meta = meta();
+        let p = pod(json!({"name": "c",
+            "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CM_"}, {"secretRef": {"name": "sec"}}],
+            "env": [{"name": "CM_B", "value": "override"}]}));
+        let mut objects = Objects::new(meta.as_ref(), "ns");
+        let env = container_env(&p, &p.spec.containers[0], "", &mut objects)
+            .await
+            .unwrap();
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [("CM_B", "override"), ("CM_greeting", "hello"), ("password", "s3cret")]
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_objects_and_keys_name_what_is_missing() {
+        let meta = meta();
+        let p = pod(json!({"name": "c", "env": [
+            {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}));
+        let mut objects = Objects::new(meta.as_ref(), "ns");
+        let err = container_env(&p, &p.spec.containers[0], "", &mut objects)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configmap ns/absent not found; create it in the cloud or mark the reference optional"
+        );
+        let p = pod(json!({"name": "c", "env": [
+            {"name": "X", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "nope"}}}]}));
+        let err = container_env(&p, &p.spec.containers[0], "", &mut objects)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EnvError::MissingKey { ref key, .. } if key == "nope"));
+    }
+
+    #[test]
+    fn bad_base64_in_a_secret_is_an_error() {
+        let err = decode(Source::Secret, "ns", "s", &json!({"data": {"k": "!!"}})).unwrap_err();
+        assert!(matches!(err, EnvError::BadValue { .. }));
+    }
+}

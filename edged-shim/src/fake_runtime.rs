@@ -1,0 +1,248 @@
+//! An in-memory [`Runtime`] for unit tests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::runtime::{
+    ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,
+    SandboxConfig, SandboxInfo,
+};
+
+#[derive(Debug, Clone)]
+pub(crate) struct FakeContainer {
+    pub(crate) sandbox: String,
+    pub(crate) config: ContainerConfig,
+    pub(crate) state: ContainerState,
+    pub(crate) exit_code: i32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct FakeState {
+    pub(crate) down: bool,
+    pub(crate) images: HashSet<String>,
+    pub(crate) pullable: HashSet<String>,
+    pub(crate) sandboxes: HashMap<String, SandboxConfig>,
+    pub(crate) containers: HashMap<String, FakeContainer>,
+    pub(crate) calls: Vec<String>,
+    next_id: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FakeRuntime(pub(crate) Arc<Mutex<FakeState>>);
+
+impl FakeRuntime {
+    pub(crate) fn with_images(images: &[&str]) -> Self {
+        let rt = Self::default();
+        rt.state().images = images.iter().map(|s| (*s).to_owned()).collect();
+        rt
+    }
+
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap()
+    }
+
+    /// Makes the running container `name` exit with `code`.
+    pub(crate) fn exit(&self, name: &str, code: i32) {
+        let mut s = self.state();
+        for c in s.containers.values_mut() {
+            if c.config.name == name && c.state == ContainerState::Running {
+                c.state = ContainerState::Exited;
+                c.exit_code = code;
+            }
+        }
+    }
+
+    pub(crate) fn calls_named(&self, prefix: &str) -> usize {
+        self.state().calls.iter().filter(|c| c.starts_with(prefix)).count()
+    }
+
+    fn op<T>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&mut FakeState) -> Result<T, RuntimeError>,
+    ) -> Result<T, RuntimeError> {
+        let mut s = self.state();
+        if s.down {
+            return Err(RuntimeError::Unavailable {
+                endpoint: "fake".to_owned(),
+                source: "connection refused".into(),
+            });
+        }
+        s.calls.push(call.to_owned());
+        f(&mut s)
+    }
+}
+
+fn not_found(call: &'static str, what: &str) -> RuntimeError {
+    RuntimeError::NotFound {
+        call,
+        what: what.to_owned(),
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn version(&self) -> RuntimeFuture<'_, String> {
+        let r = self.op("Version", |_| Ok("fake://1.0".to_owned()));
+        Box::pin(async move { r })
+    }
+
+    fn image_status<'a>(&'a self, image: &'a str) -> RuntimeFuture<'a, Option<String>> {
+        let r = self.op("ImageStatus", |s| {
+            Ok(s.images.contains(image).then(|| format!("sha256:{image}")))
+        });
+        Box::pin(async move { r })
+    }
+
+    fn pull_image<'a>(&'a self, image: &'a str) -> RuntimeFuture<'a, String> {
+        let r = self.op("PullImage", |s| {
+            if s.pullable.contains(image) {
+                s.images.insert(image.to_owned());
+                Ok(image.to_owned())
+            } else {
+                Err(RuntimeError::Call {
+                    call: "PullImage",
+                    message: format!("failed to resolve reference {image:?}"),
+                })
+            }
+        });
+        Box::pin(async move { r })
+    }
+
+    fn run_sandbox<'a>(&'a self, config: &'a SandboxConfig) -> RuntimeFuture<'a, String> {
+        let r = self.op("RunPodSandbox", |s| {
+            s.next_id += 1;
+            let id = format!("sb{}", s.next_id);
+            s.sandboxes.insert(id.clone(), config.clone());
+            Ok(id)
+        });
+        Box::pin(async move { r })
+    }
+
+    fn stop_sandbox<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()> {
+        let r = self.op("StopPodSandbox", |s| {
+            for c in s.containers.values_mut().filter(|c| c.sandbox == id) {
+                c.state = ContainerState::Exited;
+            }
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn remove_sandbox<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()> {
+        let r = self.op("RemovePodSandbox", |s| {
+            s.containers.retain(|_, c| c.sandbox != id);
+            s.sandboxes
+                .remove(id)
+                .map(|_| ())
+                .ok_or_else(|| not_found("RemovePodSandbox", id))
+        });
+        Box::pin(async move { r })
+    }
+
+    fn list_sandboxes(&self) -> RuntimeFuture<'_, Vec<SandboxInfo>> {
+        let r = self.op("ListPodSandbox", |s| {
+            Ok(s.sandboxes
+                .iter()
+                .map(|(id, c)| SandboxInfo {
+                    id: id.clone(),
+                    uid: c.uid.clone(),
+                    ready: true,
+                })
+                .collect())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn create_container<'a>(
+        &'a self,
+        sandbox_id: &'a str,
+        _sandbox: &'a SandboxConfig,
+        config: &'a ContainerConfig,
+    ) -> RuntimeFuture<'a, String> {
+        let r = self.op("CreateContainer", |s| {
+            if !s.sandboxes.contains_key(sandbox_id) {
+                return Err(not_found("CreateContainer", sandbox_id));
+            }
+            if !s.images.contains(&config.image) {
+                return Err(RuntimeError::Call {
+                    call: "CreateContainer",
+                    message: format!("image {} not present", config.image),
+                });
+            }
+            s.next_id += 1;
+            let id = format!("c{}", s.next_id);
+            s.containers.insert(
+                id.clone(),
+                FakeContainer {
+                    sandbox: sandbox_id.to_owned(),
+                    config: config.clone(),
+                    state: ContainerState::Created,
+                    exit_code: 0,
+                },
+            );
+            Ok(id)
+        });
+        Box::pin(async move { r })
+    }
+
+    fn start_container<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()> {
+        let r = self.op("StartContainer", |s| {
+            let c = s
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| not_found("StartContainer", id))?;
+            c.state = ContainerState::Running;
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn stop_container<'a>(&'a self, id: &'a str, _grace: Duration) -> RuntimeFuture<'a, ()> {
+        let r = self.op("StopContainer", |s| {
+            let c = s
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| not_found("StopContainer", id))?;
+            c.state = ContainerState::Exited;
+            c.exit_code = 143;
+            Ok(())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn remove_container<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()> {
+        let r = self.op("RemoveContainer", |s| {
+            s.containers
+                .remove(id)
+                .map(|_| ())
+                .ok_or_else(|| not_found("RemoveContainer", id))
+        });
+        Box::pin(async move { r })
+    }
+
+    fn container_status<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ContainerStatus> {
+        let r = self.op("ContainerStatus", |s| {
+            let c = s
+                .containers
+                .get(id)
+                .ok_or_else(|| not_found("ContainerStatus", id))?;
+            Ok(ContainerStatus {
+                id: id.to_owned(),
+                state: c.state,
+                started_at: 1_748_764_803_000_000_000,
+                finished_at: if c.state == ContainerState::Exited {
+                    1_748_764_809_000_000_000
+                } else {
+                    0
+                },
+                exit_code: c.exit_code,
+                reason: String::new(),
+                message: String::new(),
+                image: c.config.image.clone(),
+                image_ref: format!("sha256:{}", c.config.image),
+            })
+        });
+        Box::pin(async move { r })
+    }
+}

@@ -1,0 +1,317 @@
+//! The `podpatch` string: phase, conditions and container statuses of one pod.
+
+use serde_json::{Value, json};
+
+use crate::pod::RestartPolicy;
+
+/// A container's state as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ApiState {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: String,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        message: String,
+        started_at: String,
+        finished_at: String,
+        container_id: String,
+    },
+}
+
+impl ApiState {
+    fn to_json(&self) -> Value {
+        match self {
+            ApiState::Waiting { reason, message } => {
+                let mut w = json!({"reason": reason});
+                if !message.is_empty() {
+                    w["message"] = json!(message);
+                }
+                json!({"waiting": w})
+            }
+            ApiState::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+            ApiState::Terminated {
+                exit_code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+                container_id,
+            } => {
+                let mut t = json!({
+                    "containerID": container_id,
+                    "exitCode": exit_code,
+                    "finishedAt": finished_at,
+                    "reason": reason,
+                    "startedAt": started_at,
+                });
+                if !message.is_empty() {
+                    t["message"] = json!(message);
+                }
+                json!({"terminated": t})
+            }
+        }
+    }
+}
+
+/// One entry of `containerStatuses`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainerView {
+    pub(crate) name: String,
+    pub(crate) image: String,
+    pub(crate) image_id: String,
+    /// `containerd://<id>`, empty before the first create.
+    pub(crate) container_id: String,
+    pub(crate) state: ApiState,
+    pub(crate) last_state: Option<ApiState>,
+    pub(crate) restart_count: u32,
+}
+
+impl ContainerView {
+    fn running(&self) -> bool {
+        matches!(self.state, ApiState::Running { .. })
+    }
+}
+
+/// Everything the patch says about a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PodView {
+    pub(crate) uid: String,
+    pub(crate) restart_policy: RestartPolicy,
+    pub(crate) sandbox_ready: bool,
+    pub(crate) host_ip: String,
+    pub(crate) pod_ip: String,
+    pub(crate) start_time: String,
+    pub(crate) containers: Vec<ContainerView>,
+}
+
+/// Kubernetes pod phase from container states and the restart policy.
+pub(crate) fn phase(policy: &RestartPolicy, containers: &[ContainerView]) -> &'static str {
+    let (mut pending, mut running, mut failed) = (0, 0, 0);
+    for c in containers {
+        match &c.state {
+            ApiState::Running { .. } => running += 1,
+            ApiState::Terminated { exit_code: 0, .. } => {}
+            ApiState::Terminated { .. } => failed += 1,
+            ApiState::Waiting { .. } if c.last_state.is_some() => running += 1,
+            ApiState::Waiting { .. } => pending += 1,
+        }
+    }
+    if pending > 0 || containers.is_empty() {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else {
+        match policy {
+            RestartPolicy::Always => "Running",
+            RestartPolicy::OnFailure if failed > 0 => "Running",
+            RestartPolicy::OnFailure => "Succeeded",
+            RestartPolicy::Never if failed > 0 => "Failed",
+            RestartPolicy::Never => "Succeeded",
+        }
+    }
+}
+
+/// Pod condition types we own, in the order kubelet reports them (`PodScheduled` is the
+/// scheduler's and only appears in `$setElementOrder`).
+pub(crate) const CONDITIONS: [&str; 4] =
+    ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady"];
+
+/// Each owned condition's status for `view`, with reason and message when false.
+pub(crate) fn condition_states(view: &PodView) -> [(bool, &'static str, String); 4] {
+    let not_ready: Vec<&str> = view
+        .containers
+        .iter()
+        .filter(|c| !c.running())
+        .map(|c| c.name.as_str())
+        .collect();
+    let ready = not_ready.is_empty() && !view.containers.is_empty();
+    let why = format!("containers with unready status: [{}]", not_ready.join(" "));
+    [
+        (view.sandbox_ready, "", String::new()),
+        (true, "", String::new()),
+        (ready, "ContainersNotReady", why.clone()),
+        (ready, "ContainersNotReady", why),
+    ]
+}
+
+/// The patch string; `transitions[i]` is the lastTransitionTime of `CONDITIONS[i]`.
+pub(crate) fn status_patch(view: &PodView, transitions: &[String; 4]) -> String {
+    let states = condition_states(view);
+    let order: Vec<Value> = CONDITIONS
+        .iter()
+        .chain(std::iter::once(&"PodScheduled"))
+        .map(|t| json!({"type": t}))
+        .collect();
+    let conditions: Vec<Value> = CONDITIONS
+        .iter()
+        .zip(states.iter())
+        .zip(transitions.iter())
+        .map(|((kind, (ok, reason, message)), at)| {
+            let mut c = json!({
+                "lastProbeTime": null,
+                "lastTransitionTime": at,
+                "status": if *ok { "True" } else { "False" },
+                "type": kind,
+            });
+            if !*ok && !reason.is_empty() {
+                c["message"] = json!(message);
+                c["reason"] = json!(reason);
+            }
+            c
+        })
+        .collect();
+    let statuses: Vec<Value> = view
+        .containers
+        .iter()
+        .map(|c| {
+            let mut s = json!({
+                "image": c.image,
+                "imageID": c.image_id,
+                "lastState": c.last_state.as_ref().map_or_else(|| json!({}), ApiState::to_json),
+                "name": c.name,
+                "ready": c.running(),
+                "restartCount": c.restart_count,
+                "started": c.running(),
+                "state": c.state.to_json(),
+            });
+            if !c.container_id.is_empty() {
+                s["containerID"] = json!(c.container_id);
+            }
+            s
+        })
+        .collect();
+    let mut status = json!({
+        "$setElementOrder/conditions": order,
+        "conditions": conditions,
+        "containerStatuses": statuses,
+        "phase": phase(&view.restart_policy, &view.containers),
+    });
+    if !view.host_ip.is_empty() {
+        status["hostIP"] = json!(view.host_ip);
+        status["hostIPs"] = json!([{"ip": view.host_ip}]);
+    }
+    if !view.pod_ip.is_empty() {
+        status["podIP"] = json!(view.pod_ip);
+        status["podIPs"] = json!([{"ip": view.pod_ip}]);
+    }
+    if !view.start_time.is_empty() {
+        status["startTime"] = json!(view.start_time);
+    }
+    json!({"metadata": {"uid": view.uid}, "status": status}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(name: &str) -> ContainerView {
+        ContainerView {
+            name: name.to_owned(),
+            image: "docker.io/library/nginx:1.27".to_owned(),
+            image_id: "docker.io/library/nginx@sha256:0123abcd".to_owned(),
+            container_id: "containerd://5f1c0a".to_owned(),
+            state: ApiState::Running {
+                started_at: "2025-06-01T08:00:03Z".to_owned(),
+            },
+            last_state: None,
+            restart_count: 0,
+        }
+    }
+
+    fn terminated(code: i32) -> ApiState {
+        ApiState::Terminated {
+            exit_code: code,
+            reason: if code == 0 { "Completed" } else { "Error" }.to_owned(),
+            message: String::new(),
+            started_at: "t0".to_owned(),
+            finished_at: "t1".to_owned(),
+            container_id: "containerd://x".to_owned(),
+        }
+    }
+
+    #[test]
+    fn running_pod_matches_the_vector() {
+        let view = PodView {
+            uid: "8f0b7c2e-3d4a-4b9e-9a61-2f5c1e7d9a10".to_owned(),
+            restart_policy: RestartPolicy::Always,
+            sandbox_ready: true,
+            host_ip: "192.168.1.50".to_owned(),
+            pod_ip: "10.88.0.7".to_owned(),
+            start_time: "2025-06-01T08:00:01Z".to_owned(),
+            containers: vec![running("nginx")],
+        };
+        let transitions = [
+            "2025-06-01T08:00:03Z".to_owned(),
+            "2025-06-01T08:00:01Z".to_owned(),
+            "2025-06-01T08:00:04Z".to_owned(),
+            "2025-06-01T08:00:04Z".to_owned(),
+        ];
+        let ours: Value = serde_json::from_str(&status_patch(&view, &transitions)).unwrap();
+        let path = format!(
+            "{}/../tests/fixtures/vectors/pod-status-patch.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let msg: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let theirs: Value = serde_json::from_str(msg["content"].as_str().unwrap()).unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn phases_follow_states_and_restart_policy() {
+        let with = |state: ApiState, last: bool| ContainerView {
+            state,
+            last_state: last.then(|| terminated(1)),
+            ..running("c")
+        };
+        let waiting = ApiState::Waiting {
+            reason: "ContainerCreating".to_owned(),
+            message: String::new(),
+        };
+        use RestartPolicy::*;
+        assert_eq!(phase(&Always, &[with(waiting.clone(), false)]), "Pending");
+        assert_eq!(phase(&Always, &[with(waiting, true)]), "Running");
+        assert_eq!(phase(&Always, &[running("c")]), "Running");
+        assert_eq!(phase(&Never, &[with(terminated(0), false)]), "Succeeded");
+        assert_eq!(phase(&Never, &[with(terminated(2), false), running("d")]), "Running");
+        assert_eq!(phase(&Never, &[with(terminated(2), false), with(terminated(0), false)]), "Failed");
+        assert_eq!(phase(&OnFailure, &[with(terminated(2), false)]), "Running");
+        assert_eq!(phase(&OnFailure, &[with(terminated(0), false)]), "Succeeded");
+        assert_eq!(phase(&Always, &[]), "Pending");
+    }
+
+    #[test]
+    fn unready_containers_are_named() {
+        let mut c = running("web");
+        c.state = ApiState::Waiting {
+            reason: "CrashLoopBackOff".to_owned(),
+            message: "back-off".to_owned(),
+        };
+        let view = PodView {
+            uid: "u".to_owned(),
+            restart_policy: RestartPolicy::Always,
+            sandbox_ready: true,
+            host_ip: String::new(),
+            pod_ip: String::new(),
+            start_time: String::new(),
+            containers: vec![c],
+        };
+        let t: [String; 4] = Default::default();
+        let v: Value = serde_json::from_str(&status_patch(&view, &t)).unwrap();
+        assert_eq!(v["status"]["conditions"][2]["status"], "False");
+        assert_eq!(
+            v["status"]["conditions"][2]["message"],
+            "containers with unready status: [web]"
+        );
+        assert_eq!(
+            v["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "CrashLoopBackOff"
+        );
+        assert!(v["status"].get("hostIP").is_none());
+    }
+}

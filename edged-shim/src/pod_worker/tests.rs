@@ -1,0 +1,319 @@
+use super::*;
+use crate::fake_runtime::FakeRuntime;
+use crate::testutil::{MetaCall, RecordingMeta};
+use serde_json::{Value, json};
+
+const APP: &str = "localhost/app:local";
+
+struct Harness {
+    meta: Arc<RecordingMeta>,
+    calls: mpsc::Receiver<MetaCall>,
+    events: mpsc::Sender<PodEvent>,
+    rt: FakeRuntime,
+    state: watch::Receiver<RuntimeState>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _root: tempfile::TempDir,
+}
+
+impl Harness {
+    fn start(rt: FakeRuntime) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let mut settings = EdgedSettings::from_config(&config::Edged::default());
+        settings.node_name = "n1".to_owned();
+        settings.root_directory = root.path().join("root");
+        settings.pod_log_directory = root.path().join("logs");
+        let (meta, calls) = RecordingMeta::new();
+        meta.put("configmap", "default", "cfg", json!({"data": {"greeting": "hello"}}));
+        meta.put("secret", "default", "sec", json!({"data": {"password": "czNjcmV0"}}));
+        let (state_tx, state) = watch::channel(RuntimeState::Unknown);
+        let (events, rx) = mpsc::channel(16);
+        let worker = PodWorker::new(
+            settings,
+            meta.clone(),
+            Box::new(rt.clone()),
+            state_tx,
+            "192.168.1.50".to_owned(),
+        );
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(worker.run(rx, cancel.clone()));
+        Self {
+            meta,
+            calls,
+            events,
+            rt,
+            state,
+            cancel,
+            task,
+            _root: root,
+        }
+    }
+
+    /// The next meta call matching `pred`, skipping others, within 10 virtual minutes.
+    async fn next(&mut self, what: &str, pred: impl Fn(&MetaCall) -> bool) -> MetaCall {
+        let wait = async {
+            loop {
+                match self.calls.recv().await {
+                    Some(call) if pred(&call) => return call,
+                    Some(_) => {}
+                    None => panic!("meta channel closed while waiting for {what}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(600), wait)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    /// The next pod status patch of `name` whose status satisfies `pred`.
+    async fn status(&mut self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let call = self
+            .next(what, |c| match c {
+                MetaCall::PatchPod { name: n, patch, .. } if n == name => {
+                    pred(&serde_json::from_str::<Value>(patch).unwrap()["status"])
+                }
+                _ => false,
+            })
+            .await;
+        match call {
+            MetaCall::PatchPod { patch, .. } => serde_json::from_str(&patch).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn pod(name: &str, restart: &str, extra_container: Value) -> Value {
+    let mut container = json!({
+        "name": "app",
+        "image": APP,
+        "command": ["/bin/sh", "-c", "echo $GREETING $PASSWORD"],
+        "env": [
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}}
+        ],
+        "volumeMounts": [{"name": "conf", "mountPath": "/etc/conf"}]
+    });
+    if let (Some(c), Some(extra)) = (container.as_object_mut(), extra_container.as_object()) {
+        for (k, v) in extra {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {
+            "hostNetwork": true,
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": 1,
+            "volumes": [{"name": "conf", "configMap": {"name": "cfg"}}],
+            "containers": [container]
+        }
+    })
+}
+
+fn running(s: &Value) -> bool {
+    s["phase"] == "Running" && s["containerStatuses"][0]["state"]["running"].is_object()
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_a_pod_with_env_and_volumes_and_reports_running() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    let patch = h.status("web", "running status", running).await;
+    assert_eq!(patch["metadata"]["uid"], "uid-web");
+    let s = &patch["status"];
+    assert_eq!(s["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(s["containerStatuses"][0]["ready"], true);
+    assert_eq!(s["hostIP"], "192.168.1.50");
+    assert_eq!(s["podIP"], "192.168.1.50", "host network pods carry the node IP");
+    assert_eq!(s["conditions"][2]["type"], "Ready");
+    assert_eq!(s["conditions"][2]["status"], "True");
+
+    assert_eq!(h.rt.calls_named("PullImage"), 0, "present image is not pulled");
+    {
+        let st = h.rt.state();
+        let sandbox = st.sandboxes.values().next().unwrap();
+        assert!(sandbox.host_network);
+        assert_eq!(sandbox.uid, "uid-web");
+        let c = st.containers.values().next().unwrap();
+        assert_eq!(
+            c.config.env,
+            [
+                ("GREETING".to_owned(), "hello".to_owned()),
+                ("PASSWORD".to_owned(), "s3cret".to_owned())
+            ]
+        );
+        assert_eq!(c.config.mounts[0].container_path, "/etc/conf");
+        let file = c.config.mounts[0].host_path.join("greeting");
+        assert_eq!(std::fs::read_to_string(file).unwrap(), "hello");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pulls_missing_images_and_reports_pull_errors() {
+    let rt = FakeRuntime::default();
+    rt.state().pullable.insert(APP.to_owned());
+    let mut h = Harness::start(rt);
+    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.status("web", "running status", running).await;
+    assert_eq!(h.rt.calls_named("PullImage"), 1);
+
+    h.events
+        .send(PodEvent::Upsert(pod("bad", "Always", json!({"image": "nowhere/img:1"}))))
+        .await
+        .unwrap();
+    let s = h
+        .status("bad", "pull error", |s| {
+            s["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
+        })
+        .await;
+    assert_eq!(s["status"]["phase"], "Pending");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_configmap_is_a_config_error() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events
+        .send(PodEvent::Upsert(pod(
+            "web",
+            "Always",
+            json!({"env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}),
+        )))
+        .await
+        .unwrap();
+    let s = h
+        .status("web", "config error", |s| {
+            s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+        })
+        .await;
+    let msg = s["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(msg.contains("configmap default/absent not found"), "{msg}");
+    // Once the configmap exists the pod starts.
+    h.meta.put("configmap", "default", "absent", json!({"data": {"k": "v"}}));
+    h.status("web", "running after the configmap appears", running).await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn always_restarts_after_crash_backoff() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.status("web", "running status", running).await;
+    h.rt.exit("app", 1);
+    let crashed_at = Instant::now();
+    h.status("web", "crash loop back-off", |s| {
+        s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    let s = h
+        .status("web", "restarted", |s| {
+            running(s) && s["containerStatuses"][0]["restartCount"] == 1
+        })
+        .await;
+    assert!(crashed_at.elapsed() >= CRASH_BACKOFF_INITIAL);
+    let last = &s["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 1);
+    assert_eq!(last["reason"], "Error");
+    assert_eq!(h.rt.calls_named("CreateContainer"), 2);
+    assert_eq!(h.rt.state().containers.len(), 1, "the old container was removed");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_policy_pod_succeeds_and_stays_down() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events.send(PodEvent::Upsert(pod("job", "Never", json!({})))).await.unwrap();
+    h.status("job", "running status", running).await;
+    h.rt.exit("app", 0);
+    let s = h.status("job", "succeeded", |s| s["phase"] == "Succeeded").await;
+    assert_eq!(s["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    tokio::time::sleep(Duration::from_secs(60)).await; // virtual: many sync passes
+    assert_eq!(h.rt.calls_named("CreateContainer"), 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cloud_delete_tears_down_without_notifying_the_cloud() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.status("web", "running status", running).await;
+    h.events
+        .send(PodEvent::Delete {
+            namespace: "default".to_owned(),
+            name: "web".to_owned(),
+            uid: "uid-web".to_owned(),
+        })
+        .await
+        .unwrap();
+    // The worker handles events in order: once the next pod runs, the delete is done.
+    h.events.send(PodEvent::Upsert(pod("other", "Always", json!({})))).await.unwrap();
+    h.status("other", "second pod running", running).await;
+    let st = h.rt.state();
+    assert_eq!(st.sandboxes.len(), 1);
+    assert!(st.sandboxes.values().all(|s| s.name == "other"));
+    assert_eq!(st.containers.len(), 1);
+    assert!(st.calls.iter().any(|c| c == "StopContainer"));
+    drop(st);
+    while let Ok(call) = h.calls.try_recv() {
+        assert!(!matches!(call, MetaCall::DeletePod { .. }), "{call:?}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_deletion_tears_down_then_tells_the_cloud() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.status("web", "running status", running).await;
+    let mut deleting = pod("web", "Always", json!({}));
+    deleting["metadata"]["deletionTimestamp"] = json!("2025-06-01T08:10:00Z");
+    h.events.send(PodEvent::Upsert(deleting)).await.unwrap();
+    let call = h
+        .next("pod delete to the cloud", |c| matches!(c, MetaCall::DeletePod { .. }))
+        .await;
+    assert_eq!(
+        call,
+        MetaCall::DeletePod {
+            namespace: "default".to_owned(),
+            name: "web".to_owned(),
+            uid: "uid-web".to_owned()
+        }
+    );
+    let st = h.rt.state();
+    assert!(st.sandboxes.is_empty());
+    assert!(st.containers.is_empty());
+    drop(st);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn runtime_down_is_reported_then_recovered() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    rt.state().down = true;
+    let mut h = Harness::start(rt);
+    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    let s = h
+        .status("web", "runtime unavailable", |s| {
+            s["containerStatuses"][0]["state"]["waiting"]["reason"] == "RuntimeUnavailable"
+        })
+        .await;
+    let msg = s["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(msg.contains("unavailable"), "{msg}");
+    assert!(matches!(&*h.state.borrow(), RuntimeState::Down { .. }));
+    h.rt.state().down = false;
+    h.status("web", "running after the runtime returns", running).await;
+    assert!(matches!(&*h.state.borrow(), RuntimeState::Up { .. }));
+    h.stop().await;
+}

@@ -1,0 +1,290 @@
+//! Pod volumes on disk under the root directory: configmap and secret files, emptyDir, hostPath.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+
+use tracing::warn;
+
+use crate::env::{EnvError, Objects, Source};
+use crate::pod::{Container, KeyToPath, Pod};
+use crate::runtime::Mount;
+
+/// Why a pod's volumes could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VolumeError {
+    #[error(transparent)]
+    Object(#[from] EnvError),
+    #[error("{kind} {name} for volume {volume} not found; create it or mark the volume optional")]
+    Missing {
+        kind: &'static str,
+        name: String,
+        volume: String,
+    },
+    #[error("volume {volume}: item path {path:?} must be relative and stay inside the volume")]
+    BadPath { volume: String, path: String },
+    #[error("volume {volume}: key {key:?} not found in {kind} {name}")]
+    MissingKey {
+        volume: String,
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("cannot write volume files under {path}; check rootDirectory permissions")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError + '_ {
+    move |source| VolumeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `<root>/pods/<uid>`.
+pub(crate) fn pod_dir(root: &Path, uid: &str) -> PathBuf {
+    root.join("pods").join(uid)
+}
+
+fn safe_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+async fn write_files(
+    dir: &Path,
+    volume: &str,
+    kind: &'static str,
+    name: &str,
+    data: &HashMap<String, Vec<u8>>,
+    items: &[KeyToPath],
+    mode: u32,
+) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt;
+    // Rewrite the directory from scratch so removed keys disappear.
+    let staging = dir.with_extension("new");
+    let _ = tokio::fs::remove_dir_all(&staging).await;
+    tokio::fs::create_dir_all(&staging).await.map_err(io(&staging))?;
+    let mut files: Vec<(String, &[u8], u32)> = Vec::new();
+    if items.is_empty() {
+        for (k, v) in data {
+            files.push((k.clone(), v, mode));
+        }
+    } else {
+        for item in items {
+            let Some(v) = data.get(&item.key) else {
+                return Err(VolumeError::MissingKey {
+                    volume: volume.to_owned(),
+                    kind,
+                    name: name.to_owned(),
+                    key: item.key.clone(),
+                });
+            };
+            files.push((item.path.clone(), v, item.mode.unwrap_or(mode)));
+        }
+    }
+    for (rel, bytes, file_mode) in files {
+        if !safe_relative(&rel) {
+            return Err(VolumeError::BadPath {
+                volume: volume.to_owned(),
+                path: rel,
+            });
+        }
+        let path = staging.join(&rel);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+        }
+        tokio::fs::write(&path, bytes).await.map_err(io(&path))?;
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(file_mode & 0o777))
+            .await
+            .map_err(io(&path))?;
+    }
+    let _ = tokio::fs::remove_dir_all(dir).await;
+    tokio::fs::rename(&staging, dir).await.map_err(io(dir))?;
+    Ok(())
+}
+
+/// Writes the pod's volumes; returns volume name → host path. Unsupported volume types are
+/// skipped with a warning (their mounts are skipped too).
+pub(crate) async fn prepare(
+    root: &Path,
+    pod: &Pod,
+    objects: &mut Objects<'_>,
+) -> Result<HashMap<String, PathBuf>, VolumeError> {
+    let base = pod_dir(root, &pod.metadata.uid).join("volumes");
+    let mut out = HashMap::new();
+    for v in &pod.spec.volumes {
+        if let Some(cm) = &v.config_map {
+            let dir = base.join("kubernetes.io~configmap").join(&v.name);
+            match objects.get(Source::ConfigMap, &cm.name).await? {
+                Some(data) => {
+                    let mode = cm.default_mode.unwrap_or(0o644);
+                    write_files(&dir, &v.name, "configmap", &cm.name, &data, &cm.items, mode).await?;
+                }
+                None if cm.optional == Some(true) => {
+                    tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+                }
+                None => {
+                    return Err(VolumeError::Missing {
+                        kind: "configmap",
+                        name: cm.name.clone(),
+                        volume: v.name.clone(),
+                    });
+                }
+            }
+            out.insert(v.name.clone(), dir);
+        } else if let Some(sec) = &v.secret {
+            let dir = base.join("kubernetes.io~secret").join(&v.name);
+            match objects.get(Source::Secret, &sec.secret_name).await? {
+                Some(data) => {
+                    let mode = sec.default_mode.unwrap_or(0o644);
+                    write_files(&dir, &v.name, "secret", &sec.secret_name, &data, &sec.items, mode)
+                        .await?;
+                }
+                None if sec.optional == Some(true) => {
+                    tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+                }
+                None => {
+                    return Err(VolumeError::Missing {
+                        kind: "secret",
+                        name: sec.secret_name.clone(),
+                        volume: v.name.clone(),
+                    });
+                }
+            }
+            out.insert(v.name.clone(), dir);
+        } else if v.empty_dir.is_some() {
+            let dir = base.join("kubernetes.io~empty-dir").join(&v.name);
+            tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+            out.insert(v.name.clone(), dir);
+        } else if let Some(hp) = &v.host_path {
+            out.insert(v.name.clone(), PathBuf::from(&hp.path));
+        } else {
+            warn!(pod = %pod.key(), volume = %v.name, "volume type not supported; skipped");
+        }
+    }
+    Ok(out)
+}
+
+/// Bind mounts for `container` from its volumeMounts.
+pub(crate) fn mounts(
+    pod: &Pod,
+    container: &Container,
+    volumes: &HashMap<String, PathBuf>,
+) -> Vec<Mount> {
+    container
+        .volume_mounts
+        .iter()
+        .filter_map(|m| {
+            let Some(host) = volumes.get(&m.name) else {
+                warn!(pod = %pod.key(), volume = %m.name, "mount of an unprepared volume skipped");
+                return None;
+            };
+            let host_path = if m.sub_path.is_empty() {
+                host.clone()
+            } else if safe_relative(&m.sub_path) {
+                host.join(&m.sub_path)
+            } else {
+                warn!(pod = %pod.key(), volume = %m.name, "subPath leaves the volume; mount skipped");
+                return None;
+            };
+            Some(Mount {
+                container_path: m.mount_path.clone(),
+                host_path,
+                read_only: m.read_only,
+            })
+        })
+        .collect()
+}
+
+/// Removes everything the pod had under the root directory.
+pub(crate) async fn cleanup(root: &Path, uid: &str) {
+    if uid.is_empty() || !safe_relative(uid) {
+        return;
+    }
+    let dir = pod_dir(root, uid);
+    if let Err(error) = tokio::fs::remove_dir_all(&dir).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %dir.display(), %error, "cannot remove pod directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::RecordingMeta;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn configmap_and_secret_files_with_items_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let (meta, _calls) = RecordingMeta::new();
+        meta.put("configmap", "ns", "cfg", json!({"data": {"a.conf": "A", "b": "B"}}));
+        meta.put("secret", "ns", "sec", json!({"data": {"pw": "czNjcmV0"}}));
+        let pod = Pod::from_json(&json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+            "spec": {
+                "volumes": [
+                    {"name": "c", "configMap": {"name": "cfg"}},
+                    {"name": "s", "secret": {"secretName": "sec", "defaultMode": 256,
+                                              "items": [{"key": "pw", "path": "dir/password"}]}},
+                    {"name": "e", "emptyDir": {}},
+                    {"name": "t", "projected": {}}
+                ],
+                "containers": [{"name": "x", "volumeMounts": [
+                    {"name": "c", "mountPath": "/etc/c", "readOnly": true},
+                    {"name": "s", "mountPath": "/etc/s"},
+                    {"name": "t", "mountPath": "/var/run/secrets"}
+                ]}]
+            }
+        }))
+        .unwrap();
+        let mut objects = Objects::new(meta.as_ref(), "ns");
+        let vols = prepare(root.path(), &pod, &mut objects).await.unwrap();
+        let c = &vols["c"];
+        assert_eq!(std::fs::read_to_string(c.join("a.conf")).unwrap(), "A");
+        assert_eq!(std::fs::read_to_string(c.join("b")).unwrap(), "B");
+        let pw = vols["s"].join("dir/password");
+        assert_eq!(std::fs::read_to_string(&pw).unwrap(), "s3cret");
+        assert_eq!(std::fs::metadata(&pw).unwrap().permissions().mode() & 0o777, 0o400);
+        assert!(vols["e"].is_dir());
+        assert!(!vols.contains_key("t"));
+
+        let m = mounts(&pod, &pod.spec.containers[0], &vols);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].container_path, "/etc/c");
+        assert!(m[0].read_only);
+
+        cleanup(root.path(), "u1").await;
+        assert!(!pod_dir(root.path(), "u1").exists());
+    }
+
+    #[tokio::test]
+    async fn escaping_item_paths_and_missing_objects_are_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let (meta, _calls) = RecordingMeta::new();
+        meta.put("configmap", "ns", "cfg", json!({"data": {"k": "v"}}));
+        let pod = |vol: serde_json::Value| {
+            Pod::from_json(&json!({
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u2"},
+                "spec": {"volumes": [vol]}
+            }))
+            .unwrap()
+        };
+        let mut objects = Objects::new(meta.as_ref(), "ns");
+        let bad = pod(json!({"name": "c", "configMap": {"name": "cfg",
+            "items": [{"key": "k", "path": "../escape"}]}}));
+        let err = prepare(root.path(), &bad, &mut objects).await.unwrap_err();
+        assert!(matches!(err, VolumeError::BadPath { .. }), "{err}");
+        let missing = pod(json!({"name": "c", "configMap": {"name": "nope"}}));
+        let err = prepare(root.path(), &missing, &mut objects).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Missing { .. }), "{err}");
+        let optional = pod(json!({"name": "c", "configMap": {"name": "nope", "optional": true}}));
+        assert!(prepare(root.path(), &optional, &mut objects).await.is_ok());
+    }
+}
