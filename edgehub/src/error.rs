@@ -1,5 +1,8 @@
 //! Errors of the cloud link.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 /// A WebSocket message that is not a beehive message.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -11,10 +14,215 @@ pub enum DecodeError {
     Json(#[source] serde_json::Error),
 }
 
-/// Errors of the hub that stop it from starting.
+/// Errors that stop the hub from starting. Each names the config key to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    /// The TLS material named in the config could not be used.
-    #[error("tls setup failed: {0}")]
-    Tls(String),
+    /// A TLS file could not be read.
+    #[error("cannot read {key} {path:?}: check the path and its permissions")]
+    ReadFile {
+        /// Config key, e.g. `modules.edgeHub.tlsCaFile`.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS file is not the PEM it should be.
+    #[error("{key} {path:?} holds no usable {what}: expected PEM ({expected})")]
+    BadPem {
+        /// Config key.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What was looked for.
+        what: &'static str,
+        /// The PEM labels accepted.
+        expected: &'static str,
+        /// The parser's complaint, if there was one.
+        #[source]
+        source: Option<rustls_pki_types::pem::Error>,
+    },
+    /// The CA file holds a certificate that cannot be a trust anchor.
+    #[error("{key} {path:?} holds a certificate that is not a usable CA")]
+    BadCa {
+        /// Config key.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client certificate and key do not make a usable pair.
+    #[error(
+        "modules.edgeHub.tlsCertFile {cert:?} and tlsPrivateKeyFile {key:?} are not a usable pair \
+         (key does not match or its type is unsupported)"
+    )]
+    ClientIdentity {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
+    /// A configured endpoint is not `host:port`.
+    #[error("{key} {value:?} is not host:port ({reason})")]
+    BadEndpoint {
+        /// Config key.
+        key: &'static str,
+        /// The value as configured.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `tlsServerName` (or the dialed host) is not a valid server name.
+    #[error("modules.edgeHub.tlsServerName {name:?} is neither a DNS name nor an IP address")]
+    BadServerName {
+        /// The name.
+        name: String,
+    },
+    /// The WebSocket URL built from node name and project ID is not a valid URL.
+    #[error(
+        "cannot build the websocket url from node name {node:?} and modules.edgeHub.projectID \
+         {project:?}: use characters valid in a URL path"
+    )]
+    BadUrl {
+        /// Node name.
+        node: String,
+        /// Project ID.
+        project: String,
+    },
+}
+
+/// What the reconnect loop does after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialErrorKind {
+    /// Transient: retry the same endpoint after the backoff.
+    Retry,
+    /// This endpoint does not work now: try the next one.
+    NextEndpoint,
+    /// Retrying will not help until an operator acts; the hub keeps trying at the backoff cap.
+    Fatal,
+}
+
+impl DialErrorKind {
+    /// Static label, also used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::NextEndpoint => "next_endpoint",
+            Self::Fatal => "fatal",
+        }
+    }
+}
+
+/// The server certificate does not carry the name the edge verified it against.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "server certificate of {endpoint} is not valid for {expected:?}; it carries [{presented}]: \
+     add {expected:?} to CloudCore's cloudHub.advertiseAddress / dnsNames, or set \
+     modules.edgeHub.tlsServerName to one of the names it carries",
+    presented = quoted_list(.presented)
+)]
+pub struct NameMismatch {
+    /// The endpoint dialed (`host:port`).
+    pub endpoint: String,
+    /// The name verified against (the dialed host or `tlsServerName`).
+    pub expected: String,
+    /// The subject alternative names in the certificate (`DNS:x`, `IP:y`).
+    pub presented: Vec<String>,
+}
+
+/// A failed connection attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// TCP connect failed (refused, unreachable, unresolvable).
+    #[error("tcp connect to {endpoint} failed")]
+    Connect {
+        /// Endpoint.
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The whole attempt took longer than allowed.
+    #[error(
+        "connecting to {endpoint} took longer than {after:?} (failover.connectTimeoutMs / \
+         websocket.handshakeTimeout)"
+    )]
+    Timeout {
+        /// Endpoint.
+        endpoint: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The server certificate does not name the host.
+    #[error(transparent)]
+    NameMismatch(#[from] NameMismatch),
+    /// The server certificate did not verify (unknown issuer, expired, ...).
+    #[error(
+        "server certificate of {endpoint} did not verify against modules.edgeHub.tlsCaFile"
+    )]
+    ServerCert {
+        /// Endpoint.
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The cloud rejected this node's client certificate.
+    #[error(
+        "{endpoint} rejected the client certificate ({alert}): renew \
+         modules.edgeHub.tlsCertFile or check it is signed by CloudCore's CA"
+    )]
+    ClientCertRejected {
+        /// Endpoint.
+        endpoint: String,
+        /// The TLS alert received.
+        alert: String,
+    },
+    /// The TLS handshake failed for another reason.
+    #[error("tls handshake with {endpoint} failed")]
+    Tls {
+        /// Endpoint.
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The WebSocket upgrade failed.
+    #[error("websocket upgrade with {endpoint} failed")]
+    Upgrade {
+        /// Endpoint.
+        endpoint: String,
+        /// Cause.
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+}
+
+impl DialError {
+    /// What the reconnect loop should do next.
+    pub fn kind(&self) -> DialErrorKind {
+        match self {
+            Self::Connect { .. }
+            | Self::Timeout { .. }
+            | Self::NameMismatch(_)
+            | Self::ServerCert { .. } => DialErrorKind::NextEndpoint,
+            Self::ClientCertRejected { .. } => DialErrorKind::Fatal,
+            Self::Tls { .. } | Self::Upgrade { .. } => DialErrorKind::Retry,
+        }
+    }
+}
+
+/// `"a", "b"`: every name quoted, so that an empty SAN shows as `""`.
+fn quoted_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1,13 +1,18 @@
 //! The public face of the cloud link: settings in, a handle and a link-state watch out.
-//!
-//! STUB: the edgehub engineer replaces the body of `spawn` with the real session loop.
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
+use crate::backoff::ReconnectBackoff;
+use crate::dial::Target;
+use crate::endpoints::Endpoints;
 use crate::error::HubError;
+use crate::link::Link;
 use crate::message::Message;
+use crate::session::SessionSettings;
+use crate::tls::ClientTls;
 
 /// Capacity of the queue of messages waiting to go to the cloud.
 pub(crate) const OUTBOUND_CAPACITY: usize = 1024;
@@ -22,7 +27,7 @@ pub struct HubSettings {
 }
 
 /// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DisconnectReason {
     /// The peer closed the connection or it was reset.
     Closed,
@@ -39,6 +44,16 @@ pub enum DisconnectReason {
 }
 
 impl DisconnectReason {
+    /// Every reason, in a fixed order (for metrics).
+    pub const ALL: [Self; 6] = [
+        Self::Closed,
+        Self::Silent,
+        Self::WriteFailed,
+        Self::DialFailed,
+        Self::Preferred,
+        Self::Shutdown,
+    ];
+
     /// Static label, also used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +63,17 @@ impl DisconnectReason {
             Self::DialFailed => "dial_failed",
             Self::Preferred => "preferred",
             Self::Shutdown => "shutdown",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Closed => 0,
+            Self::Silent => 1,
+            Self::WriteFailed => 2,
+            Self::DialFailed => 3,
+            Self::Preferred => 4,
+            Self::Shutdown => 5,
         }
     }
 }
@@ -83,11 +109,45 @@ impl LinkState {
     }
 }
 
+/// Counters of the link, for the metrics endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Sessions established since start.
+    pub sessions: u64,
+    /// Time from the last session loss to the next session, in milliseconds.
+    pub last_failover_ms: Option<u64>,
+    /// The delay before the current or last round of attempts, in milliseconds.
+    pub current_backoff_ms: u64,
+    ended: [u64; 6],
+}
+
+impl HubStats {
+    /// How many times the link went down for `reason` (each failed attempt counts as
+    /// [`DisconnectReason::DialFailed`]).
+    pub fn reconnects(&self, reason: DisconnectReason) -> u64 {
+        self.ended.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// `(reason, count)` for every reason.
+    pub fn reconnects_by_reason(&self) -> impl Iterator<Item = (DisconnectReason, u64)> + '_ {
+        DisconnectReason::ALL
+            .into_iter()
+            .map(|reason| (reason, self.reconnects(reason)))
+    }
+
+    pub(crate) fn count(&mut self, reason: DisconnectReason) {
+        if let Some(n) = self.ended.get_mut(reason.index()) {
+            *n = n.saturating_add(1);
+        }
+    }
+}
+
 /// Cloneable handle to the running hub.
 #[derive(Debug, Clone)]
 pub struct HubHandle {
     outbound: mpsc::Sender<Message>,
     link: watch::Receiver<LinkState>,
+    stats: watch::Receiver<HubStats>,
 }
 
 impl HubHandle {
@@ -101,20 +161,55 @@ impl HubHandle {
     pub fn link(&self) -> watch::Receiver<LinkState> {
         self.link.clone()
     }
+
+    /// A snapshot of the link counters.
+    pub fn stats(&self) -> HubStats {
+        self.stats.borrow().clone()
+    }
 }
 
 /// Starts the hub. Cloud messages (other than the reserved operations the hub answers itself)
 /// go to `inbound`.
+///
+/// Fails before anything runs when the TLS files, endpoints or URL parts in `settings` are
+/// unusable; the error names the config key to fix.
 pub fn spawn(
     settings: HubSettings,
     inbound: mpsc::Sender<Message>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<HubHandle, HubError> {
-    let (outbound, _outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let (_link_tx, link) = watch::channel(LinkState::Disconnected {
+    let HubSettings { node_name, hub } = settings;
+    let tls = ClientTls::load(&hub)?;
+    let endpoints = Endpoints::from_config(&hub)?;
+    let targets = endpoints
+        .iter()
+        .map(|ep| Target::new(ep.clone(), &tls, &node_name, &hub))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (link_tx, link) = watch::channel(LinkState::Disconnected {
         reason: DisconnectReason::Closed,
     });
-    let _ = (settings, inbound, cancel, tracker);
-    Ok(HubHandle { outbound, link })
+    let (stats_tx, stats) = watch::channel(HubStats::default());
+    let task = Link {
+        session: SessionSettings::from_config(&hub),
+        targets,
+        endpoints,
+        backoff: ReconnectBackoff::new(&hub.failover),
+        stable_after: std::time::Duration::from_millis(hub.failover.stable_after_ms),
+        probe_every: std::time::Duration::from_millis(hub.failover.probe_preferred_ms.max(10)),
+        inbound,
+        outbound: outbound_rx,
+        link: link_tx,
+        stats: stats_tx,
+        cancel,
+        sessions: 0,
+    };
+    let span = tracing::info_span!("edgehub", node = %node_name);
+    tracker.spawn(task.run().instrument(span));
+    Ok(HubHandle {
+        outbound,
+        link,
+        stats,
+    })
 }

@@ -6,10 +6,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backoff;
+mod dial;
+mod endpoints;
 mod error;
 mod hub;
+mod link;
 mod message;
+mod session;
+mod tls;
 
-pub use error::{DecodeError, HubError};
-pub use hub::{DisconnectReason, HubHandle, HubSettings, LinkState, spawn};
+pub use error::{DecodeError, DialError, DialErrorKind, HubError, NameMismatch};
+pub use hub::{DisconnectReason, HubHandle, HubSettings, HubStats, LinkState, spawn};
 pub use message::{Header, Message, Resource, Route, now_millis, op};

@@ -1,0 +1,198 @@
+//! One connection attempt: TCP, mutual TLS, then the WebSocket upgrade CloudHub expects
+//! (`wss://{server}/{projectID}/{node}/events` with `node_id`, `project_id`, `ConnectionUse: msg`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{AlertDescription, ClientConfig};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::endpoints::Endpoint;
+use crate::error::{DialError, HubError, NameMismatch};
+use crate::tls::ClientTls;
+
+/// The WebSocket to CloudHub.
+pub(crate) type CloudStream = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Largest message (and frame) accepted: pod lists and configmaps can be large.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Everything needed to dial one endpoint, prepared (and validated) at start.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    endpoint: Endpoint,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    request: Request,
+    limit: Duration,
+}
+
+impl Target {
+    /// Builds the TLS config, server name and upgrade request for `endpoint`.
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        tls: &ClientTls,
+        node: &str,
+        hub: &config::EdgeHub,
+    ) -> Result<Self, HubError> {
+        let bad_url = || HubError::BadUrl {
+            node: node.to_owned(),
+            project: hub.project_id.clone(),
+        };
+        let url = format!("wss://{endpoint}/{}/{node}/events", hub.project_id);
+        let mut request = url.into_client_request().map_err(|_| bad_url())?;
+        let headers = request.headers_mut();
+        headers.insert("node_id", HeaderValue::from_str(node).map_err(|_| bad_url())?);
+        headers.insert(
+            "project_id",
+            HeaderValue::from_str(&hub.project_id).map_err(|_| bad_url())?,
+        );
+        headers.insert("connectionuse", HeaderValue::from_static("msg"));
+        Ok(Self {
+            tls: tls.config_for(&endpoint)?,
+            server_name: tls.server_name(&endpoint)?,
+            endpoint,
+            request,
+            limit: attempt_limit(hub),
+        })
+    }
+
+    /// The endpoint this target dials.
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// TCP + TLS + upgrade, bounded by the attempt limit.
+    pub(crate) async fn dial(&self) -> Result<CloudStream, DialError> {
+        self.bounded(async {
+            let tls = self.tls_connect().await?;
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_MESSAGE_BYTES))
+                .max_frame_size(Some(MAX_MESSAGE_BYTES));
+            let (ws, _response) =
+                tokio_tungstenite::client_async_with_config(self.request.clone(), tls, Some(config))
+                    .await
+                    .map_err(|e| self.upgrade_error(e))?;
+            Ok(ws)
+        })
+        .await
+    }
+
+    /// TCP + TLS only: enough to know a preferred endpoint answers again.
+    pub(crate) async fn probe(&self) -> Result<(), DialError> {
+        self.bounded(async { self.tls_connect().await.map(drop) }).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        attempt: impl Future<Output = Result<T, DialError>>,
+    ) -> Result<T, DialError> {
+        tokio::time::timeout(self.limit, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DialError::Timeout {
+                    endpoint: self.endpoint.to_string(),
+                    after: self.limit,
+                })
+            })
+    }
+
+    async fn tls_connect(&self) -> Result<TlsStream<TcpStream>, DialError> {
+        let connect_error = |source| DialError::Connect {
+            endpoint: self.endpoint.to_string(),
+            source,
+        };
+        let tcp = TcpStream::connect((self.endpoint.host(), self.endpoint.port()))
+            .await
+            .map_err(connect_error)?;
+        tcp.set_nodelay(true).map_err(connect_error)?;
+        TlsConnector::from(self.tls.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| self.tls_error(e))
+    }
+
+    fn tls_error(&self, e: std::io::Error) -> DialError {
+        let endpoint = self.endpoint.to_string();
+        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+            return DialError::Tls {
+                endpoint,
+                source: e,
+            };
+        };
+        match tls {
+            rustls::Error::Other(other) => match other.0.downcast_ref::<NameMismatch>() {
+                Some(mismatch) => DialError::NameMismatch(mismatch.clone()),
+                None => DialError::Tls {
+                    endpoint,
+                    source: e,
+                },
+            },
+            rustls::Error::InvalidCertificate(_) => DialError::ServerCert {
+                endpoint,
+                source: tls.clone(),
+            },
+            rustls::Error::AlertReceived(alert) if rejects_client_cert(*alert) => {
+                DialError::ClientCertRejected {
+                    endpoint,
+                    alert: format!("{alert:?}"),
+                }
+            }
+            _ => DialError::Tls {
+                endpoint,
+                source: e,
+            },
+        }
+    }
+
+    fn upgrade_error(&self, e: tokio_tungstenite::tungstenite::Error) -> DialError {
+        // With TLS 1.3 the server judges the client certificate after the client finished its
+        // handshake, so a rejection arrives while the upgrade is read.
+        if let tokio_tungstenite::tungstenite::Error::Io(io) = &e
+            && let Some(rustls::Error::AlertReceived(alert)) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            && rejects_client_cert(*alert)
+        {
+            return DialError::ClientCertRejected {
+                endpoint: self.endpoint.to_string(),
+                alert: format!("{alert:?}"),
+            };
+        }
+        DialError::Upgrade {
+            endpoint: self.endpoint.to_string(),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// `failover.connectTimeoutMs`, never more than `websocket.handshakeTimeout`.
+fn attempt_limit(hub: &config::EdgeHub) -> Duration {
+    let connect = Duration::from_millis(hub.failover.connect_timeout_ms.max(1));
+    match hub.websocket.handshake_timeout {
+        0 => connect,
+        secs => connect.min(Duration::from_secs(u64::from(secs))),
+    }
+}
+
+fn rejects_client_cert(alert: AlertDescription) -> bool {
+    matches!(
+        alert,
+        AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRequired
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::AccessDenied
+    )
+}

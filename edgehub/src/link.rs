@@ -1,0 +1,294 @@
+//! The connection loop: rounds of attempts over the endpoints, sessions, probes of preferred
+//! endpoints, backoff, and the link state and counters that tell the rest of edgecore about it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::ReconnectBackoff;
+use crate::dial::{CloudStream, Target};
+use crate::endpoints::{Endpoints, Round};
+use crate::error::DialErrorKind;
+use crate::hub::{DisconnectReason, HubStats, LinkState};
+use crate::message::Message;
+use crate::session::{self, Links, SessionEnd, SessionSettings};
+
+/// The hub task's state. Owned by the one task that runs [`Link::run`].
+pub(crate) struct Link {
+    pub(crate) session: SessionSettings,
+    /// Same order as `endpoints`.
+    pub(crate) targets: Vec<Target>,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) backoff: ReconnectBackoff,
+    pub(crate) stable_after: Duration,
+    pub(crate) probe_every: Duration,
+    pub(crate) inbound: mpsc::Sender<Message>,
+    pub(crate) outbound: mpsc::Receiver<Message>,
+    pub(crate) link: watch::Sender<LinkState>,
+    pub(crate) stats: watch::Sender<HubStats>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) sessions: u64,
+}
+
+/// What a round of attempts ended with.
+enum RoundEnd {
+    /// Every endpoint failed, or one failed in a way that calls for the backoff.
+    Failed,
+    /// A session ran and ended.
+    Session {
+        index: usize,
+        end: SessionEnd,
+        up_for: Duration,
+        /// A preferred endpoint that answered a probe.
+        preferred: Option<usize>,
+    },
+    Shutdown,
+}
+
+impl Link {
+    /// Connects, keeps the session up, reconnects, until cancelled.
+    pub(crate) async fn run(mut self) {
+        let mut round = self.endpoints.round();
+        let mut wait = true;
+        let mut attempt: u32 = 0;
+        let mut lost_at: Option<Instant> = None;
+        let mut last_first: Option<usize> = None;
+        loop {
+            if wait {
+                let delay = self.backoff.next_delay();
+                let delay_ms = millis(delay);
+                self.stats.send_modify(|s| s.current_backoff_ms = delay_ms);
+                if !delay.is_zero() {
+                    info!(delay_ms, "backing off");
+                    tokio::select! {
+                        biased;
+                        () = self.cancel.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+            if let Some(first) = round.clone().next()
+                && last_first != Some(first)
+            {
+                if let Some(ep) = self.endpoints.get(first) {
+                    info!(endpoint = %ep, failures = self.endpoints.failures(first), "endpoint chosen");
+                }
+                last_first = Some(first);
+            }
+            let outcome = self.attempt_round(round, &mut attempt, &mut lost_at).await;
+            wait = true;
+            round = match outcome {
+                RoundEnd::Shutdown => break,
+                RoundEnd::Failed => self.endpoints.round(),
+                RoundEnd::Session {
+                    index,
+                    end,
+                    up_for,
+                    preferred,
+                } => {
+                    attempt = 0;
+                    lost_at = Some(Instant::now());
+                    self.lost(&end, up_for);
+                    if up_for >= self.stable_after {
+                        self.backoff.reset();
+                    }
+                    match end.reason {
+                        DisconnectReason::Shutdown => break,
+                        DisconnectReason::Preferred => {
+                            wait = false;
+                            match preferred {
+                                Some(to) => self.endpoints.round_from(to),
+                                None => self.endpoints.round(),
+                            }
+                        }
+                        DisconnectReason::Silent | DisconnectReason::WriteFailed => {
+                            self.endpoints.record_failure(index, Instant::now());
+                            self.endpoints.round()
+                        }
+                        DisconnectReason::Closed | DisconnectReason::DialFailed => {
+                            self.endpoints.round()
+                        }
+                    }
+                }
+            };
+        }
+        self.set(LinkState::Disconnected {
+            reason: DisconnectReason::Shutdown,
+        });
+        info!("cloud link stopped");
+    }
+
+    /// Tries the endpoints of `round` in order until one gives a session.
+    async fn attempt_round(
+        &mut self,
+        round: Round,
+        attempt: &mut u32,
+        lost_at: &mut Option<Instant>,
+    ) -> RoundEnd {
+        for index in round {
+            let Some(target) = self.targets.get(index) else {
+                continue;
+            };
+            *attempt = attempt.saturating_add(1);
+            let endpoint = target.endpoint().to_string();
+            info!(endpoint = %endpoint, attempt = *attempt, "connecting");
+            self.set(LinkState::Connecting {
+                endpoint: endpoint.clone(),
+                attempt: *attempt,
+            });
+            let started = Instant::now();
+            let dialed = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return RoundEnd::Shutdown,
+                dialed = target.dial() => dialed,
+            };
+            match dialed {
+                Ok(ws) => {
+                    self.endpoints.record_success(index);
+                    self.sessions = self.sessions.saturating_add(1);
+                    let session = self.sessions;
+                    let failover_ms = lost_at.take().map(|at| millis(at.elapsed()));
+                    self.stats.send_modify(|s| {
+                        s.sessions = session;
+                        if failover_ms.is_some() {
+                            s.last_failover_ms = failover_ms;
+                        }
+                    });
+                    info!(
+                        endpoint = %endpoint,
+                        session,
+                        took_ms = millis(started.elapsed()),
+                        failover_ms,
+                        "connected"
+                    );
+                    self.set(LinkState::Connected {
+                        session,
+                        endpoint,
+                    });
+                    let up = Instant::now();
+                    let (end, preferred) = self.connected(index, ws).await;
+                    return RoundEnd::Session {
+                        index,
+                        end,
+                        up_for: up.elapsed(),
+                        preferred,
+                    };
+                }
+                Err(e) => {
+                    let kind = e.kind();
+                    if kind == DialErrorKind::Fatal {
+                        error!(endpoint = %endpoint, attempt = *attempt, kind = kind.as_str(), error = %e, "connection attempt failed");
+                    } else {
+                        warn!(endpoint = %endpoint, attempt = *attempt, kind = kind.as_str(), error = %e, "connection attempt failed");
+                    }
+                    self.stats
+                        .send_modify(|s| s.count(DisconnectReason::DialFailed));
+                    self.set(LinkState::Disconnected {
+                        reason: DisconnectReason::DialFailed,
+                    });
+                    match kind {
+                        DialErrorKind::NextEndpoint => {
+                            self.endpoints.record_failure(index, Instant::now());
+                        }
+                        DialErrorKind::Fatal => {
+                            self.endpoints.record_failure(index, Instant::now());
+                            return RoundEnd::Failed;
+                        }
+                        DialErrorKind::Retry => return RoundEnd::Failed,
+                    }
+                }
+            }
+        }
+        RoundEnd::Failed
+    }
+
+    /// Runs the session on `ws`; meanwhile probes the endpoints preferred over `index` and, when
+    /// one answers, ends the session to move there.
+    async fn connected(&mut self, index: usize, ws: CloudStream) -> (SessionEnd, Option<usize>) {
+        let (mut sink, mut stream) = ws.split();
+        let preempt = CancellationToken::new();
+        let preferred: Vec<usize> = self.endpoints.preferred_over(index).collect();
+        let session = session::run(
+            &mut sink,
+            &mut stream,
+            self.session,
+            Links {
+                inbound: &self.inbound,
+                outbound: &mut self.outbound,
+                cancel: &self.cancel,
+                preempt: &preempt,
+            },
+        );
+        tokio::pin!(session);
+        let targets = &self.targets;
+        let mut probe_tick = tokio::time::interval_at(
+            Instant::now() + self.probe_every,
+            self.probe_every,
+        );
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probing: Option<Pin<Box<dyn Future<Output = Option<usize>> + Send + '_>>> = None;
+        let mut found = None;
+        loop {
+            tokio::select! {
+                biased;
+                // The session watches the cancel token itself, so that it can send a Close frame.
+                end = &mut session => return (end, found),
+                hit = async { match probing.as_mut() { Some(p) => p.await, None => None } },
+                    if probing.is_some() =>
+                {
+                    probing = None;
+                    if let Some(to) = hit {
+                        if let Some(ep) = targets.get(to) {
+                            info!(endpoint = %ep.endpoint(), "preferred endpoint answers, moving back");
+                        }
+                        found = Some(to);
+                        preempt.cancel();
+                    }
+                }
+                _ = probe_tick.tick(), if !preferred.is_empty() && found.is_none() && probing.is_none() => {
+                    probing = Some(Box::pin(probe_first(targets, preferred.clone())));
+                }
+            }
+        }
+    }
+
+    fn lost(&self, end: &SessionEnd, up_for: Duration) {
+        let reason = end.reason;
+        let after_ms = millis(up_for);
+        let cause = end.cause.as_deref().unwrap_or_default();
+        self.stats.send_modify(|s| s.count(reason));
+        match reason {
+            DisconnectReason::Shutdown | DisconnectReason::Preferred => {
+                info!(reason = reason.as_str(), after_ms, "session ended");
+            }
+            _ => warn!(reason = reason.as_str(), after_ms, cause, "session lost"),
+        }
+        self.set(LinkState::Disconnected { reason });
+    }
+
+    fn set(&self, state: LinkState) {
+        self.link.send_replace(state);
+    }
+}
+
+/// The first of `preferred` that completes a TCP + TLS handshake.
+async fn probe_first(targets: &[Target], preferred: Vec<usize>) -> Option<usize> {
+    for index in preferred {
+        let target = targets.get(index)?;
+        match target.probe().await {
+            Ok(()) => return Some(index),
+            Err(e) => debug!(endpoint = %target.endpoint(), error = %e, "preferred endpoint still down"),
+        }
+    }
+    None
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
