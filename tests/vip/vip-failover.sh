@@ -30,10 +30,14 @@
 #                   its cloudsim. Its haproxy keeps running and it keeps the VIP address
 #                   (a crashed keepalived does not remove it); the backup takes over by
 #                   VRRP timeout and gratuitous ARP.
-#   host            power cut: SIGSTOP+SIGKILL everything in the master's namespace, eth0 down.
+#   host            power cut: SIGSTOP everything in the master's namespace, eth0 down, SIGKILL.
 #
 # Binaries: EDGECORE_BIN and CLOUDSIM_BIN, or built with
-# `cargo build --release --locked -p edgecore -p edgecore-tests` (CARGO_TARGET_DIR honoured).
+# `cargo build --profile $VIPTEST_PROFILE --locked -p edgecore -p edgecore-tests`
+# (CARGO_TARGET_DIR honoured). The default profile is dev: after `cargo test` (tests/run.sh)
+# that is an incremental build of seconds, while the release profile (fat LTO) took more
+# than 15 minutes from scratch on the shared build machine. VIPTEST_PROFILE=release for
+# release binaries.
 # If they cannot be built or do not implement the interface yet, the same topology and
 # failover run with tests/vip/standin.py (python3) in their place, the stand-in numbers
 # are printed, and the script prints "SKIP: ..." and exits 0 (VIPTEST_STRICT=1: exit 1).
@@ -42,7 +46,7 @@
 #   VIPTEST_VRID (53)  VIPTEST_VRRP_VERSION (3)  VIPTEST_ADVERT (0.2 s; VRRPv2 needs whole s)
 #   VIPTEST_MODE (kill)  VIPTEST_BOUND (30 s per wait)  VIPTEST_SETTLE (3 s)
 #   VIPTEST_FEED (20 objects before)  VIPTEST_FEED_AFTER (20 objects after the kill)
-#   VIPTEST_NODE (edge-vip-1)  VIPTEST_STATE (tests/vip/run)  VIPTEST_KEEP (0: 1 = leave
+#   VIPTEST_PROFILE (dev)  VIPTEST_NODE (edge-vip-1)  VIPTEST_STATE (tests/vip/run)  VIPTEST_KEEP (0: 1 = leave
 #   it all running for inspection; clean up with `down`)  VIPTEST_STANDIN (0: 1 = force the
 #   stand-ins)  VIPTEST_NO_APT (0)  VIPTEST_STRICT (0)  VIPTEST_RUST_LOG (info)
 #   VIPTEST_CONNECTED_RE / VIPTEST_LOST_RE: how a link transition looks in edgecore's log.
@@ -328,11 +332,13 @@ resolve_bins() { # sets EDGECORE_BIN CLOUDSIM_BIN, or returns 1 with the reason 
   WHY=""
   if [ -z "${EDGECORE_BIN:-}" ] || [ -z "${CLOUDSIM_BIN:-}" ]; then
     command -v cargo >/dev/null || { WHY="cargo not found and EDGECORE_BIN/CLOUDSIM_BIN not set"; return 1; }
-    log "building edgecore and cloudsim (cargo build --release)"
-    (cd "$ROOT" && cargo build --release --locked -p edgecore -p edgecore-tests >&2) ||
-      { WHY="cargo build --release -p edgecore -p edgecore-tests failed"; return 1; }
+    local prof="${VIPTEST_PROFILE:-dev}" sub
+    sub="$prof"; [ "$prof" = dev ] && sub=debug
+    log "building edgecore and cloudsim (cargo build --profile $prof)"
+    (cd "$ROOT" && cargo build --profile "$prof" --locked -p edgecore -p edgecore-tests >&2) ||
+      { WHY="cargo build --profile $prof -p edgecore -p edgecore-tests failed"; return 1; }
     local td; td="${CARGO_TARGET_DIR:-$ROOT/target}"; case "$td" in /*) ;; *) td="$ROOT/$td";; esac
-    EDGECORE_BIN="${EDGECORE_BIN:-$td/release/edgecore}" CLOUDSIM_BIN="${CLOUDSIM_BIN:-$td/release/cloudsim}"
+    EDGECORE_BIN="${EDGECORE_BIN:-$td/$sub/edgecore}" CLOUDSIM_BIN="${CLOUDSIM_BIN:-$td/$sub/cloudsim}"
   fi
   [ -x "$EDGECORE_BIN" ] || { WHY="no executable $EDGECORE_BIN"; return 1; }
   [ -x "$CLOUDSIM_BIN" ] || { WHY="no executable $CLOUDSIM_BIN"; return 1; }
@@ -412,9 +418,10 @@ cmd_run() {
       signal_tracked "keepalived-vrrp-$victim" KILL; signal_tracked "keepalived-$victim" KILL ;;
     host)
       local pids; pids="$(ip netns pids "$vns" 2>/dev/null | xargs)"
+      # freeze, pull the cable, then kill: the dying sockets' FIN/RST never leave the host
       [ -n "$pids" ] && kill -STOP $pids 2>/dev/null || true
-      [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
-      ip -n "$vns" link set eth0 down ;;
+      ip -n "$vns" link set eth0 down
+      [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true ;;
   esac
   log "crashed $victim"
   feed "$FEED2"
@@ -505,6 +512,6 @@ REAL=0 WHY=""
 case "${1:-run}" in
   run) cmd_run;;
   down) cmd_down;;
-  -h|--help|help) sed -n '2,46p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//';;
+  -h|--help|help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}";;
   *) echo "usage: $0 [run|down]" >&2; exit 2;;
 esac
