@@ -309,10 +309,11 @@ session_holder() {
     awk '{ if (match($0, /connected to cloud[0-9]+/)) w = substr($0, RSTART + 13, RLENGTH - 13) } END { print w }' "$STATE/log/edge.log" 2>/dev/null
     return 0
   fi
+  # cloudsim logs "session started" / "session ended" with node=... replica=...
   local c best="" bt=0 t
   for c in $(clouds); do
-    t="$(awk -v n="$EDGE_NODE" 'index($0, n) && tolower($0) ~ /connect|session|open|accept/ && tolower($0) !~ /disconnect|clos|lost|gone|drop/ { t = $1 } END { print t + 0 }' \
-      "$STATE/log/hub-$c.log" 2>/dev/null || echo 0)"
+    t="$(awk -v n="$EDGE_NODE" 'index($0, n) { if (/session started/) s = $1; else if (/session ended/) e = $1 }
+      END { print (s + 0 > e + 0) ? s : 0 }' "$STATE/log/hub-$c.log" 2>/dev/null || echo 0)"
     awk -v a="$t" -v b="$bt" 'BEGIN { exit !(a > b) }' && { best="$c"; bt="$t"; }
   done
   echo "${best:-unknown}"
@@ -454,6 +455,12 @@ cmd_run() {
   local reconnects; reconnects="$(edge_count_after "$t0" "$CONNECTED_RE")"
   local last_conn; last_conn="$(edge_event_after "$t0" "$CONNECTED_RE" last)"
   local new_master; new_master="$(awk -v t0="$t0" -v v="$victim" '$1 >= t0 && $5 == "MASTER" && $2 != v { printf "%s@%d", $2, ($1 - t0) * 1000; exit }' "$STATE/log/vrrp-events.log")"
+  # edgehub's own number: from when it noticed the loss to the new session (failover_ms=)
+  local edge_fo=null
+  if [ -n "$t_conn" ]; then
+    edge_fo="$(awk -v t="$t_conn" '$1 == t && match($0, /failover_ms=(Some\()?[0-9]+/) { s = substr($0, RSTART, RLENGTH); gsub(/[^0-9]/, "", s); print s; exit }' "$STATE/log/edge.log")"
+    [ -n "$edge_fo" ] || edge_fo=null
+  fi
   local holders_after; holders_after="$(vip_holders | xargs)"
   local sess_after; sess_after="$(session_holder)"
 
@@ -465,9 +472,9 @@ cmd_run() {
   local what; [ "$REAL" = 1 ] && what=edgecore || what=standin
   echo "failover_reconnect_ms=$reconnect_ms converge_ms=$converge_ms"
   local json
-  json="$(printf '{"test":"vip-failover","edge":"%s","mode":"%s","clouds":%d,"vrrp_version":%s,"advert_int_s":%s,"vip":"%s","victim":"%s","session_before":"%s","session_after":"%s","new_master_at":"%s","vip_holders_after":"%s","lost_ms":%s,"failover_reconnect_ms":%s,"converge_ms":%s,"reconnects":%d,"last_reconnect_ms":%s,"stable":%s,"initial_connect_converge_ms":%s,"fed_before":%d,"fed_after":%d,"feed_ms":%s,"total_s":%s}' \
+  json="$(printf '{"test":"vip-failover","edge":"%s","mode":"%s","clouds":%d,"vrrp_version":%s,"advert_int_s":%s,"vip":"%s","victim":"%s","session_before":"%s","session_after":"%s","new_master_at":"%s","vip_holders_after":"%s","lost_ms":%s,"edge_reported_failover_ms":%s,"failover_reconnect_ms":%s,"converge_ms":%s,"reconnects":%d,"last_reconnect_ms":%s,"stable":%s,"initial_connect_converge_ms":%s,"fed_before":%d,"fed_after":%d,"feed_ms":%s,"total_s":%s}' \
     "$what" "$MODE" "$NCLOUD" "$VRRP_VERSION" "$ADVERT" "$VIP" "$victim" "${sess_before:-}" "${sess_after:-}" "${new_master:-}" \
-    "$holders_after" "$lost_ms" "$reconnect_ms" "$converge_ms" "$reconnects" "$last_ms" \
+    "$holders_after" "$lost_ms" "$edge_fo" "$reconnect_ms" "$converge_ms" "$reconnects" "$last_ms" \
     "$([ $stable = 1 ] && echo true || echo false)" "$initial_ms" "$FEED1" "$FEED2" "$(ms_since "$t0" "$t_fed")" \
     "$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')")"
   echo "$json"; echo "$json" > "$STATE/result.json"
