@@ -405,6 +405,10 @@ proptest! {
             .collect();
         if let Ok(loaded) = from_yaml(&damaged.join("\n")) {
             let _ = loaded.config.validate();
+            // Whatever loads prints back to the same configuration.
+            let back = from_yaml(&to_yaml(&loaded.config).unwrap()).unwrap();
+            prop_assert_eq!(back.warnings, vec![]);
+            prop_assert_eq!(back.config, loaded.config);
         }
     }
 
