@@ -1,6 +1,8 @@
 //! KubeEdge module sections we do not run. They are typed so that their keys are known (no
 //! unknown-key warnings), keep KubeEdge's defaults, and print back as they were read.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::de;
@@ -49,8 +51,8 @@ pub struct EdgeStream {
     pub tls_tunnel_private_key_file: String,
 }
 
-/// `modules.eventBus`: the MQTT bridge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `modules.eventBus`: the MQTT bridge. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EventBus {
     /// Module switch.
@@ -195,5 +197,29 @@ impl Default for ServiceBus {
             tls_cert_file: String::new(),
             tls_private_key_file: String::new(),
         }
+    }
+}
+
+impl fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let password = if self.mqtt_password.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        };
+        f.debug_struct("EventBus")
+            .field("enable", &self.enable)
+            .field("mqtt_mode", &self.mqtt_mode)
+            .field("mqtt_qos", &self.mqtt_qos)
+            .field("mqtt_retain", &self.mqtt_retain)
+            .field("mqtt_session_queue_size", &self.mqtt_session_queue_size)
+            .field("mqtt_server_external", &self.mqtt_server_external)
+            .field("mqtt_server_internal", &self.mqtt_server_internal)
+            .field("mqtt_sub_client_id", &self.mqtt_sub_client_id)
+            .field("mqtt_pub_client_id", &self.mqtt_pub_client_id)
+            .field("mqtt_username", &self.mqtt_username)
+            .field("mqtt_password", &password)
+            .field("event_bus_tls", &self.event_bus_tls)
+            .finish()
     }
 }

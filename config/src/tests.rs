@@ -371,6 +371,7 @@ fn validation_errors_convert_into_config_error() {
 fn debug_output_hides_the_token() {
     let mut c = default_config("n");
     c.modules.edge_hub.token = "cafe.eyJhbGciOi-secret".to_owned();
+    c.modules.event_bus.mqtt_password = "mqtt-secret".to_owned();
     let debug = format!("{c:?}");
     assert!(!debug.contains("secret"), "{debug}");
     assert!(debug.contains("<redacted>"));
