@@ -93,7 +93,10 @@ mod tests {
         b.reset();
         assert_eq!(b.next_delay(), Duration::ZERO);
         let d = b.next_delay();
-        assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(100) && d <= Duration::from_millis(200),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -105,8 +108,10 @@ mod tests {
             .without_max_times();
         let mut seen = std::collections::BTreeSet::new();
         for seed in 0..8 {
-            let mut b =
-                ReconnectBackoff::with_builder(builder.with_jitter_seed(seed), Duration::from_secs(5));
+            let mut b = ReconnectBackoff::with_builder(
+                builder.with_jitter_seed(seed),
+                Duration::from_secs(5),
+            );
             b.next_delay();
             seen.insert(b.next_delay());
         }

@@ -50,7 +50,10 @@ impl Target {
         let url = format!("wss://{endpoint}/{}/{node}/events", hub.project_id);
         let mut request = url.into_client_request().map_err(|_| bad_url())?;
         let headers = request.headers_mut();
-        headers.insert("node_id", HeaderValue::from_str(node).map_err(|_| bad_url())?);
+        headers.insert(
+            "node_id",
+            HeaderValue::from_str(node).map_err(|_| bad_url())?,
+        );
         headers.insert(
             "project_id",
             HeaderValue::from_str(&hub.project_id).map_err(|_| bad_url())?,
@@ -77,10 +80,13 @@ impl Target {
             let config = WebSocketConfig::default()
                 .max_message_size(Some(MAX_MESSAGE_BYTES))
                 .max_frame_size(Some(MAX_MESSAGE_BYTES));
-            let (ws, _response) =
-                tokio_tungstenite::client_async_with_config(self.request.clone(), tls, Some(config))
-                    .await
-                    .map_err(|e| self.upgrade_error(e))?;
+            let (ws, _response) = tokio_tungstenite::client_async_with_config(
+                self.request.clone(),
+                tls,
+                Some(config),
+            )
+            .await
+            .map_err(|e| self.upgrade_error(e))?;
             Ok(ws)
         })
         .await
@@ -88,7 +94,8 @@ impl Target {
 
     /// TCP + TLS only: enough to know a preferred endpoint answers again.
     pub(crate) async fn probe(&self) -> Result<(), DialError> {
-        self.bounded(async { self.tls_connect().await.map(drop) }).await
+        self.bounded(async { self.tls_connect().await.map(drop) })
+            .await
     }
 
     async fn bounded<T>(
@@ -122,7 +129,10 @@ impl Target {
 
     fn tls_error(&self, e: std::io::Error) -> DialError {
         let endpoint = self.endpoint.to_string();
-        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
             return DialError::Tls {
                 endpoint,
                 source: e,
@@ -196,3 +206,6 @@ fn rejects_client_cert(alert: AlertDescription) -> bool {
             | AlertDescription::AccessDenied
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -200,7 +200,14 @@ mod tests {
         let ep = Endpoint::try_new("k", "[fd00::1]:10000").unwrap();
         assert_eq!(ep.host(), "fd00::1");
         assert_eq!(ep.to_string(), "[fd00::1]:10000");
-        for bad in ["10.0.0.10", ":10000", "host:0", "host:x", "fd00::1:10000", "a/b:1"] {
+        for bad in [
+            "10.0.0.10",
+            ":10000",
+            "host:0",
+            "host:x",
+            "fd00::1:10000",
+            "a/b:1",
+        ] {
             let err = Endpoint::try_new("modules.edgeHub.websocket.server", bad).unwrap_err();
             let text = err.to_string();
             assert!(text.contains("modules.edgeHub.websocket.server"), "{text}");

@@ -163,9 +163,7 @@ pub enum DialError {
     #[error(transparent)]
     NameMismatch(#[from] NameMismatch),
     /// The server certificate did not verify (unknown issuer, expired, ...).
-    #[error(
-        "server certificate of {endpoint} did not verify against modules.edgeHub.tlsCaFile"
-    )]
+    #[error("server certificate of {endpoint} did not verify against modules.edgeHub.tlsCaFile")]
     ServerCert {
         /// Endpoint.
         endpoint: String,

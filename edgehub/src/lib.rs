@@ -14,6 +14,8 @@ mod hub;
 mod link;
 mod message;
 mod session;
+#[cfg(test)]
+mod testcloud;
 mod tls;
 
 pub use error::{DecodeError, DialError, DialErrorKind, HubError, NameMismatch};

@@ -167,10 +167,7 @@ impl Link {
                         failover_ms,
                         "connected"
                     );
-                    self.set(LinkState::Connected {
-                        session,
-                        endpoint,
-                    });
+                    self.set(LinkState::Connected { session, endpoint });
                     let up = Instant::now();
                     let (end, preferred) = self.connected(index, ws).await;
                     return RoundEnd::Session {
@@ -227,10 +224,8 @@ impl Link {
         );
         tokio::pin!(session);
         let targets = &self.targets;
-        let mut probe_tick = tokio::time::interval_at(
-            Instant::now() + self.probe_every,
-            self.probe_every,
-        );
+        let mut probe_tick =
+            tokio::time::interval_at(Instant::now() + self.probe_every, self.probe_every);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probing: Option<Pin<Box<dyn Future<Output = Option<usize>> + Send + '_>>> = None;
         let mut found = None;
@@ -283,7 +278,9 @@ async fn probe_first(targets: &[Target], preferred: Vec<usize>) -> Option<usize>
         let target = targets.get(index)?;
         match target.probe().await {
             Ok(()) => return Some(index),
-            Err(e) => debug!(endpoint = %target.endpoint(), error = %e, "preferred endpoint still down"),
+            Err(e) => {
+                debug!(endpoint = %target.endpoint(), error = %e, "preferred endpoint still down")
+            }
         }
     }
     None
@@ -292,3 +289,6 @@ async fn probe_first(targets: &[Target], preferred: Vec<usize>) -> Option<usize>
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests;

@@ -149,7 +149,12 @@ impl Message {
     /// the request's group and resource, the text as content. Not an ack.
     pub fn error_to(req: &Message, text: &str) -> Self {
         let mut m = Self::new(
-            Route::new("metamanager", &req.route.group, op::ERROR, &req.route.resource),
+            Route::new(
+                "metamanager",
+                &req.route.group,
+                op::ERROR,
+                &req.route.resource,
+            ),
             Value::String(text.to_owned()),
         );
         m.header.parent_msg_id = req.header.msg_id.clone();
@@ -290,7 +295,11 @@ mod tests {
             assert!(!msg.header.msg_id.is_empty(), "{}", path.display());
             let wire = msg.to_wire();
             assert!(wire.ends_with('\n'));
-            let expected = if raw.ends_with('\n') { raw.clone() } else { format!("{raw}\n") };
+            let expected = if raw.ends_with('\n') {
+                raw.clone()
+            } else {
+                format!("{raw}\n")
+            };
             assert_eq!(wire, expected, "{} re-encodes differently", path.display());
             seen += 1;
         }
@@ -329,7 +338,10 @@ mod tests {
         let m = Message::new(Route::default(), Value::String("<a&b>\u{2028}é".into()));
         let wire = m.to_wire();
         assert!(wire.contains(r#""\u003ca\u0026b\u003e\u2028é""#), "{wire}");
-        assert_eq!(Message::from_wire(wire.as_bytes()).unwrap().content, m.content);
+        assert_eq!(
+            Message::from_wire(wire.as_bytes()).unwrap().content,
+            m.content
+        );
     }
 
     #[test]
@@ -343,16 +355,31 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
         assert!(matches!(Message::from_wire(b""), Err(DecodeError::Empty)));
-        assert!(matches!(Message::from_wire(b"   "), Err(DecodeError::Empty)));
-        assert!(matches!(Message::from_wire(b"{\"header\":"), Err(DecodeError::Empty)));
-        assert!(matches!(Message::from_wire(b"[1,2]"), Err(DecodeError::Json(_))));
-        assert!(matches!(Message::from_wire(b"{}"), Err(DecodeError::Json(_))));
+        assert!(matches!(
+            Message::from_wire(b"   "),
+            Err(DecodeError::Empty)
+        ));
+        assert!(matches!(
+            Message::from_wire(b"{\"header\":"),
+            Err(DecodeError::Empty)
+        ));
+        assert!(matches!(
+            Message::from_wire(b"[1,2]"),
+            Err(DecodeError::Json(_))
+        ));
+        assert!(matches!(
+            Message::from_wire(b"{}"),
+            Err(DecodeError::Json(_))
+        ));
     }
 
     #[test]
     fn resource_strings() {
         let r = Resource::parse("default/pod/nginx").unwrap();
-        assert_eq!((r.namespace, r.kind, r.name), ("default", "pod", Some("nginx")));
+        assert_eq!(
+            (r.namespace, r.kind, r.name),
+            ("default", "pod", Some("nginx"))
+        );
         let r = Resource::parse("default/pod").unwrap();
         assert_eq!(r.name, None);
         let r = Resource::parse("ns/secret/a/b").unwrap();

@@ -226,7 +226,10 @@ where
 {
     match tokio::time::timeout(deadline, sink.send(frame)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(SessionEnd::new(DisconnectReason::WriteFailed, e.to_string())),
+        Ok(Err(e)) => Err(SessionEnd::new(
+            DisconnectReason::WriteFailed,
+            e.to_string(),
+        )),
         Err(_) => Err(SessionEnd::new(
             DisconnectReason::WriteFailed,
             format!("write took longer than {} s", deadline.as_secs()),
@@ -241,7 +244,10 @@ where
     WE: Display,
 {
     if let Err(e) = send(sink, WsMessage::Close(None), deadline).await {
-        debug!(cause = e.cause.as_deref().unwrap_or_default(), "close frame not sent");
+        debug!(
+            cause = e.cause.as_deref().unwrap_or_default(),
+            "close frame not sent"
+        );
     }
 }
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
@@ -47,7 +49,11 @@ impl ClientTls {
                 source,
             })?;
         }
-        let chain = certificates(KEY_CERT, &hub.tls_cert_file, &read(KEY_CERT, &hub.tls_cert_file)?)?;
+        let chain = certificates(
+            KEY_CERT,
+            &hub.tls_cert_file,
+            &read(KEY_CERT, &hub.tls_cert_file)?,
+        )?;
         let key_pem = read(KEY_KEY, &hub.tls_private_key_file)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| HubError::BadPem {
             key: KEY_KEY,
@@ -70,7 +76,8 @@ impl ClientTls {
             key_path: hub.tls_private_key_file.clone(),
         };
         // Build once so that a key that does not match the certificate fails at start.
-        tls.build(None).map_err(|source| tls.identity_error(source))?;
+        tls.build(None)
+            .map_err(|source| tls.identity_error(source))?;
         Ok(tls)
     }
 
@@ -94,12 +101,10 @@ impl ClientTls {
     }
 
     fn build(&self, endpoint: Option<&Endpoint>) -> Result<Arc<ClientConfig>, rustls::Error> {
-        let inner = WebPkiServerVerifier::builder_with_provider(
-            self.roots.clone(),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         let verifier = Arc::new(ExplainingVerifier {
             inner,
             endpoint: endpoint.map(ToString::to_string).unwrap_or_default(),
@@ -165,10 +170,13 @@ impl ServerCertVerifier for ExplainingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Err(rustls::Error::Other(rustls::OtherError(Arc::new(

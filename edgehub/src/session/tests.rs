@@ -198,10 +198,10 @@ async fn outbound_messages_go_out_as_text() {
     );
     peer.outbound.send(up.clone()).await.unwrap();
     loop {
-        if let WsMessage::Text(t) = peer.frame("the outbound message").await {
-            if t.as_str() == up.to_wire() {
-                break;
-            }
+        if let WsMessage::Text(t) = peer.frame("the outbound message").await
+            && t.as_str() == up.to_wire()
+        {
+            break;
         }
     }
 }
@@ -220,7 +220,10 @@ async fn a_full_inbound_queue_pauses_reading_but_not_keepalives() {
         }
     }
     assert_eq!(keepalives, 3, "keepalives at 0, 15 and 30 s");
-    assert!(!peer.session.is_finished(), "no silence verdict while we are the slow side");
+    assert!(
+        !peer.session.is_finished(),
+        "no silence verdict while we are the slow side"
+    );
     for m in sent {
         assert_eq!(peer.inbound.recv().await.unwrap(), m);
     }
@@ -235,14 +238,20 @@ async fn cancel_sends_a_close_frame_and_ends_with_shutdown() {
             break;
         }
     }
-    assert_eq!(peer.end("shutdown").await.0.reason, DisconnectReason::Shutdown);
+    assert_eq!(
+        peer.end("shutdown").await.0.reason,
+        DisconnectReason::Shutdown
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn preempt_ends_with_preferred() {
     let peer = start(8);
     peer.preempt.cancel();
-    assert_eq!(peer.end("preferred").await.0.reason, DisconnectReason::Preferred);
+    assert_eq!(
+        peer.end("preferred").await.0.reason,
+        DisconnectReason::Preferred
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -255,14 +264,19 @@ async fn end_of_stream_reset_and_close_frame_end_with_closed() {
 
     let peer = start(8);
     peer.to_session
-        .send(Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)))
+        .send(Err(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )))
         .await
         .unwrap();
     assert_eq!(peer.end("reset").await.0.reason, DisconnectReason::Closed);
 
     let peer = start(8);
     peer.send(WsMessage::Close(None)).await;
-    assert_eq!(peer.end("close frame").await.0.reason, DisconnectReason::Closed);
+    assert_eq!(
+        peer.end("close frame").await.0.reason,
+        DisconnectReason::Closed
+    );
 }
 
 #[tokio::test(start_paused = true)]
