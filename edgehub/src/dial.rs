@@ -7,6 +7,7 @@ use std::time::Duration;
 use rustls::{AlertDescription, ClientConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
@@ -16,7 +17,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::endpoints::Endpoint;
-use crate::error::{DialError, HubError, NameMismatch};
+use crate::error::{DialError, DialStage, HubError, NameMismatch};
 use crate::tls::ClientTls;
 
 /// The WebSocket to CloudHub.
@@ -75,44 +76,44 @@ impl Target {
 
     /// TCP + TLS + upgrade, bounded by the attempt limit.
     pub(crate) async fn dial(&self) -> Result<CloudStream, DialError> {
-        self.bounded(async {
-            let tls = self.tls_connect().await?;
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(MAX_MESSAGE_BYTES))
-                .max_frame_size(Some(MAX_MESSAGE_BYTES));
-            let (ws, _response) = tokio_tungstenite::client_async_with_config(
-                self.request.clone(),
-                tls,
-                Some(config),
-            )
+        let deadline = Instant::now() + self.limit;
+        let tls = self.tls_connect(deadline).await?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let upgrade =
+            tokio_tungstenite::client_async_with_config(self.request.clone(), tls, Some(config));
+        let (ws, _response) = timeout_at(deadline, upgrade)
             .await
+            .map_err(|_| self.timeout(DialStage::Upgrade))?
             .map_err(|e| self.upgrade_error(e))?;
-            Ok(ws)
-        })
-        .await
+        Ok(ws)
     }
 
     /// TCP + TLS only: enough to know a preferred endpoint answers again.
     pub(crate) async fn probe(&self) -> Result<(), DialError> {
-        self.bounded(async { self.tls_connect().await.map(drop) })
+        self.tls_connect(Instant::now() + self.limit)
             .await
+            .map(drop)
     }
 
-    async fn bounded<T>(
-        &self,
-        attempt: impl Future<Output = Result<T, DialError>>,
-    ) -> Result<T, DialError> {
-        tokio::time::timeout(self.limit, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(DialError::Timeout {
-                    endpoint: self.endpoint.to_string(),
-                    after: self.limit,
-                })
-            })
+    /// True when a TCP connect succeeds within `limit` (the connection is closed at once).
+    pub(crate) async fn accepts_tcp(&self, limit: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(limit, self.tcp_connect()).await,
+            Ok(Ok(_))
+        )
     }
 
-    async fn tls_connect(&self) -> Result<TlsStream<TcpStream>, DialError> {
+    fn timeout(&self, stage: DialStage) -> DialError {
+        DialError::Timeout {
+            endpoint: self.endpoint.to_string(),
+            after: self.limit,
+            stage,
+        }
+    }
+
+    async fn tcp_connect(&self) -> Result<TcpStream, DialError> {
         let connect_error = |source| DialError::Connect {
             endpoint: self.endpoint.to_string(),
             source,
@@ -121,9 +122,17 @@ impl Target {
             .await
             .map_err(connect_error)?;
         tcp.set_nodelay(true).map_err(connect_error)?;
-        TlsConnector::from(self.tls.clone())
-            .connect(self.server_name.clone(), tcp)
+        Ok(tcp)
+    }
+
+    async fn tls_connect(&self, deadline: Instant) -> Result<TlsStream<TcpStream>, DialError> {
+        let tcp = timeout_at(deadline, self.tcp_connect())
             .await
+            .map_err(|_| self.timeout(DialStage::TcpConnect))??;
+        let handshake = TlsConnector::from(self.tls.clone()).connect(self.server_name.clone(), tcp);
+        timeout_at(deadline, handshake)
+            .await
+            .map_err(|_| self.timeout(DialStage::TlsHandshake))?
             .map_err(|e| self.tls_error(e))
     }
 

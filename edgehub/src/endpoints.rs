@@ -74,6 +74,8 @@ impl fmt::Display for Endpoint {
 struct Health {
     consecutive_failures: u32,
     last_failure: Option<Instant>,
+    /// The last failure was at TCP level: nothing accepted the connection.
+    unreachable: bool,
 }
 
 /// The ordered endpoint list with health. Never empty.
@@ -131,11 +133,25 @@ impl Endpoints {
             .map_or(0, |(_, h)| h.consecutive_failures)
     }
 
-    /// Records a failed attempt or a session that died.
-    pub(crate) fn record_failure(&mut self, index: usize, now: Instant) {
+    /// Time since the endpoint last failed, if it has failed since it last worked.
+    pub(crate) fn since_failure(&self, index: usize, now: Instant) -> Option<std::time::Duration> {
+        self.list
+            .get(index)
+            .and_then(|(_, h)| h.last_failure)
+            .map(|at| now.saturating_duration_since(at))
+    }
+
+    /// True when the last failure was that nothing accepted TCP.
+    pub(crate) fn is_unreachable(&self, index: usize) -> bool {
+        self.list.get(index).is_some_and(|(_, h)| h.unreachable)
+    }
+
+    /// Records a failed attempt or a session that died; `unreachable` when TCP was not accepted.
+    pub(crate) fn record_failure(&mut self, index: usize, now: Instant, unreachable: bool) {
         if let Some((_, h)) = self.list.get_mut(index) {
             h.consecutive_failures = h.consecutive_failures.saturating_add(1);
             h.last_failure = Some(now);
+            h.unreachable = unreachable;
         }
     }
 
@@ -230,10 +246,13 @@ mod tests {
         let mut eps = Endpoints::of(&["a:1", "b:1", "c:1"]);
         assert_eq!(eps.round().collect::<Vec<_>>(), [0, 1, 2]);
         let now = Instant::now();
-        eps.record_failure(0, now);
+        eps.record_failure(0, now, true);
+        assert!(eps.is_unreachable(0));
         assert_eq!(eps.round().collect::<Vec<_>>(), [1, 2, 0]);
-        eps.record_failure(1, now);
-        eps.record_failure(0, now);
+        eps.record_failure(1, now, false);
+        eps.record_failure(0, now, false);
+        assert!(!eps.is_unreachable(0));
+        assert_eq!(eps.since_failure(0, now), Some(std::time::Duration::ZERO));
         assert_eq!(eps.failures(0), 2);
         assert_eq!(eps.round().collect::<Vec<_>>(), [2, 0, 1]);
         eps.record_success(0);
@@ -244,7 +263,7 @@ mod tests {
     #[test]
     fn a_round_can_start_at_a_preferred_endpoint_that_answered() {
         let mut eps = Endpoints::of(&["a:1", "b:1", "c:1"]);
-        eps.record_failure(0, Instant::now());
+        eps.record_failure(0, Instant::now(), true);
         assert_eq!(eps.round_from(0).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(eps.preferred_over(2).collect::<Vec<_>>(), [0, 1]);
         assert_eq!(eps.preferred_over(0).count(), 0);

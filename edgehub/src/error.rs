@@ -150,14 +150,16 @@ pub enum DialError {
     },
     /// The whole attempt took longer than allowed.
     #[error(
-        "connecting to {endpoint} took longer than {after:?} (failover.connectTimeoutMs / \
-         websocket.handshakeTimeout)"
+        "connecting to {endpoint} took longer than {after:?}, stuck in the {stage} \
+         (limit: failover.connectTimeoutMs / websocket.handshakeTimeout)"
     )]
     Timeout {
         /// Endpoint.
         endpoint: String,
         /// The limit.
         after: Duration,
+        /// Where the attempt was when time ran out.
+        stage: DialStage,
     },
     /// The server certificate does not name the host.
     #[error(transparent)]
@@ -202,7 +204,40 @@ pub enum DialError {
     },
 }
 
+/// The steps of a connection attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialStage {
+    /// TCP connect (SYN answered or not).
+    TcpConnect,
+    /// TLS handshake.
+    TlsHandshake,
+    /// WebSocket upgrade request and response.
+    Upgrade,
+}
+
+impl std::fmt::Display for DialStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TcpConnect => "tcp connect",
+            Self::TlsHandshake => "tls handshake",
+            Self::Upgrade => "websocket upgrade",
+        })
+    }
+}
+
 impl DialError {
+    /// True when the endpoint did not even accept TCP: a TCP connect succeeding later is news.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::Timeout {
+                    stage: DialStage::TcpConnect,
+                    ..
+                }
+        )
+    }
+
     /// What the reconnect loop should do next.
     pub fn kind(&self) -> DialErrorKind {
         match self {

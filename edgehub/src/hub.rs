@@ -118,14 +118,15 @@ pub struct HubStats {
     pub last_failover_ms: Option<u64>,
     /// The delay before the current or last round of attempts, in milliseconds.
     pub current_backoff_ms: u64,
-    ended: [u64; 6],
+    /// How often the link went down, by reason.
+    pub by_reason: ReconnectCounts,
 }
 
 impl HubStats {
     /// How many times the link went down for `reason` (each failed attempt counts as
     /// [`DisconnectReason::DialFailed`]).
     pub fn reconnects(&self, reason: DisconnectReason) -> u64 {
-        self.ended.get(reason.index()).copied().unwrap_or(0)
+        self.by_reason.get(reason)
     }
 
     /// `(reason, count)` for every reason.
@@ -134,9 +135,21 @@ impl HubStats {
             .into_iter()
             .map(|reason| (reason, self.reconnects(reason)))
     }
+}
 
-    pub(crate) fn count(&mut self, reason: DisconnectReason) {
-        if let Some(n) = self.ended.get_mut(reason.index()) {
+/// Cumulative counts per [`DisconnectReason`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconnectCounts([u64; 6]);
+
+impl ReconnectCounts {
+    /// The count for `reason`.
+    pub fn get(&self, reason: DisconnectReason) -> u64 {
+        self.0.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// Adds one for `reason`.
+    pub fn count(&mut self, reason: DisconnectReason) {
+        if let Some(n) = self.0.get_mut(reason.index()) {
             *n = n.saturating_add(1);
         }
     }

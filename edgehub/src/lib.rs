@@ -18,6 +18,8 @@ mod session;
 mod testcloud;
 mod tls;
 
-pub use error::{DecodeError, DialError, DialErrorKind, HubError, NameMismatch};
-pub use hub::{DisconnectReason, HubHandle, HubSettings, HubStats, LinkState, spawn};
+pub use error::{DecodeError, DialError, DialErrorKind, DialStage, HubError, NameMismatch};
+pub use hub::{
+    DisconnectReason, HubHandle, HubSettings, HubStats, LinkState, ReconnectCounts, spawn,
+};
 pub use message::{Header, Message, Resource, Route, now_millis, op};

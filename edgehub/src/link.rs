@@ -66,10 +66,21 @@ impl Link {
                 self.stats.send_modify(|s| s.current_backoff_ms = delay_ms);
                 if !delay.is_zero() {
                     info!(delay_ms, "backing off");
+                    // An endpoint that refused TCP and now accepts it ends the wait: the target
+                    // is a session within a second of the VIP answering again, whatever the cap.
+                    let dead: Vec<usize> = round
+                        .clone()
+                        .filter(|i| self.endpoints.is_unreachable(*i))
+                        .collect();
                     tokio::select! {
                         biased;
                         () = self.cancel.cancelled() => break,
                         () = tokio::time::sleep(delay) => {}
+                        back = first_accepting(&self.targets, dead) => {
+                            if let Some(ep) = self.targets.get(back) {
+                                info!(endpoint = %ep.endpoint(), "endpoint accepts connections again, backoff cut short");
+                            }
+                        }
                     }
                 }
             }
@@ -77,7 +88,16 @@ impl Link {
                 && last_first != Some(first)
             {
                 if let Some(ep) = self.endpoints.get(first) {
-                    info!(endpoint = %ep, failures = self.endpoints.failures(first), "endpoint chosen");
+                    let since_failure_ms = self
+                        .endpoints
+                        .since_failure(first, Instant::now())
+                        .map(millis);
+                    info!(
+                        endpoint = %ep,
+                        failures = self.endpoints.failures(first),
+                        since_failure_ms,
+                        "endpoint chosen"
+                    );
                 }
                 last_first = Some(first);
             }
@@ -108,7 +128,7 @@ impl Link {
                             }
                         }
                         DisconnectReason::Silent | DisconnectReason::WriteFailed => {
-                            self.endpoints.record_failure(index, Instant::now());
+                            self.endpoints.record_failure(index, Instant::now(), false);
                             self.endpoints.round()
                         }
                         DisconnectReason::Closed | DisconnectReason::DialFailed => {
@@ -185,16 +205,19 @@ impl Link {
                         warn!(endpoint = %endpoint, attempt = *attempt, kind = kind.as_str(), error = %e, "connection attempt failed");
                     }
                     self.stats
-                        .send_modify(|s| s.count(DisconnectReason::DialFailed));
+                        .send_modify(|s| s.by_reason.count(DisconnectReason::DialFailed));
                     self.set(LinkState::Disconnected {
                         reason: DisconnectReason::DialFailed,
                     });
+                    let unreachable = e.is_unreachable();
                     match kind {
                         DialErrorKind::NextEndpoint => {
-                            self.endpoints.record_failure(index, Instant::now());
+                            self.endpoints
+                                .record_failure(index, Instant::now(), unreachable);
                         }
                         DialErrorKind::Fatal => {
-                            self.endpoints.record_failure(index, Instant::now());
+                            self.endpoints
+                                .record_failure(index, Instant::now(), unreachable);
                             return RoundEnd::Failed;
                         }
                         DialErrorKind::Retry => return RoundEnd::Failed,
@@ -257,7 +280,7 @@ impl Link {
         let reason = end.reason;
         let after_ms = millis(up_for);
         let cause = end.cause.as_deref().unwrap_or_default();
-        self.stats.send_modify(|s| s.count(reason));
+        self.stats.send_modify(|s| s.by_reason.count(reason));
         match reason {
             DisconnectReason::Shutdown | DisconnectReason::Preferred => {
                 info!(reason = reason.as_str(), after_ms, "session ended");
@@ -284,6 +307,26 @@ async fn probe_first(targets: &[Target], preferred: Vec<usize>) -> Option<usize>
         }
     }
     None
+}
+
+/// How often, and how long at most, a refusing endpoint is checked for TCP during a backoff.
+const REACHABILITY_POLL: Duration = Duration::from_millis(200);
+
+/// The first of `candidates` to accept a TCP connection; never resolves without candidates.
+async fn first_accepting(targets: &[Target], candidates: Vec<usize>) -> usize {
+    if candidates.is_empty() {
+        return std::future::pending().await;
+    }
+    loop {
+        for &index in &candidates {
+            if let Some(target) = targets.get(index)
+                && target.accepts_tcp(REACHABILITY_POLL).await
+            {
+                return index;
+            }
+        }
+        tokio::time::sleep(REACHABILITY_POLL).await;
+    }
 }
 
 fn millis(d: Duration) -> u64 {

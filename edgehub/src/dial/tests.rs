@@ -112,6 +112,7 @@ async fn connection_refused_moves_to_the_next_endpoint() {
     assert!(matches!(err, DialError::Connect { .. }), "{err}");
     assert_eq!(err.kind(), DialErrorKind::NextEndpoint);
     assert_eq!(err.kind().as_str(), "next_endpoint");
+    assert!(err.is_unreachable());
 }
 
 #[tokio::test]
@@ -123,7 +124,17 @@ async fn an_attempt_that_hangs_times_out() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let err = target(&hub, &addr.to_string()).dial().await.unwrap_err();
-    assert!(matches!(err, DialError::Timeout { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DialError::Timeout {
+                stage: DialStage::TlsHandshake,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.is_unreachable(), "tcp was accepted");
     assert!(err.to_string().contains("connectTimeoutMs"), "{err}");
     drop(listener);
 }

@@ -207,3 +207,33 @@ async fn spawn_refuses_unusable_tls_files_before_running() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_that_accepts_tcp_again_cuts_a_long_backoff_short() {
+    let pki = Pki::new();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut hub = pki.edge_config(KeyFormat::Sec1);
+    hub.websocket.server = format!("127.0.0.1:{port}");
+    // Without the early wake-up the second attempt would come a minute later, after the test's
+    // ten-second wait has given up.
+    hub.failover.backoff_initial_ms = 60_000;
+    hub.failover.backoff_max_ms = 60_000;
+    let mut edge = start_edge(hub);
+    edge.until("a refused attempt", |s| {
+        *s == LinkState::Disconnected {
+            reason: DisconnectReason::DialFailed,
+        }
+    })
+    .await;
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let _cloud = Cloud::start(pki.acceptor(&["127.0.0.1"]), listener, vec![Mode::Serve]).await;
+    edge.session(1).await;
+    assert_eq!(
+        edge.handle.stats().current_backoff_ms,
+        60_000,
+        "the session came during the long backoff"
+    );
+}
