@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod cri;
+mod cri_api;
 mod edged;
 mod env;
 #[cfg(test)]
@@ -25,6 +27,7 @@ mod testutil;
 mod time;
 mod volumes;
 
+pub use cri::CriRuntime;
 pub use edged::{EdgedHandle, spawn};
 pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent};
 pub use runtime::{

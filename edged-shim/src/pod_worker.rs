@@ -371,12 +371,12 @@ impl PodWorker {
             uid: m.uid.clone(),
             attempt: rec.sandbox_attempt,
             host_network: rec.pod.spec.host_network,
-            hostname: rec
-                .pod
-                .spec
-                .hostname
-                .clone()
-                .unwrap_or_else(|| m.name.clone()),
+            // Host-network pods keep the node's hostname (runc refuses to set one there).
+            hostname: if rec.pod.spec.host_network {
+                String::new()
+            } else {
+                rec.pod.spec.hostname.clone().unwrap_or_else(|| m.name.clone())
+            },
             log_directory: self
                 .settings
                 .pod_log_directory
