@@ -1,5 +1,7 @@
 //! The public face of the cloud link: settings in, a handle and a link-state watch out.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,17 +43,20 @@ pub enum DisconnectReason {
     Preferred,
     /// edgecore is shutting down.
     Shutdown,
+    /// The client certificate was renewed; re-dialing with the new one.
+    CertRotated,
 }
 
 impl DisconnectReason {
     /// Every reason, in a fixed order (for metrics).
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Closed,
         Self::Silent,
         Self::WriteFailed,
         Self::DialFailed,
         Self::Preferred,
         Self::Shutdown,
+        Self::CertRotated,
     ];
 
     /// Static label, also used as a metric label.
@@ -63,6 +68,7 @@ impl DisconnectReason {
             Self::DialFailed => "dial_failed",
             Self::Preferred => "preferred",
             Self::Shutdown => "shutdown",
+            Self::CertRotated => "cert_rotated",
         }
     }
 
@@ -74,6 +80,7 @@ impl DisconnectReason {
             Self::DialFailed => 3,
             Self::Preferred => 4,
             Self::Shutdown => 5,
+            Self::CertRotated => 6,
         }
     }
 }
@@ -139,7 +146,7 @@ impl HubStats {
 
 /// Cumulative counts per [`DisconnectReason`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReconnectCounts([u64; 6]);
+pub struct ReconnectCounts([u64; 7]);
 
 impl ReconnectCounts {
     /// The count for `reason`.
@@ -161,6 +168,7 @@ pub struct HubHandle {
     outbound: mpsc::Sender<Message>,
     link: watch::Receiver<LinkState>,
     stats: watch::Receiver<HubStats>,
+    reload: Arc<watch::Sender<u64>>,
 }
 
 impl HubHandle {
@@ -173,6 +181,13 @@ impl HubHandle {
     /// The link state, updated on every transition.
     pub fn link(&self) -> watch::Receiver<LinkState> {
         self.link.clone()
+    }
+
+    /// Tells the hub that the certificate files were renewed: it reloads them and, when that
+    /// works, ends the session and re-dials with the new pair (as KubeEdge does after a
+    /// rotation). A pair that does not load is logged and the old one kept.
+    pub fn certificates_rotated(&self) {
+        self.reload.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A snapshot of the link counters.
@@ -204,6 +219,7 @@ pub fn spawn(
         reason: DisconnectReason::Closed,
     });
     let (stats_tx, stats) = watch::channel(HubStats::default());
+    let (reload, reload_rx) = watch::channel(0u64);
     let task = Link {
         session: SessionSettings::from_config(&hub),
         targets,
@@ -217,6 +233,9 @@ pub fn spawn(
         stats: stats_tx,
         cancel,
         sessions: 0,
+        reload: reload_rx,
+        hub,
+        node_name: node_name.clone(),
     };
     let span = tracing::info_span!("edgehub", node = %node_name);
     tracker.spawn(task.run().instrument(span));
@@ -224,5 +243,6 @@ pub fn spawn(
         outbound,
         link,
         stats,
+        reload: Arc::new(reload),
     })
 }

@@ -18,6 +18,7 @@ use crate::error::DialErrorKind;
 use crate::hub::{DisconnectReason, HubStats, LinkState};
 use crate::message::Message;
 use crate::session::{self, Links, SessionEnd, SessionSettings};
+use crate::tls::ClientTls;
 
 /// The hub task's state. Owned by the one task that runs [`Link::run`].
 pub(crate) struct Link {
@@ -34,6 +35,11 @@ pub(crate) struct Link {
     pub(crate) stats: watch::Sender<HubStats>,
     pub(crate) cancel: CancellationToken,
     pub(crate) sessions: u64,
+    /// Bumped by the handle when the certificate files were renewed.
+    pub(crate) reload: watch::Receiver<u64>,
+    /// For rebuilding the TLS configs after a rotation.
+    pub(crate) hub: config::EdgeHub,
+    pub(crate) node_name: String,
 }
 
 /// What a round of attempts ended with.
@@ -47,6 +53,8 @@ enum RoundEnd {
         up_for: Duration,
         /// A preferred endpoint that answered a probe.
         preferred: Option<usize>,
+        /// Targets rebuilt from renewed certificate files.
+        fresh: Option<Vec<Target>>,
     },
     Shutdown,
 }
@@ -60,6 +68,10 @@ impl Link {
         let mut lost_at: Option<Instant> = None;
         let mut last_first: Option<usize> = None;
         loop {
+            if self.reload.has_changed().unwrap_or(false) {
+                self.reload.borrow_and_update();
+                self.reload_tls();
+            }
             if wait {
                 let delay = self.backoff.next_delay();
                 let delay_ms = millis(delay);
@@ -111,6 +123,7 @@ impl Link {
                     end,
                     up_for,
                     preferred,
+                    fresh,
                 } => {
                     attempt = 0;
                     lost_at = Some(Instant::now());
@@ -129,6 +142,13 @@ impl Link {
                         }
                         DisconnectReason::Silent | DisconnectReason::WriteFailed => {
                             self.endpoints.record_failure(index, Instant::now(), false);
+                            self.endpoints.round()
+                        }
+                        DisconnectReason::CertRotated => {
+                            if let Some(targets) = fresh {
+                                self.targets = targets;
+                            }
+                            wait = false;
                             self.endpoints.round()
                         }
                         DisconnectReason::Closed | DisconnectReason::DialFailed => {
@@ -189,12 +209,13 @@ impl Link {
                     );
                     self.set(LinkState::Connected { session, endpoint });
                     let up = Instant::now();
-                    let (end, preferred) = self.connected(index, ws).await;
+                    let (end, preferred, fresh) = self.connected(index, ws).await;
                     return RoundEnd::Session {
                         index,
                         end,
                         up_for: up.elapsed(),
                         preferred,
+                        fresh,
                     };
                 }
                 Err(e) => {
@@ -230,7 +251,13 @@ impl Link {
 
     /// Runs the session on `ws`; meanwhile probes the endpoints preferred over `index` and, when
     /// one answers, ends the session to move there.
-    async fn connected(&mut self, index: usize, ws: CloudStream) -> (SessionEnd, Option<usize>) {
+    /// When the handle reports renewed certificates and they load, the session ends too and the
+    /// rebuilt targets come back.
+    async fn connected(
+        &mut self,
+        index: usize,
+        ws: CloudStream,
+    ) -> (SessionEnd, Option<usize>, Option<Vec<Target>>) {
         let (mut sink, mut stream) = ws.split();
         let preempt = CancellationToken::new();
         let preferred: Vec<usize> = self.endpoints.preferred_over(index).collect();
@@ -252,11 +279,30 @@ impl Link {
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probing: Option<Pin<Box<dyn Future<Output = Option<usize>> + Send + '_>>> = None;
         let mut found = None;
+        let mut fresh: Option<Vec<Target>> = None;
+        let (hub, endpoints, node) = (&self.hub, &self.endpoints, self.node_name.as_str());
+        let reload = &mut self.reload;
+        // False once every handle is gone: `changed` would then return at once, forever.
+        let mut reload_open = reload.has_changed().is_ok();
         loop {
             tokio::select! {
                 biased;
                 // The session watches the cancel token itself, so that it can send a Close frame.
-                end = &mut session => return (end, found),
+                end = &mut session => {
+                    let mut end = end;
+                    if fresh.is_some() && end.reason == DisconnectReason::Preferred {
+                        end.reason = DisconnectReason::CertRotated;
+                    }
+                    return (end, found, fresh);
+                }
+                changed = reload.changed(), if reload_open && fresh.is_none() && found.is_none() => {
+                    if changed.is_err() {
+                        reload_open = false;
+                    } else if let Some(targets) = rebuild_targets(hub, endpoints, node) {
+                        fresh = Some(targets);
+                        preempt.cancel();
+                    }
+                }
                 hit = async { match probing.as_mut() { Some(p) => p.await, None => None } },
                     if probing.is_some() =>
                 {
@@ -276,13 +322,22 @@ impl Link {
         }
     }
 
+    /// Re-reads the TLS files; keeps the old configs when the new ones do not load.
+    fn reload_tls(&mut self) {
+        if let Some(targets) = rebuild_targets(&self.hub, &self.endpoints, &self.node_name) {
+            self.targets = targets;
+        }
+    }
+
     fn lost(&self, end: &SessionEnd, up_for: Duration) {
         let reason = end.reason;
         let after_ms = millis(up_for);
         let cause = end.cause.as_deref().unwrap_or_default();
         self.stats.send_modify(|s| s.by_reason.count(reason));
         match reason {
-            DisconnectReason::Shutdown | DisconnectReason::Preferred => {
+            DisconnectReason::Shutdown
+            | DisconnectReason::Preferred
+            | DisconnectReason::CertRotated => {
                 info!(reason = reason.as_str(), after_ms, "session ended");
             }
             _ => warn!(reason = reason.as_str(), after_ms, cause, "session lost"),
@@ -292,6 +347,30 @@ impl Link {
 
     fn set(&self, state: LinkState) {
         self.link.send_replace(state);
+    }
+}
+
+/// Targets from the TLS files as they are now on disk; `None` (logged) when they do not load.
+fn rebuild_targets(
+    hub: &config::EdgeHub,
+    endpoints: &Endpoints,
+    node: &str,
+) -> Option<Vec<Target>> {
+    let rebuilt = ClientTls::load(hub).and_then(|tls| {
+        endpoints
+            .iter()
+            .map(|ep| Target::new(ep.clone(), &tls, node, hub))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    match rebuilt {
+        Ok(targets) => {
+            info!("client certificate reloaded");
+            Some(targets)
+        }
+        Err(e) => {
+            error!(error = %e, "reloading the client certificate failed, keeping the old one");
+            None
+        }
     }
 }
 

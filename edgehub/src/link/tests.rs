@@ -237,3 +237,64 @@ async fn an_endpoint_that_accepts_tcp_again_cuts_a_long_backoff_short() {
         "the session came during the long backoff"
     );
 }
+
+#[tokio::test]
+async fn a_certificate_rotation_reloads_the_files_and_redials() {
+    let pki = Pki::new();
+    let cloud = cloud(&pki, vec![Mode::Serve, Mode::Serve]).await;
+    let mut hub = pki.edge_config(KeyFormat::Sec1);
+    hub.websocket.server = cloud.addr.to_string();
+    let mut edge = start_edge(hub.clone());
+    edge.session(1).await;
+
+    // A renewed pair from the same CA replaces the files, as the rotation task does.
+    let renewed = pki.edge_config(KeyFormat::Pkcs8);
+    assert_eq!(renewed.tls_cert_file, hub.tls_cert_file);
+    edge.handle.certificates_rotated();
+    edge.session(2).await;
+    assert_eq!(
+        edge.handle
+            .stats()
+            .reconnects(DisconnectReason::CertRotated),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_rotation_to_unusable_files_keeps_the_session_and_the_old_pair() {
+    let pki = Pki::new();
+    let mut cloud = cloud(&pki, vec![Mode::Serve, Mode::Serve]).await;
+    let mut hub = pki.edge_config(KeyFormat::Sec1);
+    hub.websocket.server = cloud.addr.to_string();
+    hub.heartbeat = 1;
+    let mut edge = start_edge(hub.clone());
+    edge.session(1).await;
+    let mut keepalives = 0;
+    assert!(matches!(cloud.next("upgrade").await, Seen::Upgrade { .. }));
+    let next_keepalive = async |cloud: &mut Cloud| loop {
+        match cloud.next("keepalive").await {
+            Seen::Message(m) if m.route.operation == op::KEEPALIVE => return,
+            Seen::Upgrade { .. } => panic!("the session was re-dialed"),
+            _ => {}
+        }
+    };
+    next_keepalive(&mut cloud).await;
+
+    std::fs::write(&hub.tls_private_key_file, "garbage").unwrap();
+    edge.handle.certificates_rotated();
+    // Two more heartbeats on the same connection: the failed reload did not end the session.
+    while keepalives < 2 {
+        next_keepalive(&mut cloud).await;
+        keepalives += 1;
+    }
+    assert!(matches!(
+        *edge.link.borrow(),
+        LinkState::Connected { session: 1, .. }
+    ));
+    assert_eq!(
+        edge.handle
+            .stats()
+            .reconnects(DisconnectReason::CertRotated),
+        0
+    );
+}
