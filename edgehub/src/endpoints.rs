@@ -231,6 +231,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(s in ".{0,40}") {
+            let _ = Endpoint::try_new("k", &s);
+        }
+
+        #[test]
+        fn host_and_port_round_trip(host in "[a-z0-9][a-z0-9.-]{0,20}", port in 1u16..) {
+            let ep = Endpoint::try_new("k", &format!("{host}:{port}")).unwrap();
+            proptest::prop_assert_eq!((ep.host(), ep.port()), (host.as_str(), port));
+        }
+    }
+
     #[test]
     fn config_order_is_preference_order_without_duplicates() {
         let mut hub = config::EdgeHub::default();

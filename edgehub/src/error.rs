@@ -79,7 +79,10 @@ pub enum HubError {
         reason: &'static str,
     },
     /// `tlsServerName` (or the dialed host) is not a valid server name.
-    #[error("modules.edgeHub.tlsServerName {name:?} is neither a DNS name nor an IP address")]
+    #[error(
+        "server name {name:?} (modules.edgeHub.tlsServerName, else the host of \
+         websocket.server / failover.servers) is neither a DNS name nor an IP address"
+    )]
     BadServerName {
         /// The name.
         name: String,

@@ -92,6 +92,15 @@ async fn an_empty_dns_san_like_cloudcores_default_does_not_break_ip_verification
     assert!(err.to_string().contains(r#""DNS:""#), "{err}");
 }
 
+#[tokio::test]
+async fn an_empty_dns_san_before_the_right_name_does_not_break_dns_verification() {
+    let pki = Pki::new();
+    let cloud = cloud(&pki, &["", "cloudcore.example", "127.0.0.1"]).await;
+    let mut hub = pki.edge_config(KeyFormat::Sec1);
+    hub.tls_server_name = "cloudcore.example".into();
+    target(&hub, &cloud.addr.to_string()).dial().await.unwrap();
+}
+
 /// A server whose certificate carries `[IP:10.1.1.1, DNS:""]`, dialed as 127.0.0.1.
 async fn cloud_on_other_ip(pki: &Pki) -> String {
     cloud(pki, &["10.1.1.1", ""]).await.addr.to_string()
