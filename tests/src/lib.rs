@@ -1,2 +1,30 @@
-//! Cloud simulator: CloudHub as `docs/kubeedge-protocol.md` describes it.
+//! Cloud simulator: CloudHub as `kubeedge-protocol.md` describes it, for the end-to-end,
+//! failover and benchmark suites. Not a dependency of anything.
+//!
+//! * [`Cluster`]: the cluster state in one SQLite file that several replica processes share.
+//! * [`CloudSim`]: one CloudHub replica (mutual-TLS WebSocket, node sessions, resync).
+//! * [`VipProxy`]: a loopback stand-in for a VIP that moves between replicas.
+//! * [`Pki`]: CA, server and edge certificates.
+//! * [`edge`]: runs the real `edgecore` binary and reads its SQLite `meta` table.
 #![forbid(unsafe_code)]
+
+mod cluster;
+pub mod edge;
+mod events;
+pub mod feed;
+mod messages;
+mod pki;
+mod proxy;
+mod queue;
+mod session;
+mod sim;
+pub mod testedge;
+mod wait;
+
+pub use cluster::{ChangeOp, Cluster, DeliveryStats, Object, ResyncItem, kind_name};
+pub use events::{CounterSnapshot, DisconnectReason, Event, EventStream};
+pub use pki::{Pki, PkiOptions, PkiPaths};
+pub use proxy::{Mode, VipProxy};
+pub use session::WsFrame;
+pub use sim::{CloudSim, SimConfig};
+pub use wait::eventually;

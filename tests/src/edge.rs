@@ -1,0 +1,367 @@
+//! The real `edgecore` binary as a child process, and the comparison of its SQLite `meta` table
+//! with the cluster state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::Value;
+
+use crate::cluster::Object;
+use crate::pki::PkiPaths;
+
+/// Resource types the simulator pushes; other `meta` rows (node, patches, leases) are ignored.
+pub const PUSHED_TYPES: [&str; 3] = ["configmap", "pod", "secret"];
+
+/// What goes into the generated edgecore.yaml.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    /// `modules.edged.hostnameOverride`.
+    pub node: String,
+    /// `modules.edgeHub.websocket.server`, `host:port`.
+    pub server: String,
+    /// Certificates.
+    pub pki: PkiPaths,
+    /// Directory for the config, the database and the log.
+    pub dir: PathBuf,
+    /// `modules.edgeHub.heartbeat` in seconds.
+    pub heartbeat: u32,
+    /// `modules.edgeHub.failover.pingIntervalMs`.
+    pub ping_interval_ms: u64,
+    /// `modules.edgeHub.failover.pingTimeoutMs`.
+    pub ping_timeout_ms: u64,
+    /// `modules.edgeHub.failover.connectTimeoutMs`.
+    pub connect_timeout_ms: u64,
+    /// `modules.edgeHub.failover.backoffMaxMs`.
+    pub backoff_max_ms: u64,
+}
+
+impl EdgeOptions {
+    /// Defaults tuned for tests: 2 s heartbeat, 500 ms pings with a 2 s timeout.
+    pub fn new(node: &str, server: &str, pki: PkiPaths, dir: &Path) -> Self {
+        Self {
+            node: node.to_owned(),
+            server: server.to_owned(),
+            pki,
+            dir: dir.to_owned(),
+            heartbeat: 2,
+            ping_interval_ms: 500,
+            ping_timeout_ms: 2_000,
+            connect_timeout_ms: 2_000,
+            backoff_max_ms: 1_000,
+        }
+    }
+
+    /// The SQLite file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("edgecore.db")
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("edgecore.yaml")
+    }
+
+    /// edgecore.yaml text.
+    pub fn config_yaml(&self) -> String {
+        let q = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
+        format!(
+            "apiVersion: edgecore.config.kubeedge.io/v1alpha2
+kind: EdgeCore
+database:
+  dataSource: {db}
+modules:
+  edgeHub:
+    enable: true
+    heartbeat: {heartbeat}
+    tlsCaFile: {ca}
+    tlsCertFile: {cert}
+    tlsPrivateKeyFile: {key}
+    websocket:
+      enable: true
+      server: {server}
+    failover:
+      pingIntervalMs: {pi}
+      pingTimeoutMs: {pt}
+      connectTimeoutMs: {ct}
+      backoffInitialMs: 50
+      backoffMaxMs: {bm}
+  metaManager:
+    enable: true
+  edged:
+    enable: false
+    hostnameOverride: {node}
+",
+            db = q(&self.db_path()),
+            heartbeat = self.heartbeat,
+            ca = q(&self.pki.ca_crt),
+            cert = q(&self.pki.edge_crt),
+            key = q(&self.pki.edge_key),
+            server = self.server,
+            pi = self.ping_interval_ms,
+            pt = self.ping_timeout_ms,
+            ct = self.connect_timeout_ms,
+            bm = self.backoff_max_ms,
+            node = self.node,
+        )
+    }
+}
+
+/// Path of the `edgecore` binary: `$EDGECORE_BIN`, else built once with
+/// `cargo build -p edgecore --bin edgecore` (honouring `CARGO_TARGET_DIR`).
+pub fn edgecore_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("EDGECORE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_edgecore().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_edgecore() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_owned();
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "edgecore",
+            "--bin",
+            "edgecore",
+            "--message-format=json",
+        ])
+        .current_dir(&root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run cargo build -p edgecore")?;
+    if !out.status.success() {
+        bail!("cargo build -p edgecore failed: {}", out.status);
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v["reason"] == "compiler-artifact"
+            && v["target"]["name"] == "edgecore"
+            && let Some(exe) = v["executable"].as_str()
+        {
+            return Ok(PathBuf::from(exe));
+        }
+    }
+    bail!("cargo build -p edgecore reported no edgecore executable")
+}
+
+/// A running edgecore; killed on drop.
+#[derive(Debug)]
+pub struct EdgeCore {
+    child: tokio::process::Child,
+    opts: EdgeOptions,
+}
+
+impl EdgeCore {
+    /// Writes the config and starts `edgecore --config <file>`; output goes to `edgecore.log`.
+    pub async fn spawn(opts: EdgeOptions) -> Result<Self> {
+        let bin = tokio::task::spawn_blocking(edgecore_binary).await??;
+        std::fs::create_dir_all(&opts.dir)?;
+        std::fs::write(opts.config_path(), opts.config_yaml())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(opts.dir.join("edgecore.log"))?;
+        let child = tokio::process::Command::new(&bin)
+            .arg("--config")
+            .arg(opts.config_path())
+            .env(
+                "RUST_LOG",
+                std::env::var("EDGECORE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        Ok(Self { child, opts })
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &EdgeOptions {
+        &self.opts
+    }
+
+    /// Its SQLite file.
+    pub fn db_path(&self) -> PathBuf {
+        self.opts.db_path()
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "edgecore exited with {status}; log tail:\n{}",
+                self.log_tail(40)
+            );
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.opts.dir.join("edgecore.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGTERM, then waits up to `grace` for the exit; SIGKILL after that.
+    pub async fn terminate(mut self, grace: Duration) -> Result<Option<std::process::ExitStatus>> {
+        if let Some(pid) = self.child.id() {
+            let _ = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => {
+                self.child.kill().await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// One row of the edge's `meta` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRow {
+    /// `type` column.
+    pub kind: String,
+    /// `value` column.
+    pub value: String,
+}
+
+/// The `meta` table of an edge database, key → row. A missing table reads as empty.
+pub fn read_meta(db: &Path) -> Result<BTreeMap<String, MetaRow>> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("open {}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "query_only", true)?;
+    let exists: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type='table' AND name='meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(BTreeMap::new());
+    }
+    let mut st = conn.prepare("SELECT key, type, COALESCE(value, '') FROM meta")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            MetaRow {
+                kind: r.get(1)?,
+                value: r.get(2)?,
+            },
+        ))
+    })?;
+    rows.map(|r| r.map_err(Into::into)).collect()
+}
+
+/// Differences between the live objects and the edge's rows of [`PUSHED_TYPES`]; empty = equal.
+/// Checks the key set, and per key the uid and resourceVersion in the stored JSON.
+pub fn diff(objects: &[Object], meta: &BTreeMap<String, MetaRow>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut expected: BTreeMap<String, &Object> = BTreeMap::new();
+    for o in objects {
+        if PUSHED_TYPES.contains(&o.kind.as_str()) {
+            expected.insert(o.resource(), o);
+        }
+    }
+    for (key, o) in &expected {
+        let Some(row) = meta.get(key) else {
+            out.push(format!("missing {key} (rv {})", o.rv));
+            continue;
+        };
+        let v: Value = match serde_json::from_str(&row.value) {
+            Ok(v) => v,
+            Err(e) => {
+                out.push(format!("{key}: value is not JSON: {e}"));
+                continue;
+            }
+        };
+        let rv = v
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str);
+        if rv != Some(o.rv.to_string().as_str()) {
+            out.push(format!("{key}: edge rv {rv:?}, cloud rv {}", o.rv));
+        }
+        let uid = v.pointer("/metadata/uid").and_then(Value::as_str);
+        if uid != Some(o.uid.as_str()) {
+            out.push(format!("{key}: edge uid {uid:?}, cloud uid {}", o.uid));
+        }
+    }
+    for (key, row) in meta {
+        if PUSHED_TYPES.contains(&row.kind.as_str()) && !expected.contains_key(key) {
+            out.push(format!("extra {key}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diff_reports_missing_extra_and_stale() {
+        let obj = |name: &str, rv: u64| Object {
+            uid: format!("u-{name}"),
+            namespace: "default".into(),
+            kind: "configmap".into(),
+            name: name.into(),
+            rv,
+            body: Value::Null,
+            deleted: false,
+        };
+        let row = |name: &str, rv: &str| {
+            (
+                format!("default/configmap/{name}"),
+                MetaRow {
+                    kind: "configmap".into(),
+                    value: json!({"metadata": {"uid": format!("u-{name}"), "resourceVersion": rv}})
+                        .to_string(),
+                },
+            )
+        };
+        let mut meta: BTreeMap<_, _> = [row("a", "1"), row("b", "1"), row("c", "3")].into();
+        meta.insert(
+            "default/nodepatch/n".into(),
+            MetaRow {
+                kind: "nodepatch".into(),
+                value: "{}".into(),
+            },
+        );
+        let d = diff(&[obj("a", 1), obj("b", 2), obj("d", 4)], &meta);
+        assert_eq!(
+            d,
+            [
+                "default/configmap/b: edge rv Some(\"1\"), cloud rv 2",
+                "missing default/configmap/d (rv 4)",
+                "extra default/configmap/c",
+            ]
+        );
+        assert!(diff(&[obj("a", 1)], &[row("a", "1")].into()).is_empty());
+    }
+}
