@@ -16,6 +16,7 @@ mod message;
 mod session;
 #[cfg(test)]
 mod testcloud;
+mod throttle;
 mod tls;
 
 pub use error::{DecodeError, DialError, DialErrorKind, DialStage, HubError, NameMismatch};

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::hub::DisconnectReason;
 use crate::message::Message;
+use crate::throttle::TokenBucket;
 
 /// The timers of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +33,10 @@ pub(crate) struct SessionSettings {
     pub(crate) ping_timeout: Duration,
     /// Limit of one write (`websocket.writeDeadline`).
     pub(crate) write_deadline: Duration,
+    /// `messageQPS` for outbound messages (not keepalives); ≤ 0 = unlimited.
+    pub(crate) message_qps: i32,
+    /// `messageBurst`.
+    pub(crate) message_burst: i32,
 }
 
 impl SessionSettings {
@@ -42,6 +47,8 @@ impl SessionSettings {
             ping_interval: Duration::from_millis(hub.failover.ping_interval_ms.max(10)),
             ping_timeout: Duration::from_millis(hub.failover.ping_timeout_ms.max(10)),
             write_deadline: Duration::from_secs(u64::from(hub.websocket.write_deadline.max(1))),
+            message_qps: hub.message_qps,
+            message_burst: hub.message_burst,
         }
     }
 }
@@ -109,6 +116,9 @@ where
     let mut outbound_open = true;
     let mut outbound_first = false;
     let write = settings.write_deadline;
+    let mut bucket = TokenBucket::new(settings.message_qps, settings.message_burst, Instant::now());
+    // While set, outbound messages wait for the token bucket.
+    let mut throttled: Option<Instant> = None;
 
     loop {
         tokio::select! {
@@ -138,6 +148,9 @@ where
                     return e;
                 }
             }
+            () = tokio::time::sleep_until(throttled.unwrap_or_else(Instant::now)), if throttled.is_some() => {
+                throttled = None;
+            }
             permit = inbound.reserve(), if pending.is_some() => {
                 let Ok(permit) = permit else {
                     close(sink, write).await;
@@ -152,7 +165,7 @@ where
                 stream: &mut *stream,
                 outbound: &mut *outbound,
                 read: pending.is_none(),
-                take: outbound_open,
+                take: outbound_open && throttled.is_none(),
                 outbound_first,
             } => match io {
                 Io::Frame(None) => {
@@ -197,6 +210,12 @@ where
                     debug!(msg_id = %msg.header.msg_id, operation = %msg.route.operation, resource = %msg.route.resource, "to cloud");
                     if let Err(e) = send(sink, text(&msg), write).await {
                         return e;
+                    }
+                    if let Some(wait) = bucket.take(Instant::now()) {
+                        if wait > Duration::from_secs(1) {
+                            debug!(wait_ms = wait.as_millis(), "outbound messages throttled by messageQPS");
+                        }
+                        throttled = Some(Instant::now() + wait);
                     }
                 }
             }

@@ -17,6 +17,8 @@ const SETTINGS: SessionSettings = SessionSettings {
     ping_interval: Duration::from_secs(2),
     ping_timeout: Duration::from_secs(5),
     write_deadline: Duration::from_secs(15),
+    message_qps: 1_000,
+    message_burst: 1_000,
 };
 
 /// The cloud's end of a session under test.
@@ -32,6 +34,10 @@ struct Peer {
 }
 
 fn start(inbound_capacity: usize) -> Peer {
+    start_with(SETTINGS, inbound_capacity)
+}
+
+fn start_with(settings: SessionSettings, inbound_capacity: usize) -> Peer {
     let (to_session, mut frames) = mpsc::channel::<Result<WsMessage, std::io::Error>>(64);
     let (sink_tx, from_session) = mpsc::channel(64);
     let (inbound_tx, inbound) = mpsc::channel(inbound_capacity);
@@ -48,7 +54,7 @@ fn start(inbound_capacity: usize) -> Peer {
             cancel: &c,
             preempt: &p,
         };
-        run(&mut sink, &mut stream, SETTINGS, links).await
+        run(&mut sink, &mut stream, settings, links).await
     });
     Peer {
         to_session,
@@ -285,4 +291,40 @@ async fn a_failed_write_ends_with_write_failed() {
     peer.from_session.close();
     let (end, _) = peer.end("write failure").await;
     assert_eq!(end.reason, DisconnectReason::WriteFailed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_messages_are_paced_by_message_qps_and_burst_but_keepalives_are_not() {
+    let settings = SessionSettings {
+        message_qps: 2,
+        message_burst: 2,
+        ..SETTINGS
+    };
+    let mut peer = start_with(settings, 8);
+    for _ in 0..4 {
+        let m = Message::new(
+            Route::new("edged", "meta", op::UPDATE, "default/podpatch/a"),
+            Value::Null,
+        );
+        peer.outbound.send(m).await.unwrap();
+    }
+    let mut sent_at = Vec::new();
+    let mut keepalive_at = None;
+    while sent_at.len() < 4 {
+        match peer.frame("paced messages").await {
+            WsMessage::Ping(_) => peer.send(WsMessage::Pong(Default::default())).await,
+            WsMessage::Text(t) => {
+                let m = Message::from_wire(t.as_bytes()).unwrap();
+                let at = peer.started.elapsed();
+                if m.route.operation == op::KEEPALIVE {
+                    keepalive_at = Some(at);
+                } else {
+                    sent_at.push(at.as_millis());
+                }
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(sent_at, [0, 0, 500, 1000]);
+    assert_eq!(keepalive_at, Some(Duration::ZERO));
 }
