@@ -37,7 +37,9 @@ fn socket_path(endpoint: &str) -> Result<PathBuf, RuntimeError> {
     };
     let path = match endpoint.strip_prefix("unix://") {
         Some(p) => p,
-        None if endpoint.contains("://") => return Err(bad("only unix:// endpoints are supported")),
+        None if endpoint.contains("://") => {
+            return Err(bad("only unix:// endpoints are supported"));
+        }
         None => endpoint,
     };
     if !path.starts_with('/') {
@@ -60,13 +62,16 @@ impl CriRuntime {
             });
         }
         // The URI is required by tonic but unused: the connector dials the socket.
-        let channel = Endpoint::from_static("http://[::]:50051")
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(request_timeout)
-            .connect_with_connector_lazy(service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }));
+        let channel =
+            Endpoint::from_static("http://[::]:50051")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(request_timeout)
+                .connect_with_connector_lazy(service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }));
         Ok(Self {
             endpoint: endpoint.to_owned(),
             runtime: RuntimeServiceClient::new(channel.clone()),
@@ -84,10 +89,12 @@ impl CriRuntime {
             },
             // Transport failures (socket missing, connection refused) surface as Unknown
             // with a source; the runtime's own Unknown answers have none.
-            Code::Unknown if std::error::Error::source(&status).is_some() => RuntimeError::Unavailable {
-                endpoint: self.endpoint.clone(),
-                source: Box::new(status),
-            },
+            Code::Unknown if std::error::Error::source(&status).is_some() => {
+                RuntimeError::Unavailable {
+                    endpoint: self.endpoint.clone(),
+                    source: Box::new(status),
+                }
+            }
             Code::DeadlineExceeded | Code::Cancelled => RuntimeError::Timeout {
                 call,
                 timeout: self.timeout,
@@ -135,7 +142,10 @@ fn namespaces(host_network: bool) -> api::NamespaceOption {
 fn pod_labels(c: &SandboxConfig) -> HashMap<String, String> {
     let mut labels: HashMap<String, String> = c.labels.clone().into_iter().collect();
     labels.insert("io.kubernetes.pod.name".to_owned(), c.name.clone());
-    labels.insert("io.kubernetes.pod.namespace".to_owned(), c.namespace.clone());
+    labels.insert(
+        "io.kubernetes.pod.namespace".to_owned(),
+        c.namespace.clone(),
+    );
     labels.insert("io.kubernetes.pod.uid".to_owned(), c.uid.clone());
     labels
 }
@@ -166,7 +176,10 @@ pub(crate) fn sandbox_config(c: &SandboxConfig) -> api::PodSandboxConfig {
 pub(crate) fn container_config(s: &SandboxConfig, c: &ContainerConfig) -> api::ContainerConfig {
     let mut labels = HashMap::new();
     labels.insert("io.kubernetes.pod.name".to_owned(), s.name.clone());
-    labels.insert("io.kubernetes.pod.namespace".to_owned(), s.namespace.clone());
+    labels.insert(
+        "io.kubernetes.pod.namespace".to_owned(),
+        s.namespace.clone(),
+    );
     labels.insert("io.kubernetes.pod.uid".to_owned(), s.uid.clone());
     labels.insert("io.kubernetes.container.name".to_owned(), c.name.clone());
     api::ContainerConfig {
@@ -456,12 +469,18 @@ mod tests {
             socket_path("unix:///run/containerd/containerd.sock").unwrap(),
             PathBuf::from("/run/containerd/containerd.sock")
         );
-        assert_eq!(socket_path("/run/x.sock").unwrap(), PathBuf::from("/run/x.sock"));
+        assert_eq!(
+            socket_path("/run/x.sock").unwrap(),
+            PathBuf::from("/run/x.sock")
+        );
         assert!(matches!(
             socket_path("tcp://127.0.0.1:1234"),
             Err(RuntimeError::Endpoint { .. })
         ));
-        assert!(matches!(socket_path("relative.sock"), Err(RuntimeError::Endpoint { .. })));
+        assert!(matches!(
+            socket_path("relative.sock"),
+            Err(RuntimeError::Endpoint { .. })
+        ));
     }
 
     #[test]

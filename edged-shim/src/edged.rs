@@ -40,7 +40,15 @@ pub fn spawn(
     tracker: &TaskTracker,
 ) -> EdgedHandle {
     let probe = SysinfoProbe::new(settings.root_directory.clone());
-    spawn_with_probe(settings, meta, pods, runtime, Box::new(probe), cancel, tracker)
+    spawn_with_probe(
+        settings,
+        meta,
+        pods,
+        runtime,
+        Box::new(probe),
+        cancel,
+        tracker,
+    )
 }
 
 pub(crate) fn spawn_with_probe(

@@ -11,7 +11,9 @@ use crate::pod::{Container, Pod};
 /// Why a container's environment could not be built (`CreateContainerConfigError`).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EnvError {
-    #[error("{kind} {namespace}/{name} not found; create it in the cloud or mark the reference optional")]
+    #[error(
+        "{kind} {namespace}/{name} not found; create it in the cloud or mark the reference optional"
+    )]
     Missing {
         kind: &'static str,
         namespace: String,
@@ -57,11 +59,14 @@ impl Source {
     }
 }
 
+/// Decoded data of one configmap or secret: key → bytes.
+pub(crate) type ObjectData = HashMap<String, Vec<u8>>;
+
 /// Fetches and decodes configmaps and secrets once per pod sync.
 pub(crate) struct Objects<'a> {
     meta: &'a dyn MetaClient,
     namespace: &'a str,
-    cache: HashMap<(Source, String), Option<HashMap<String, Vec<u8>>>>,
+    cache: HashMap<(Source, String), Option<ObjectData>>,
 }
 
 impl<'a> Objects<'a> {
@@ -275,9 +280,19 @@ mod tests {
 
     fn meta() -> std::sync::Arc<RecordingMeta> {
         let (meta, _calls) = RecordingMeta::new();
-        meta.put("configmap", "ns", "cfg", json!({"data": {"greeting": "hello", "B": "b"}}));
+        meta.put(
+            "configmap",
+            "ns",
+            "cfg",
+            json!({"data": {"greeting": "hello", "B": "b"}}),
+        );
         // "s3cret" in base64
-        meta.put("secret", "ns", "sec", json!({"data": {"password": "czNjcmV0"}}));
+        meta.put(
+            "secret",
+            "ns",
+            "sec",
+            json!({"data": {"password": "czNjcmV0"}}),
+        );
         meta
     }
 
@@ -298,7 +313,12 @@ mod tests {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             pairs,
-            [("PLAIN", "x"), ("GREETING", "hello"), ("PASSWORD", "s3cret"), ("POD", "p")]
+            [
+                ("PLAIN", "x"),
+                ("GREETING", "hello"),
+                ("PASSWORD", "s3cret"),
+                ("POD", "p")
+            ]
         );
     }
 
@@ -315,7 +335,11 @@ mod tests {
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             pairs,
-            [("CM_B", "override"), ("CM_greeting", "hello"), ("password", "s3cret")]
+            [
+                ("CM_B", "override"),
+                ("CM_greeting", "hello"),
+                ("password", "s3cret")
+            ]
         );
     }
 

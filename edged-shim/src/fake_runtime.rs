@@ -54,7 +54,11 @@ impl FakeRuntime {
     }
 
     pub(crate) fn calls_named(&self, prefix: &str) -> usize {
-        self.state().calls.iter().filter(|c| c.starts_with(prefix)).count()
+        self.state()
+            .calls
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
     }
 
     fn op<T>(

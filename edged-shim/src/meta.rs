@@ -28,14 +28,22 @@ pub trait MetaClient: Send + Sync + 'static {
     ) -> MetaFuture<'a, ()>;
     /// ConfigMap `<ns>/configmap/<name>`: local store first, cloud on a miss. `Ok(None)` when
     /// neither has it.
-    fn get_configmap<'a>(&'a self, namespace: &'a str, name: &'a str)
-    -> MetaFuture<'a, Option<Value>>;
+    fn get_configmap<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> MetaFuture<'a, Option<Value>>;
     /// Secret `<ns>/secret/<name>`, like [`MetaClient::get_configmap`].
-    fn get_secret<'a>(&'a self, namespace: &'a str, name: &'a str) -> MetaFuture<'a, Option<Value>>;
+    fn get_secret<'a>(&'a self, namespace: &'a str, name: &'a str)
+    -> MetaFuture<'a, Option<Value>>;
     /// `delete` on `<ns>/pod/<name>` with `{"gracePeriodSeconds":0,"preconditions":{"uid":..}}`:
     /// tells the cloud the pod is gone from this node after a graceful deletion.
-    fn delete_pod<'a>(&'a self, namespace: &'a str, name: &'a str, uid: &'a str)
-    -> MetaFuture<'a, ()>;
+    fn delete_pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+    ) -> MetaFuture<'a, ()>;
 }
 
 /// Why a [`MetaClient`] call failed. Every kind is retried by edged-shim later.

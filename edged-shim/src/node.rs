@@ -47,11 +47,14 @@ pub(crate) fn conditions(
 ) -> [Condition; 4] {
     let memory = sample.memory_available_bytes < th.memory_available_bytes;
     let disk = sample.disk.is_some_and(|(available, total)| {
-        total > 0 && u128::from(available) * 100 < u128::from(total) * u128::from(th.disk_available_percent)
+        total > 0
+            && u128::from(available) * 100
+                < u128::from(total) * u128::from(th.disk_available_percent)
     });
     let pids_free = sample.pid_max.saturating_sub(sample.processes);
     let pid = sample.pid_max > 0
-        && u128::from(pids_free) * 100 < u128::from(sample.pid_max) * u128::from(th.pid_available_percent);
+        && u128::from(pids_free) * 100
+            < u128::from(sample.pid_max) * u128::from(th.pid_available_percent);
     let pressure = |kind, on: bool, yes: &'static str, no: &'static str, what: &str| Condition {
         kind,
         status: on,
@@ -140,7 +143,11 @@ fn node_info(settings: &EdgedSettings, facts: &HostFacts, runtime_version: &str)
 }
 
 /// The Node object for `insert` on `default/node/<node>`.
-pub(crate) fn node_object(settings: &EdgedSettings, facts: &HostFacts, runtime_version: &str) -> Value {
+pub(crate) fn node_object(
+    settings: &EdgedSettings,
+    facts: &HostFacts,
+    runtime_version: &str,
+) -> Value {
     let name = settings.node_name.as_str();
     let mut labels = Map::new();
     for (k, v) in &settings.node_labels {

@@ -35,7 +35,9 @@ impl TransitionClock {
             .map(|condition| {
                 let last_transition = previous
                     .iter()
-                    .find(|p| p.condition.kind == condition.kind && p.condition.status == condition.status)
+                    .find(|p| {
+                        p.condition.kind == condition.kind && p.condition.status == condition.status
+                    })
                     .map_or_else(|| now.to_owned(), |p| p.last_transition.clone());
                 TimedCondition {
                     condition,
@@ -212,7 +214,10 @@ mod tests {
             state_rx,
             cancel.clone(),
         ));
-        assert!(matches!(calls.recv().await, Some(MetaCall::RegisterNode(_))));
+        assert!(matches!(
+            calls.recv().await,
+            Some(MetaCall::RegisterNode(_))
+        ));
         match calls.recv().await {
             Some(MetaCall::PatchNode { patch, .. }) => {
                 let v: Value = serde_json::from_str(&patch).unwrap();

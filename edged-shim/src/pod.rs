@@ -7,7 +7,9 @@ use serde_json::Value;
 
 /// Why a Pod JSON could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("pod JSON is not usable ({at}): {source}; the cloud sent an object edged-shim cannot parse")]
+#[error(
+    "pod JSON is not usable ({at}): {source}; the cloud sent an object edged-shim cannot parse"
+)]
 pub(crate) struct PodParseError {
     at: String,
     #[source]
@@ -214,9 +216,18 @@ mod tests {
         assert_eq!(pod.metadata.uid, "8f0b7c2e-3d4a-4b9e-9a61-2f5c1e7d9a10");
         assert_eq!(pod.spec.restart_policy, RestartPolicy::Always);
         assert_eq!(pod.spec.containers[0].image, "nginx:1.27");
-        assert_eq!(pod.spec.containers[0].pull_policy(), PullPolicy::IfNotPresent);
-        assert_eq!(pod.spec.volumes[0].config_map.as_ref().unwrap().name, "app-config");
-        assert_eq!(pod.spec.containers[0].volume_mounts[0].mount_path, "/etc/app");
+        assert_eq!(
+            pod.spec.containers[0].pull_policy(),
+            PullPolicy::IfNotPresent
+        );
+        assert_eq!(
+            pod.spec.volumes[0].config_map.as_ref().unwrap().name,
+            "app-config"
+        );
+        assert_eq!(
+            pod.spec.containers[0].volume_mounts[0].mount_path,
+            "/etc/app"
+        );
     }
 
     #[test]
@@ -228,7 +239,10 @@ mod tests {
         assert_eq!(c("busybox").pull_policy(), PullPolicy::Always);
         assert_eq!(c("busybox:latest").pull_policy(), PullPolicy::Always);
         assert_eq!(c("localhost:5000/app").pull_policy(), PullPolicy::Always);
-        assert_eq!(c("localhost/app:local").pull_policy(), PullPolicy::IfNotPresent);
+        assert_eq!(
+            c("localhost/app:local").pull_policy(),
+            PullPolicy::IfNotPresent
+        );
         assert_eq!(c("app@sha256:abcd").pull_policy(), PullPolicy::IfNotPresent);
     }
 

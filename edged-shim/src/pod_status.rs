@@ -119,8 +119,12 @@ pub(crate) fn phase(policy: &RestartPolicy, containers: &[ContainerView]) -> &'s
 
 /// Pod condition types we own, in the order kubelet reports them (`PodScheduled` is the
 /// scheduler's and only appears in `$setElementOrder`).
-pub(crate) const CONDITIONS: [&str; 4] =
-    ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady"];
+pub(crate) const CONDITIONS: [&str; 4] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+];
 
 /// Each owned condition's status for `view`, with reason and message when false.
 pub(crate) fn condition_states(view: &PodView) -> [(bool, &'static str, String); 4] {
@@ -278,10 +282,22 @@ mod tests {
         assert_eq!(phase(&Always, &[with(waiting, true)]), "Running");
         assert_eq!(phase(&Always, &[running("c")]), "Running");
         assert_eq!(phase(&Never, &[with(terminated(0), false)]), "Succeeded");
-        assert_eq!(phase(&Never, &[with(terminated(2), false), running("d")]), "Running");
-        assert_eq!(phase(&Never, &[with(terminated(2), false), with(terminated(0), false)]), "Failed");
+        assert_eq!(
+            phase(&Never, &[with(terminated(2), false), running("d")]),
+            "Running"
+        );
+        assert_eq!(
+            phase(
+                &Never,
+                &[with(terminated(2), false), with(terminated(0), false)]
+            ),
+            "Failed"
+        );
         assert_eq!(phase(&OnFailure, &[with(terminated(2), false)]), "Running");
-        assert_eq!(phase(&OnFailure, &[with(terminated(0), false)]), "Succeeded");
+        assert_eq!(
+            phase(&OnFailure, &[with(terminated(0), false)]),
+            "Succeeded"
+        );
         assert_eq!(phase(&Always, &[]), "Pending");
     }
 

@@ -16,7 +16,9 @@ use crate::env::{Objects, container_env};
 use crate::meta::{MetaClient, PodEvent};
 use crate::node_status::META_CALL_TIMEOUT;
 use crate::pod::{Pod, PullPolicy, RestartPolicy};
-use crate::pod_status::{ApiState, CONDITIONS, ContainerView, PodView, condition_states, status_patch};
+use crate::pod_status::{
+    ApiState, CONDITIONS, ContainerView, PodView, condition_states, status_patch,
+};
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,
     RuntimeState, SandboxConfig,
@@ -65,7 +67,9 @@ impl ContainerRecord {
 enum Desired {
     Running,
     /// Tear down; `notify_cloud` sends the final delete (graceful deletion from the cloud).
-    Gone { notify_cloud: bool },
+    Gone {
+        notify_cloud: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -135,7 +139,12 @@ fn api_state(s: &ContainerStatus) -> ApiState {
         ContainerState::Exited => ApiState::Terminated {
             exit_code: s.exit_code,
             reason: if s.reason.is_empty() {
-                if s.exit_code == 0 { "Completed" } else { "Error" }.to_owned()
+                if s.exit_code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .to_owned()
             } else {
                 s.reason.clone()
             },
@@ -171,7 +180,11 @@ impl PodWorker {
         }
     }
 
-    pub(crate) async fn run(mut self, mut events: mpsc::Receiver<PodEvent>, cancel: CancellationToken) {
+    pub(crate) async fn run(
+        mut self,
+        mut events: mpsc::Receiver<PodEvent>,
+        cancel: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.settings.pod_sync_period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -230,9 +243,12 @@ impl PodWorker {
                     Some(rec) => {
                         // Same name, new UID: the old pod goes, the new one waits for it.
                         info!(pod = %key, "pod replaced by a new uid");
-                        rec.desired = Desired::Gone { notify_cloud: false };
+                        rec.desired = Desired::Gone {
+                            notify_cloud: false,
+                        };
                         let old = std::mem::replace(rec, PodRecord::new(pod));
-                        self.pods.insert(format!("{key}#old-{}", old.pod.metadata.uid), old);
+                        self.pods
+                            .insert(format!("{key}#old-{}", old.pod.metadata.uid), old);
                     }
                     None => {
                         info!(pod = %key, "pod added");
@@ -265,12 +281,18 @@ impl PodWorker {
         }
     }
 
-    async fn call<T>(&self, call: &'static str, fut: RuntimeFuture<'_, T>) -> Result<T, RuntimeError> {
+    async fn call<T>(
+        &self,
+        call: &'static str,
+        fut: RuntimeFuture<'_, T>,
+    ) -> Result<T, RuntimeError> {
         let limit = self.settings.runtime_request_timeout;
-        timeout(limit, fut).await.unwrap_or(Err(RuntimeError::Timeout {
-            call,
-            timeout: limit,
-        }))
+        timeout(limit, fut)
+            .await
+            .unwrap_or(Err(RuntimeError::Timeout {
+                call,
+                timeout: limit,
+            }))
     }
 
     /// Checks the runtime when due; true when it answers.
@@ -375,7 +397,11 @@ impl PodWorker {
             hostname: if rec.pod.spec.host_network {
                 String::new()
             } else {
-                rec.pod.spec.hostname.clone().unwrap_or_else(|| m.name.clone())
+                rec.pod
+                    .spec
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| m.name.clone())
             },
             log_directory: self
                 .settings
@@ -405,7 +431,8 @@ impl PodWorker {
         let sandbox = self.sandbox_config(rec);
         if rec.sandbox_id.is_none() {
             let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
-            let prepared = volumes::prepare(&self.settings.root_directory, &rec.pod, &mut objects).await;
+            let prepared =
+                volumes::prepare(&self.settings.root_directory, &rec.pod, &mut objects).await;
             match prepared {
                 Ok(v) => rec.volumes = v,
                 Err(error) => {
@@ -414,7 +441,10 @@ impl PodWorker {
                     return;
                 }
             }
-            match self.call("RunPodSandbox", self.runtime.run_sandbox(&sandbox)).await {
+            match self
+                .call("RunPodSandbox", self.runtime.run_sandbox(&sandbox))
+                .await
+            {
                 Ok(id) => {
                     info!(pod = %key, sandbox = %id, "sandbox started");
                     rec.sandbox_id = Some(id);
@@ -448,12 +478,17 @@ impl PodWorker {
     ) {
         let key = rec.pod.key();
         let policy = rec.pod.spec.restart_policy.clone();
-        let (Some(spec), Some(c)) = (rec.pod.spec.containers.get(idx).cloned(), rec.containers.get_mut(idx))
-        else {
+        let (Some(spec), Some(c)) = (
+            rec.pod.spec.containers.get(idx).cloned(),
+            rec.containers.get_mut(idx),
+        ) else {
             return;
         };
         if let Some(id) = c.id.clone() {
-            let status = match self.call("ContainerStatus", self.runtime.container_status(&id)).await {
+            let status = match self
+                .call("ContainerStatus", self.runtime.container_status(&id))
+                .await
+            {
                 Ok(s) => s,
                 Err(RuntimeError::NotFound { .. }) => {
                     warn!(pod = %key, container = %c.name, "container vanished; recreating");
@@ -474,7 +509,10 @@ impl PodWorker {
                     return;
                 }
                 ContainerState::Created => {
-                    if let Err(error) = self.call("StartContainer", self.runtime.start_container(&id)).await {
+                    if let Err(error) = self
+                        .call("StartContainer", self.runtime.start_container(&id))
+                        .await
+                    {
                         warn!(pod = %key, container = %c.name, %error, "start failed");
                         self.failed(&error);
                     }
@@ -490,7 +528,9 @@ impl PodWorker {
                         return;
                     }
                     let now = Instant::now();
-                    let due = *c.restart_at.get_or_insert_with(|| now + c.backoff.next_delay());
+                    let due = *c
+                        .restart_at
+                        .get_or_insert_with(|| now + c.backoff.next_delay());
                     if now < due {
                         let wait = due - now;
                         c.waiting = Some((
@@ -504,12 +544,14 @@ impl PodWorker {
                         ));
                         return;
                     }
-                    if let Err(error) = self.call("RemoveContainer", self.runtime.remove_container(&id)).await {
-                        if !matches!(error, RuntimeError::NotFound { .. }) {
-                            warn!(pod = %key, container = %c.name, %error, "remove before restart failed");
-                            self.failed(&error);
-                            return;
-                        }
+                    if let Err(error) = self
+                        .call("RemoveContainer", self.runtime.remove_container(&id))
+                        .await
+                        && !matches!(error, RuntimeError::NotFound { .. })
+                    {
+                        warn!(pod = %key, container = %c.name, %error, "remove before restart failed");
+                        self.failed(&error);
+                        return;
                     }
                     c.last_terminated = Some(api_state(&status));
                     c.id = None;
@@ -523,7 +565,10 @@ impl PodWorker {
         }
 
         // Create and start.
-        let present = match self.call("ImageStatus", self.runtime.image_status(&spec.image)).await {
+        let present = match self
+            .call("ImageStatus", self.runtime.image_status(&spec.image))
+            .await
+        {
             Ok(p) => p,
             Err(error) => {
                 c.waiting = Some(("ErrImagePull".to_owned(), error.to_string()));
@@ -535,7 +580,10 @@ impl PodWorker {
             (PullPolicy::Never, None) => {
                 c.waiting = Some((
                     "ErrImageNeverPull".to_owned(),
-                    format!("image {} is not present and the pull policy is Never", spec.image),
+                    format!(
+                        "image {} is not present and the pull policy is Never",
+                        spec.image
+                    ),
                 ));
                 return;
             }
@@ -544,7 +592,10 @@ impl PodWorker {
         };
         if pull {
             info!(pod = %key, image = %spec.image, "pulling image");
-            if let Err(error) = self.call("PullImage", self.runtime.pull_image(&spec.image)).await {
+            if let Err(error) = self
+                .call("PullImage", self.runtime.pull_image(&spec.image))
+                .await
+            {
                 if present.is_none() {
                     warn!(pod = %key, image = %spec.image, %error, "image pull failed");
                     c.waiting = Some(("ErrImagePull".to_owned(), error.to_string()));
@@ -575,7 +626,10 @@ impl PodWorker {
             attempt: c.attempt,
         };
         let id = match self
-            .call("CreateContainer", self.runtime.create_container(sandbox_id, sandbox, &config))
+            .call(
+                "CreateContainer",
+                self.runtime.create_container(sandbox_id, sandbox, &config),
+            )
             .await
         {
             Ok(id) => id,
@@ -588,14 +642,20 @@ impl PodWorker {
         };
         c.id = Some(id.clone());
         c.waiting = None;
-        match self.call("StartContainer", self.runtime.start_container(&id)).await {
+        match self
+            .call("StartContainer", self.runtime.start_container(&id))
+            .await
+        {
             Ok(()) => info!(pod = %key, container = %c.name, "container started"),
             Err(error) => {
                 warn!(pod = %key, container = %c.name, %error, "start failed");
                 self.failed(&error);
             }
         }
-        if let Ok(s) = self.call("ContainerStatus", self.runtime.container_status(&id)).await {
+        if let Ok(s) = self
+            .call("ContainerStatus", self.runtime.container_status(&id))
+            .await
+        {
             c.status = Some(s);
         }
     }
@@ -619,7 +679,8 @@ impl PodWorker {
                 }));
             let removed = match stopped {
                 Ok(()) | Err(RuntimeError::NotFound { .. }) => {
-                    self.call("RemoveContainer", self.runtime.remove_container(&id)).await
+                    self.call("RemoveContainer", self.runtime.remove_container(&id))
+                        .await
                 }
                 Err(e) => Err(e),
             };
@@ -633,10 +694,13 @@ impl PodWorker {
             }
         }
         if let Some(id) = rec.sandbox_id.clone() {
-            let stopped = self.call("StopPodSandbox", self.runtime.stop_sandbox(&id)).await;
+            let stopped = self
+                .call("StopPodSandbox", self.runtime.stop_sandbox(&id))
+                .await;
             let removed = match stopped {
                 Ok(()) | Err(RuntimeError::NotFound { .. }) => {
-                    self.call("RemovePodSandbox", self.runtime.remove_sandbox(&id)).await
+                    self.call("RemovePodSandbox", self.runtime.remove_sandbox(&id))
+                        .await
                 }
                 Err(e) => Err(e),
             };
@@ -694,7 +758,11 @@ impl PodWorker {
                 };
                 let (image, image_id) = match &c.status {
                     Some(s) => (
-                        if s.image.is_empty() { spec.image.clone() } else { s.image.clone() },
+                        if s.image.is_empty() {
+                            spec.image.clone()
+                        } else {
+                            s.image.clone()
+                        },
                         s.image_ref.clone(),
                     ),
                     None => (spec.image.clone(), String::new()),
@@ -732,14 +800,18 @@ impl PodWorker {
 
     /// Sends the pod's status when it changed since the last successful patch.
     async fn send_status(&mut self, key: &str) {
-        let Some(rec) = self.pods.get(key) else { return };
+        let Some(rec) = self.pods.get(key) else {
+            return;
+        };
         if rec.desired != Desired::Running {
             return;
         }
         let view = self.view(rec);
         let states = condition_states(&view);
         let now = rfc3339(SystemTime::now());
-        let Some(rec) = self.pods.get_mut(key) else { return };
+        let Some(rec) = self.pods.get_mut(key) else {
+            return;
+        };
         for (slot, (ok, _, _)) in rec.transitions.iter_mut().zip(states.iter()) {
             if slot.0 != Some(*ok) {
                 *slot = (Some(*ok), now.clone());
@@ -756,7 +828,10 @@ impl PodWorker {
         if rec.last_patch.as_deref() == Some(patch.as_str()) {
             return;
         }
-        let (namespace, name) = (rec.pod.metadata.namespace.clone(), rec.pod.metadata.name.clone());
+        let (namespace, name) = (
+            rec.pod.metadata.namespace.clone(),
+            rec.pod.metadata.name.clone(),
+        );
         let sent = timeout(
             META_CALL_TIMEOUT,
             self.meta.patch_pod_status(&namespace, &name, patch.clone()),

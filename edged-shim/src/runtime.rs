@@ -13,7 +13,9 @@ pub type RuntimeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RuntimeErr
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The endpoint cannot be used at all (bad scheme or path).
-    #[error("container runtime endpoint {endpoint:?} is not usable: {why}; set containerRuntimeEndpoint to unix:///path/to/socket")]
+    #[error(
+        "container runtime endpoint {endpoint:?} is not usable: {why}; set containerRuntimeEndpoint to unix:///path/to/socket"
+    )]
     Endpoint {
         /// The configured endpoint.
         endpoint: String,
@@ -21,7 +23,9 @@ pub enum RuntimeError {
         why: &'static str,
     },
     /// The runtime does not answer: socket missing, refused, or connection lost.
-    #[error("container runtime at {endpoint} is unavailable; start it or fix containerRuntimeEndpoint")]
+    #[error(
+        "container runtime at {endpoint} is unavailable; start it or fix containerRuntimeEndpoint"
+    )]
     Unavailable {
         /// The configured endpoint.
         endpoint: String,
@@ -60,7 +64,9 @@ impl RuntimeError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            RuntimeError::Unavailable { .. } | RuntimeError::Endpoint { .. } | RuntimeError::Timeout { .. }
+            RuntimeError::Unavailable { .. }
+                | RuntimeError::Endpoint { .. }
+                | RuntimeError::Timeout { .. }
         )
     }
 }

@@ -67,15 +67,17 @@ impl EdgedSettings {
                 d
             }
         };
-        let path_or = |p: &str, default: &str| {
-            PathBuf::from(if p.is_empty() { default } else { p })
-        };
+        let path_or =
+            |p: &str, default: &str| PathBuf::from(if p.is_empty() { default } else { p });
         Self {
             node_name: edged.hostname_override.clone(),
             node_ip: edged.node_ip.parse().ok(),
             node_labels: edged.node_labels.clone(),
             node_status_update_frequency: or(k.node_status_update_frequency.as_duration(), 10),
-            max_pods: u32::try_from(k.max_pods).ok().filter(|n| *n > 0).unwrap_or(110),
+            max_pods: u32::try_from(k.max_pods)
+                .ok()
+                .filter(|n| *n > 0)
+                .unwrap_or(110),
             root_directory: path_or(&edged.root_directory, "/var/lib/kubelet"),
             pod_log_directory: path_or(&k.pod_logs_dir, "/var/log/pods"),
             cgroup_parent: None,
@@ -93,12 +95,15 @@ mod tests {
 
     #[test]
     fn from_config_takes_the_kubelet_keys() {
-        let mut edged = config::Edged::default();
-        edged.hostname_override = "n1".to_owned();
-        edged.node_ip = "192.168.1.50".to_owned();
-        edged.root_directory = "/srv/edged".to_owned();
+        let mut edged = config::Edged {
+            hostname_override: "n1".to_owned(),
+            node_ip: "192.168.1.50".to_owned(),
+            root_directory: "/srv/edged".to_owned(),
+            ..config::Edged::default()
+        };
         edged.tailored_kubelet_config.max_pods = 20;
-        edged.tailored_kubelet_config.node_status_update_frequency = config::GoDuration::from_secs(5);
+        edged.tailored_kubelet_config.node_status_update_frequency =
+            config::GoDuration::from_secs(5);
         let s = EdgedSettings::from_config(&edged);
         assert_eq!(s.node_name, "n1");
         assert_eq!(s.node_ip, "192.168.1.50".parse().ok());
@@ -111,7 +116,8 @@ mod tests {
     fn zero_values_fall_back_to_defaults() {
         let mut edged = config::Edged::default();
         edged.tailored_kubelet_config.max_pods = 0;
-        edged.tailored_kubelet_config.node_status_update_frequency = config::GoDuration::from_secs(0);
+        edged.tailored_kubelet_config.node_status_update_frequency =
+            config::GoDuration::from_secs(0);
         let s = EdgedSettings::from_config(&edged);
         assert_eq!(s.max_pods, 110);
         assert_eq!(s.node_status_update_frequency, Duration::from_secs(10));

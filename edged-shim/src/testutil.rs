@@ -13,9 +13,20 @@ use crate::meta::{MetaClient, MetaError, MetaFuture};
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum MetaCall {
     RegisterNode(Value),
-    PatchNode { node: String, patch: String },
-    PatchPod { namespace: String, name: String, patch: String },
-    DeletePod { namespace: String, name: String, uid: String },
+    PatchNode {
+        node: String,
+        patch: String,
+    },
+    PatchPod {
+        namespace: String,
+        name: String,
+        patch: String,
+    },
+    DeletePod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
 }
 
 /// A MetaClient that records calls on a channel and serves configmaps and secrets from maps.
@@ -103,7 +114,11 @@ impl MetaClient for RecordingMeta {
         Box::pin(async move { Ok(self.get("configmap", namespace, name)) })
     }
 
-    fn get_secret<'a>(&'a self, namespace: &'a str, name: &'a str) -> MetaFuture<'a, Option<Value>> {
+    fn get_secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> MetaFuture<'a, Option<Value>> {
         Box::pin(async move { Ok(self.get("secret", namespace, name)) })
     }
 

@@ -67,7 +67,9 @@ async fn write_files(
     // Rewrite the directory from scratch so removed keys disappear.
     let staging = dir.with_extension("new");
     let _ = tokio::fs::remove_dir_all(&staging).await;
-    tokio::fs::create_dir_all(&staging).await.map_err(io(&staging))?;
+    tokio::fs::create_dir_all(&staging)
+        .await
+        .map_err(io(&staging))?;
     let mut files: Vec<(String, &[u8], u32)> = Vec::new();
     if items.is_empty() {
         for (k, v) in data {
@@ -95,7 +97,9 @@ async fn write_files(
         }
         let path = staging.join(&rel);
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io(parent))?;
         }
         tokio::fs::write(&path, bytes).await.map_err(io(&path))?;
         tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(file_mode & 0o777))
@@ -122,7 +126,8 @@ pub(crate) async fn prepare(
             match objects.get(Source::ConfigMap, &cm.name).await? {
                 Some(data) => {
                     let mode = cm.default_mode.unwrap_or(0o644);
-                    write_files(&dir, &v.name, "configmap", &cm.name, &data, &cm.items, mode).await?;
+                    write_files(&dir, &v.name, "configmap", &cm.name, &data, &cm.items, mode)
+                        .await?;
                 }
                 None if cm.optional == Some(true) => {
                     tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
@@ -141,8 +146,16 @@ pub(crate) async fn prepare(
             match objects.get(Source::Secret, &sec.secret_name).await? {
                 Some(data) => {
                     let mode = sec.default_mode.unwrap_or(0o644);
-                    write_files(&dir, &v.name, "secret", &sec.secret_name, &data, &sec.items, mode)
-                        .await?;
+                    write_files(
+                        &dir,
+                        &v.name,
+                        "secret",
+                        &sec.secret_name,
+                        &data,
+                        &sec.items,
+                        mode,
+                    )
+                    .await?;
                 }
                 None if sec.optional == Some(true) => {
                     tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
@@ -224,7 +237,12 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let root = tempfile::tempdir().unwrap();
         let (meta, _calls) = RecordingMeta::new();
-        meta.put("configmap", "ns", "cfg", json!({"data": {"a.conf": "A", "b": "B"}}));
+        meta.put(
+            "configmap",
+            "ns",
+            "cfg",
+            json!({"data": {"a.conf": "A", "b": "B"}}),
+        );
         meta.put("secret", "ns", "sec", json!({"data": {"pw": "czNjcmV0"}}));
         let pod = Pod::from_json(&json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
@@ -251,7 +269,10 @@ mod tests {
         assert_eq!(std::fs::read_to_string(c.join("b")).unwrap(), "B");
         let pw = vols["s"].join("dir/password");
         assert_eq!(std::fs::read_to_string(&pw).unwrap(), "s3cret");
-        assert_eq!(std::fs::metadata(&pw).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(
+            std::fs::metadata(&pw).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
         assert!(vols["e"].is_dir());
         assert!(!vols.contains_key("t"));
 
@@ -282,7 +303,9 @@ mod tests {
         let err = prepare(root.path(), &bad, &mut objects).await.unwrap_err();
         assert!(matches!(err, VolumeError::BadPath { .. }), "{err}");
         let missing = pod(json!({"name": "c", "configMap": {"name": "nope"}}));
-        let err = prepare(root.path(), &missing, &mut objects).await.unwrap_err();
+        let err = prepare(root.path(), &missing, &mut objects)
+            .await
+            .unwrap_err();
         assert!(matches!(err, VolumeError::Missing { .. }), "{err}");
         let optional = pod(json!({"name": "c", "configMap": {"name": "nope", "optional": true}}));
         assert!(prepare(root.path(), &optional, &mut objects).await.is_ok());

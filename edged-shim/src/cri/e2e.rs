@@ -33,7 +33,8 @@ async fn eventually<T>(what: &str, tries: u32, mut check: impl AsyncFnMut() -> O
 #[ignore = "needs containerd from tests/cri/setup.sh and EDGECORE_CRI_SOCKET"]
 async fn cri_pod_prints_configmap_and_secret_values_from_env() {
     let endpoint = env("EDGECORE_CRI_SOCKET");
-    let image = std::env::var("EDGECORE_CRI_APP_IMAGE").unwrap_or_else(|_| "localhost/app:local".to_owned());
+    let image = std::env::var("EDGECORE_CRI_APP_IMAGE")
+        .unwrap_or_else(|_| "localhost/app:local".to_owned());
     let root = tempfile::tempdir().unwrap();
     let log_root = std::env::var("EDGECORE_CRI_LOG_ROOT")
         .map(std::path::PathBuf::from)
@@ -48,9 +49,19 @@ async fn cri_pod_prints_configmap_and_secret_values_from_env() {
     settings.runtime_request_timeout = Duration::from_secs(30);
 
     let (meta, mut calls) = RecordingMeta::new();
-    meta.put("configmap", "default", "app-config", json!({"data": {"greeting": "hello-from-configmap"}}));
+    meta.put(
+        "configmap",
+        "default",
+        "app-config",
+        json!({"data": {"greeting": "hello-from-configmap"}}),
+    );
     // "s3cret-from-secret"
-    meta.put("secret", "default", "app-secret", json!({"data": {"password": "czNjcmV0LWZyb20tc2VjcmV0"}}));
+    meta.put(
+        "secret",
+        "default",
+        "app-secret",
+        json!({"data": {"password": "czNjcmV0LWZyb20tc2VjcmV0"}}),
+    );
 
     let uid = format!("cri-test-{}", std::process::id());
     let pod = json!({
@@ -117,7 +128,9 @@ async fn cri_pod_prints_configmap_and_secret_values_from_env() {
         .to_owned();
     assert!(container_id.starts_with("containerd://"), "{container_id}");
 
-    let log = log_root.join(format!("default_printer_{uid}")).join("app/0.log");
+    let log = log_root
+        .join(format!("default_printer_{uid}"))
+        .join("app/0.log");
     let text = eventually("the container's log lines", 100, async || {
         let text = tokio::fs::read_to_string(&log).await.ok()?;
         text.contains("file=hello-from-configmap").then_some(text)

@@ -44,7 +44,10 @@ fn extra_labels_do_not_override_the_edge_role() {
         .insert("node-role.kubernetes.io/edge".to_owned(), "no".to_owned());
     s.node_labels.insert("zone".to_owned(), "a".to_owned());
     let node = node_object(&s, &facts(), "");
-    assert_eq!(node["metadata"]["labels"]["node-role.kubernetes.io/edge"], "");
+    assert_eq!(
+        node["metadata"]["labels"]["node-role.kubernetes.io/edge"],
+        ""
+    );
     assert_eq!(node["metadata"]["labels"]["zone"], "a");
 }
 
@@ -98,13 +101,27 @@ fn pressure_thresholds_are_strict_lower_bounds() {
     s.disk = Some((10, 100));
     s.processes = 32_768 - 3277; // 3277 free of 32768 = 10.0006 %
     let c = conditions(&s, &th, Ok(()));
-    assert_eq!(statuses(&c)[..3], [("MemoryPressure", false), ("DiskPressure", false), ("PIDPressure", false)]);
+    assert_eq!(
+        statuses(&c)[..3],
+        [
+            ("MemoryPressure", false),
+            ("DiskPressure", false),
+            ("PIDPressure", false)
+        ]
+    );
 
     s.memory_available_bytes -= 1;
     s.disk = Some((9, 100));
     s.processes += 1;
     let c = conditions(&s, &th, Ok(()));
-    assert_eq!(statuses(&c)[..3], [("MemoryPressure", true), ("DiskPressure", true), ("PIDPressure", true)]);
+    assert_eq!(
+        statuses(&c)[..3],
+        [
+            ("MemoryPressure", true),
+            ("DiskPressure", true),
+            ("PIDPressure", true)
+        ]
+    );
     assert_eq!(c[0].reason, "KubeletHasInsufficientMemory");
     assert_eq!(c[1].reason, "KubeletHasDiskPressure");
     assert_eq!(c[2].reason, "KubeletHasInsufficientPID");
@@ -120,7 +137,11 @@ fn unknown_disk_is_no_pressure() {
 
 #[test]
 fn runtime_down_is_not_ready_with_the_reason() {
-    let c = conditions(&sample(), &PressureThresholds::default(), Err("socket missing"));
+    let c = conditions(
+        &sample(),
+        &PressureThresholds::default(),
+        Err("socket missing"),
+    );
     assert!(!c[3].status);
     assert_eq!(c[3].reason, "KubeletNotReady");
     assert!(c[3].message.contains("socket missing"));
@@ -135,9 +156,18 @@ fn status_patch_has_the_vector_shape() {
             last_transition: "2025-06-01T08:00:00Z".to_owned(),
         })
         .collect();
-    let patch = status_patch(&settings(), &facts(), "containerd://1.7.20", &timed, "2025-06-01T08:00:10Z");
+    let patch = status_patch(
+        &settings(),
+        &facts(),
+        "containerd://1.7.20",
+        &timed,
+        "2025-06-01T08:00:10Z",
+    );
     let ours: Value = serde_json::from_str(&patch).unwrap();
-    let content = vector("node-status-update")["content"].as_str().unwrap().to_owned();
+    let content = vector("node-status-update")["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let theirs: Value = serde_json::from_str(&content).unwrap();
     assert_eq!(
         ours["status"]["$setElementOrder/conditions"],

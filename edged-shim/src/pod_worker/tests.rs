@@ -24,8 +24,18 @@ impl Harness {
         settings.root_directory = root.path().join("root");
         settings.pod_log_directory = root.path().join("logs");
         let (meta, calls) = RecordingMeta::new();
-        meta.put("configmap", "default", "cfg", json!({"data": {"greeting": "hello"}}));
-        meta.put("secret", "default", "sec", json!({"data": {"password": "czNjcmV0"}}));
+        meta.put(
+            "configmap",
+            "default",
+            "cfg",
+            json!({"data": {"greeting": "hello"}}),
+        );
+        meta.put(
+            "secret",
+            "default",
+            "sec",
+            json!({"data": {"password": "czNjcmV0"}}),
+        );
         let (state_tx, state) = watch::channel(RuntimeState::Unknown);
         let (events, rx) = mpsc::channel(16);
         let worker = PodWorker::new(
@@ -122,18 +132,28 @@ fn running(s: &Value) -> bool {
 #[tokio::test(start_paused = true)]
 async fn runs_a_pod_with_env_and_volumes_and_reports_running() {
     let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
-    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
     let patch = h.status("web", "running status", running).await;
     assert_eq!(patch["metadata"]["uid"], "uid-web");
     let s = &patch["status"];
     assert_eq!(s["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(s["containerStatuses"][0]["ready"], true);
     assert_eq!(s["hostIP"], "192.168.1.50");
-    assert_eq!(s["podIP"], "192.168.1.50", "host network pods carry the node IP");
+    assert_eq!(
+        s["podIP"], "192.168.1.50",
+        "host network pods carry the node IP"
+    );
     assert_eq!(s["conditions"][2]["type"], "Ready");
     assert_eq!(s["conditions"][2]["status"], "True");
 
-    assert_eq!(h.rt.calls_named("PullImage"), 0, "present image is not pulled");
+    assert_eq!(
+        h.rt.calls_named("PullImage"),
+        0,
+        "present image is not pulled"
+    );
     {
         let st = h.rt.state();
         let sandbox = st.sandboxes.values().next().unwrap();
@@ -159,12 +179,19 @@ async fn pulls_missing_images_and_reports_pull_errors() {
     let rt = FakeRuntime::default();
     rt.state().pullable.insert(APP.to_owned());
     let mut h = Harness::start(rt);
-    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
     h.status("web", "running status", running).await;
     assert_eq!(h.rt.calls_named("PullImage"), 1);
 
     h.events
-        .send(PodEvent::Upsert(pod("bad", "Always", json!({"image": "nowhere/img:1"}))))
+        .send(PodEvent::Upsert(pod(
+            "bad",
+            "Always",
+            json!({"image": "nowhere/img:1"}),
+        )))
         .await
         .unwrap();
     let s = h
@@ -198,15 +225,24 @@ async fn missing_configmap_is_a_config_error() {
         .to_owned();
     assert!(msg.contains("configmap default/absent not found"), "{msg}");
     // Once the configmap exists the pod starts.
-    h.meta.put("configmap", "default", "absent", json!({"data": {"k": "v"}}));
-    h.status("web", "running after the configmap appears", running).await;
+    h.meta.put(
+        "configmap",
+        "default",
+        "absent",
+        json!({"data": {"k": "v"}}),
+    );
+    h.status("web", "running after the configmap appears", running)
+        .await;
     h.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn always_restarts_after_crash_backoff() {
     let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
-    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
     h.status("web", "running status", running).await;
     h.rt.exit("app", 1);
     let crashed_at = Instant::now();
@@ -224,18 +260,30 @@ async fn always_restarts_after_crash_backoff() {
     assert_eq!(last["exitCode"], 1);
     assert_eq!(last["reason"], "Error");
     assert_eq!(h.rt.calls_named("CreateContainer"), 2);
-    assert_eq!(h.rt.state().containers.len(), 1, "the old container was removed");
+    assert_eq!(
+        h.rt.state().containers.len(),
+        1,
+        "the old container was removed"
+    );
     h.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn never_policy_pod_succeeds_and_stays_down() {
     let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
-    h.events.send(PodEvent::Upsert(pod("job", "Never", json!({})))).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("job", "Never", json!({}))))
+        .await
+        .unwrap();
     h.status("job", "running status", running).await;
     h.rt.exit("app", 0);
-    let s = h.status("job", "succeeded", |s| s["phase"] == "Succeeded").await;
-    assert_eq!(s["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    let s = h
+        .status("job", "succeeded", |s| s["phase"] == "Succeeded")
+        .await;
+    assert_eq!(
+        s["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "Completed"
+    );
     tokio::time::sleep(Duration::from_secs(60)).await; // virtual: many sync passes
     assert_eq!(h.rt.calls_named("CreateContainer"), 1);
     h.stop().await;
@@ -244,7 +292,10 @@ async fn never_policy_pod_succeeds_and_stays_down() {
 #[tokio::test(start_paused = true)]
 async fn cloud_delete_tears_down_without_notifying_the_cloud() {
     let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
-    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
     h.status("web", "running status", running).await;
     h.events
         .send(PodEvent::Delete {
@@ -255,14 +306,18 @@ async fn cloud_delete_tears_down_without_notifying_the_cloud() {
         .await
         .unwrap();
     // The worker handles events in order: once the next pod runs, the delete is done.
-    h.events.send(PodEvent::Upsert(pod("other", "Always", json!({})))).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("other", "Always", json!({}))))
+        .await
+        .unwrap();
     h.status("other", "second pod running", running).await;
-    let st = h.rt.state();
-    assert_eq!(st.sandboxes.len(), 1);
-    assert!(st.sandboxes.values().all(|s| s.name == "other"));
-    assert_eq!(st.containers.len(), 1);
-    assert!(st.calls.iter().any(|c| c == "StopContainer"));
-    drop(st);
+    {
+        let st = h.rt.state();
+        assert_eq!(st.sandboxes.len(), 1);
+        assert!(st.sandboxes.values().all(|s| s.name == "other"));
+        assert_eq!(st.containers.len(), 1);
+        assert!(st.calls.iter().any(|c| c == "StopContainer"));
+    }
     while let Ok(call) = h.calls.try_recv() {
         assert!(!matches!(call, MetaCall::DeletePod { .. }), "{call:?}");
     }
@@ -272,13 +327,18 @@ async fn cloud_delete_tears_down_without_notifying_the_cloud() {
 #[tokio::test(start_paused = true)]
 async fn graceful_deletion_tears_down_then_tells_the_cloud() {
     let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
-    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
     h.status("web", "running status", running).await;
     let mut deleting = pod("web", "Always", json!({}));
     deleting["metadata"]["deletionTimestamp"] = json!("2025-06-01T08:10:00Z");
     h.events.send(PodEvent::Upsert(deleting)).await.unwrap();
     let call = h
-        .next("pod delete to the cloud", |c| matches!(c, MetaCall::DeletePod { .. }))
+        .next("pod delete to the cloud", |c| {
+            matches!(c, MetaCall::DeletePod { .. })
+        })
         .await;
     assert_eq!(
         call,
@@ -288,10 +348,11 @@ async fn graceful_deletion_tears_down_then_tells_the_cloud() {
             uid: "uid-web".to_owned()
         }
     );
-    let st = h.rt.state();
-    assert!(st.sandboxes.is_empty());
-    assert!(st.containers.is_empty());
-    drop(st);
+    {
+        let st = h.rt.state();
+        assert!(st.sandboxes.is_empty());
+        assert!(st.containers.is_empty());
+    }
     h.stop().await;
 }
 
@@ -300,7 +361,10 @@ async fn runtime_down_is_reported_then_recovered() {
     let rt = FakeRuntime::with_images(&[APP]);
     rt.state().down = true;
     let mut h = Harness::start(rt);
-    h.events.send(PodEvent::Upsert(pod("web", "Always", json!({})))).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
     let s = h
         .status("web", "runtime unavailable", |s| {
             s["containerStatuses"][0]["state"]["waiting"]["reason"] == "RuntimeUnavailable"
@@ -313,7 +377,8 @@ async fn runtime_down_is_reported_then_recovered() {
     assert!(msg.contains("unavailable"), "{msg}");
     assert!(matches!(&*h.state.borrow(), RuntimeState::Down { .. }));
     h.rt.state().down = false;
-    h.status("web", "running after the runtime returns", running).await;
+    h.status("web", "running after the runtime returns", running)
+        .await;
     assert!(matches!(&*h.state.borrow(), RuntimeState::Up { .. }));
     h.stop().await;
 }
