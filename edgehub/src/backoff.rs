@@ -50,6 +50,11 @@ impl ReconnectBackoff {
         }
     }
 
+    /// The longest delay.
+    pub(crate) fn cap(&self) -> Duration {
+        self.max
+    }
+
     /// Starts over: the next round begins at once.
     pub(crate) fn reset(&mut self) {
         self.running = None;

@@ -174,12 +174,14 @@ impl Target {
 
     fn upgrade_error(&self, e: tokio_tungstenite::tungstenite::Error) -> DialError {
         // With TLS 1.3 the server judges the client certificate after the client finished its
-        // handshake, so a rejection arrives while the upgrade is read.
+        // handshake, so a rejection arrives while the upgrade is read. At that point a
+        // decrypt_error can only be about our certificate too (a CA with the same name as the
+        // server's, as every KubeEdge CA is named, but another key).
         if let tokio_tungstenite::tungstenite::Error::Io(io) = &e
             && let Some(rustls::Error::AlertReceived(alert)) = io
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            && rejects_client_cert(*alert)
+            && (rejects_client_cert(*alert) || *alert == AlertDescription::DecryptError)
         {
             return DialError::ClientCertRejected {
                 endpoint: self.endpoint.to_string(),

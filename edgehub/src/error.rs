@@ -103,11 +103,14 @@ pub enum HubError {
 /// What the reconnect loop does after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialErrorKind {
-    /// Transient: retry the same endpoint after the backoff.
+    /// Transient (reset mid-handshake, upgrade refused): try the next endpoint; this one keeps
+    /// its place in the preference order.
     Retry,
-    /// This endpoint does not work now: try the next one.
+    /// This endpoint does not work now (refused, unreachable, timed out, wrong certificate):
+    /// try the next one and prefer the healthy ones until it answers again.
     NextEndpoint,
-    /// Retrying will not help until an operator acts; the hub keeps trying at the backoff cap.
+    /// Retrying will not help until an operator acts (client certificate rejected); logged as
+    /// an error, and the hub keeps trying at the backoff cap.
     Fatal,
 }
 

@@ -44,8 +44,10 @@ pub(crate) struct Link {
 
 /// What a round of attempts ended with.
 enum RoundEnd {
-    /// Every endpoint failed, or one failed in a way that calls for the backoff.
-    Failed,
+    /// Every endpoint failed; `fatal` when one failure needs an operator (wait the cap).
+    Failed {
+        fatal: bool,
+    },
     /// A session ran and ended.
     Session {
         index: usize,
@@ -67,13 +69,18 @@ impl Link {
         let mut attempt: u32 = 0;
         let mut lost_at: Option<Instant> = None;
         let mut last_first: Option<usize> = None;
+        // The last round failed in a way retrying soon will not fix.
+        let mut patient = false;
         loop {
             if self.reload.has_changed().unwrap_or(false) {
                 self.reload.borrow_and_update();
                 self.reload_tls();
             }
             if wait {
-                let delay = self.backoff.next_delay();
+                let mut delay = self.backoff.next_delay();
+                if std::mem::take(&mut patient) {
+                    delay = delay.max(self.backoff.cap());
+                }
                 let delay_ms = millis(delay);
                 self.stats.send_modify(|s| s.current_backoff_ms = delay_ms);
                 if !delay.is_zero() {
@@ -117,7 +124,10 @@ impl Link {
             wait = true;
             round = match outcome {
                 RoundEnd::Shutdown => break,
-                RoundEnd::Failed => self.endpoints.round(),
+                RoundEnd::Failed { fatal } => {
+                    patient = fatal;
+                    self.endpoints.round()
+                }
                 RoundEnd::Session {
                     index,
                     end,
@@ -171,6 +181,7 @@ impl Link {
         attempt: &mut u32,
         lost_at: &mut Option<Instant>,
     ) -> RoundEnd {
+        let mut fatal = false;
         for index in round {
             let Some(target) = self.targets.get(index) else {
                 continue;
@@ -230,23 +241,30 @@ impl Link {
                     self.set(LinkState::Disconnected {
                         reason: DisconnectReason::DialFailed,
                     });
-                    let unreachable = e.is_unreachable();
+                    // Every failure moves on to the next endpoint of the round; the kind
+                    // decides whether this one loses its place and how long the backoff is.
                     match kind {
+                        DialErrorKind::Retry => {}
                         DialErrorKind::NextEndpoint => {
-                            self.endpoints
-                                .record_failure(index, Instant::now(), unreachable);
+                            self.endpoints.record_failure(
+                                index,
+                                Instant::now(),
+                                e.is_unreachable(),
+                            );
                         }
                         DialErrorKind::Fatal => {
-                            self.endpoints
-                                .record_failure(index, Instant::now(), unreachable);
-                            return RoundEnd::Failed;
+                            fatal = true;
+                            self.endpoints.record_failure(
+                                index,
+                                Instant::now(),
+                                e.is_unreachable(),
+                            );
                         }
-                        DialErrorKind::Retry => return RoundEnd::Failed,
                     }
                 }
             }
         }
-        RoundEnd::Failed
+        RoundEnd::Failed { fatal }
     }
 
     /// Runs the session on `ws`; meanwhile probes the endpoints preferred over `index` and, when

@@ -67,10 +67,15 @@ impl Pki {
 
     /// The server side: CloudHub's certificate with `sans`, client certificates required.
     pub(crate) fn acceptor(&self, sans: &[&str]) -> TlsAcceptor {
+        self.acceptor_trusting(sans, self)
+    }
+
+    /// Like [`Self::acceptor`], but client certificates must come from `clients`' CA.
+    pub(crate) fn acceptor_trusting(&self, sans: &[&str], clients: &Pki) -> TlsAcceptor {
         let (cert, key) = self.leaf(sans, ExtendedKeyUsagePurpose::ServerAuth, "KubeEdge");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
+        roots.add(clients.ca.der().clone()).unwrap();
         let verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()

@@ -148,6 +148,42 @@ async fn an_attempt_that_hangs_times_out() {
     drop(listener);
 }
 
+#[tokio::test]
+async fn a_rejected_client_certificate_is_fatal_and_says_so() {
+    let pki = Pki::new();
+    let strangers = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let acceptor = pki.acceptor_trusting(&["127.0.0.1"], &strangers);
+    let cloud = Cloud::start(acceptor, listener, vec![Mode::Serve]).await;
+    let hub = pki.edge_config(KeyFormat::Sec1);
+    let err = target(&hub, &cloud.addr.to_string())
+        .dial()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), DialErrorKind::Fatal, "{err:?}");
+    assert!(
+        err.to_string().contains("rejected the client certificate"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_during_the_handshake_is_retry() {
+    let pki = Pki::new();
+    let hub = pki.edge_config(KeyFormat::Sec1);
+    // Like haproxy in front of a dead CloudCore: TCP accepted, then closed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            drop(tcp);
+        }
+    });
+    let err = target(&hub, &addr.to_string()).dial().await.unwrap_err();
+    assert_eq!(err.kind(), DialErrorKind::Retry, "{err:?}");
+    assert!(!err.is_unreachable());
+}
+
 #[test]
 fn missing_and_unusable_tls_files_name_the_file_and_the_config_key() {
     let pki = Pki::new();

@@ -298,3 +298,35 @@ async fn a_rotation_to_unusable_files_keeps_the_session_and_the_old_pair() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_round_moves_past_an_endpoint_that_accepts_tcp_but_fails_the_handshake() {
+    let pki = Pki::new();
+    let haproxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_backend = haproxy.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = haproxy.accept().await {
+            drop(tcp);
+        }
+    });
+    let good = cloud(&pki, vec![Mode::Serve]).await;
+    let mut hub = pki.edge_config(KeyFormat::Sec1);
+    hub.websocket.server = dead_backend;
+    hub.failover.servers = vec![good.addr.to_string()];
+    hub.failover.backoff_initial_ms = 60_000;
+    hub.failover.backoff_max_ms = 60_000;
+    let mut edge = start_edge(hub);
+    // Within the first round: no minute-long backoff between the two endpoints.
+    let state = edge.session(1).await;
+    assert_eq!(
+        state,
+        LinkState::Connected {
+            session: 1,
+            endpoint: good.addr.to_string()
+        }
+    );
+    assert_eq!(
+        edge.handle.stats().reconnects(DisconnectReason::DialFailed),
+        1
+    );
+}
