@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::backoff::ReconnectBackoff;
 use crate::dial::{CloudStream, Target};
@@ -18,7 +18,7 @@ use crate::error::DialErrorKind;
 use crate::hub::{DisconnectReason, HubStats, LinkState};
 use crate::message::Message;
 use crate::session::{self, Links, SessionEnd, SessionSettings};
-use crate::tls::ClientTls;
+use probes::{first_accepting, probe_first, rebuild_targets};
 
 /// The hub task's state. Owned by the one task that runs [`Link::run`].
 pub(crate) struct Link {
@@ -368,67 +368,10 @@ impl Link {
     }
 }
 
-/// Targets from the TLS files as they are now on disk; `None` (logged) when they do not load.
-fn rebuild_targets(
-    hub: &config::EdgeHub,
-    endpoints: &Endpoints,
-    node: &str,
-) -> Option<Vec<Target>> {
-    let rebuilt = ClientTls::load(hub).and_then(|tls| {
-        endpoints
-            .iter()
-            .map(|ep| Target::new(ep.clone(), &tls, node, hub))
-            .collect::<Result<Vec<_>, _>>()
-    });
-    match rebuilt {
-        Ok(targets) => {
-            info!("client certificate reloaded");
-            Some(targets)
-        }
-        Err(e) => {
-            error!(error = %e, "reloading the client certificate failed, keeping the old one");
-            None
-        }
-    }
-}
-
-/// The first of `preferred` that completes a TCP + TLS handshake.
-async fn probe_first(targets: &[Target], preferred: Vec<usize>) -> Option<usize> {
-    for index in preferred {
-        let target = targets.get(index)?;
-        match target.probe().await {
-            Ok(()) => return Some(index),
-            Err(e) => {
-                debug!(endpoint = %target.endpoint(), error = %e, "preferred endpoint still down")
-            }
-        }
-    }
-    None
-}
-
-/// How often, and how long at most, a refusing endpoint is checked for TCP during a backoff.
-const REACHABILITY_POLL: Duration = Duration::from_millis(200);
-
-/// The first of `candidates` to accept a TCP connection; never resolves without candidates.
-async fn first_accepting(targets: &[Target], candidates: Vec<usize>) -> usize {
-    if candidates.is_empty() {
-        return std::future::pending().await;
-    }
-    loop {
-        for &index in &candidates {
-            if let Some(target) = targets.get(index)
-                && target.accepts_tcp(REACHABILITY_POLL).await
-            {
-                return index;
-            }
-        }
-        tokio::time::sleep(REACHABILITY_POLL).await;
-    }
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+mod probes;
 #[cfg(test)]
 mod tests;
