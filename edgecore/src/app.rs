@@ -1,0 +1,173 @@
+//! Wiring: store → hub → metamanager, then wait for a signal and shut down in order.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use edgehub::{DisconnectReason, HubSettings, LinkState, Message};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::link::CloudLink;
+use crate::metamanager::{MetaSettings, spawn_metamanager};
+use crate::store::Store;
+
+/// Capacity of the channel from the hub to metamanager (KubeEdge's viaduct FIFO holds 100).
+const INBOUND_CAPACITY: usize = 128;
+/// How long tasks get to finish after cancellation before edgecore exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs edgecore with a validated configuration until `shutdown` resolves, then cancels every
+/// task, waits for them under a grace timeout and closes the store.
+pub async fn run(
+    config: config::EdgeCoreConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config.database.data_source)
+        .with_context(|| format!("opening {}", config.database.data_source.display()))?;
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let settings = MetaSettings::from_config(&config.modules.meta_manager);
+    let node_name = config.modules.edged.hostname_override.clone();
+
+    let meta = if config.modules.edge_hub.enable {
+        let hub = edgehub::spawn(
+            HubSettings {
+                node_name: node_name.clone(),
+                hub: config.modules.edge_hub.clone(),
+            },
+            inbound_tx,
+            cancel.child_token(),
+            &tracker,
+        )
+        .context("starting the cloud link (modules.edgeHub)")?;
+        spawn_metamanager(
+            settings,
+            store.clone(),
+            hub,
+            inbound_rx,
+            cancel.child_token(),
+            &tracker,
+        )
+    } else {
+        tracing::warn!("modules.edgeHub is disabled: running offline from the local store");
+        drop(inbound_tx);
+        spawn_metamanager(
+            settings,
+            store.clone(),
+            OfflineLink::new(),
+            inbound_rx,
+            cancel.child_token(),
+            &tracker,
+        )
+    };
+    tracing::info!(node = %node_name, "edgecore started");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    // Cancelling stops the hub from taking cloud messages; metamanager finishes the batch it is
+    // committing and hands its acks to the hub before it returns.
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not stop in time; exiting anyway");
+    }
+    drop(meta);
+    if tokio::time::timeout(SHUTDOWN_GRACE, store.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "store did not close in time; sqlite recovers the WAL on next start");
+    }
+    tracing::info!("edgecore stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "signal received"),
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops edgecore")
+            }
+        }
+    }
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::error!(error = %e, "cannot watch SIGINT; edgecore stops only when killed");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The link when `modules.edgeHub` is disabled: never connected, so nothing is ever sent.
+#[derive(Clone)]
+struct OfflineLink {
+    state: Arc<watch::Sender<LinkState>>,
+}
+
+impl OfflineLink {
+    fn new() -> Self {
+        let (tx, _) = watch::channel(LinkState::Disconnected {
+            reason: DisconnectReason::Closed,
+        });
+        Self {
+            state: Arc::new(tx),
+        }
+    }
+}
+
+impl CloudLink for OfflineLink {
+    async fn send(&self, msg: Message) -> Result<(), Message> {
+        // Unreachable in practice: with no hub there are no cloud messages to answer and the
+        // link never connects. Returning the message makes metamanager stop rather than drop it.
+        Err(msg)
+    }
+
+    fn link(&self) -> watch::Receiver<LinkState> {
+        self.state.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_offline_and_stops_on_the_injected_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config::minimal_config("edge-test");
+        config.database.data_source = dir.path().join("sub/edgecore.db");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(run(config, async {
+            let _ = stopped.await;
+        }));
+        stop.send(()).unwrap();
+        run.await.unwrap().unwrap();
+        assert!(dir.path().join("sub/edgecore.db").exists());
+    }
+
+    #[tokio::test]
+    async fn an_unusable_database_path_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let mut config = config::minimal_config("edge-test");
+        config.database.data_source = file.join("edgecore.db");
+        let err = run(config, std::future::ready(())).await.unwrap_err();
+        assert!(format!("{err:#}").contains("opening"), "{err:#}");
+    }
+}

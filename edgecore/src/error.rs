@@ -1,0 +1,121 @@
+//! Errors of the store, metamanager and the command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A shareable underlying cause (one commit failure is reported to every write of the batch).
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Errors of the SQLite store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The directory of `database.dataSource` could not be created.
+    #[error(
+        "cannot create database directory {path}: check permissions or set database.dataSource"
+    )]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Cause,
+    },
+    /// The database file could not be opened or configured.
+    #[error("cannot open database {path}: check the file and database.dataSource")]
+    Open {
+        /// `database.dataSource`.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: Cause,
+    },
+    /// The tables could not be created or checked.
+    #[error("cannot prepare the schema of {path}: the file may not be an edgecore database")]
+    Schema {
+        /// `database.dataSource`.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: Cause,
+    },
+    /// One statement failed; the rest of its batch was still committed.
+    #[error("store {what} failed")]
+    Statement {
+        /// The operation, e.g. `put meta`.
+        what: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: Cause,
+    },
+    /// The transaction did not commit; none of its writes happened.
+    #[error("store commit failed: is the disk full or read-only?")]
+    Commit {
+        /// The SQLite error.
+        #[source]
+        source: Cause,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the store thread")]
+    Thread {
+        /// The I/O error.
+        #[source]
+        source: Cause,
+    },
+    /// The writer thread has stopped (shutdown).
+    #[error("the store has shut down")]
+    Closed,
+    /// A resource string that cannot be a `meta` key.
+    #[error("resource {resource:?} is not <namespace>/<type>/<name>")]
+    BadKey {
+        /// The resource as received.
+        resource: String,
+    },
+}
+
+/// Errors returned to metamanager's local callers (edged-shim).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MetaError {
+    /// metamanager has stopped (shutdown).
+    #[error("metamanager has shut down")]
+    Stopped,
+    /// The store failed.
+    #[error("metamanager store access failed")]
+    Store(#[from] StoreError),
+    /// The message cannot be handled.
+    #[error("cannot handle {resource:?}: {reason}")]
+    BadRequest {
+        /// The resource of the request.
+        resource: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The cloud did not answer a remote query in time.
+    #[error("no answer from the cloud for {resource:?} within {after:?}")]
+    RemoteTimeout {
+        /// The queried resource.
+        resource: String,
+        /// `modules.metaManager.remoteQueryTimeout`.
+        after: Duration,
+    },
+    /// The cloud answered with an error.
+    #[error("the cloud answered {resource:?} with an error: {reason}")]
+    Remote {
+        /// The queried resource.
+        resource: String,
+        /// The cloud's error text.
+        reason: String,
+    },
+    /// Too many remote queries are waiting for an answer.
+    #[error("too many remote queries in flight ({limit}); retry later")]
+    Busy {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn cause(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
+        Arc::new(e)
+    }
+}

@@ -1,0 +1,498 @@
+//! metamanager: the one task between the cloud link, the store and edged-shim.
+//!
+//! * Cloud messages (group `resource`) are committed to the store, *then* acked (spec §4.2).
+//!   Messages queued together are committed in one transaction (group commit).
+//! * Answers to our own requests (`parent_msg_id`) wake the waiting query, are stored, close the
+//!   matching outbox entry, and are acked when they carry a resourceversion.
+//! * Status messages from edged-shim go to the durable outbox first and are (re)sent on every
+//!   new session until the cloud answers them.
+//! * Queries are served from the store, or from the cloud for the types KubeEdge asks it for
+//!   while connected (§5.5).
+
+mod plan;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use edgehub::{LinkState, Message, Resource, Route, now_millis, op};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::error::{MetaError, StoreError};
+use crate::link::CloudLink;
+use crate::store::{MetaKey, Op, OutboxEntry, Outcome, PutOutcome, Store};
+use plan::{After, Plan, plan};
+
+/// Capacity of the queue of requests from local callers (edged-shim).
+const COMMAND_CAPACITY: usize = 128;
+/// Most cloud messages taken at once and committed in one transaction.
+const INBOUND_BATCH: usize = 64;
+/// Most remote queries waiting for the cloud at once.
+const MAX_PENDING_QUERIES: usize = 256;
+
+/// Resource types queried from the cloud while connected (spec §5.5, v1.21 list).
+const REMOTE_KINDS: [&str; 9] = [
+    "configmap",
+    "secret",
+    "persistentvolume",
+    "persistentvolumeclaim",
+    "volumeattachment",
+    "node",
+    "serviceaccounttoken",
+    "lease",
+    "certificatesigningrequest",
+];
+
+/// metamanager's settings, taken from `modules.metaManager`.
+#[derive(Debug, Clone)]
+pub struct MetaSettings {
+    /// How long a remote query waits for the cloud (`remoteQueryTimeout`, default 60 s).
+    pub remote_query_timeout: Duration,
+}
+
+impl MetaSettings {
+    /// From the validated config section.
+    pub fn from_config(section: &config::MetaManager) -> Self {
+        Self {
+            remote_query_timeout: Duration::from_secs(u64::from(section.remote_query_timeout)),
+        }
+    }
+}
+
+impl Default for MetaSettings {
+    fn default() -> Self {
+        Self {
+            remote_query_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+type QueryResult = Result<Vec<Value>, MetaError>;
+
+enum Command {
+    Submit {
+        msg: Box<Message>,
+        reply: oneshot::Sender<Result<(), MetaError>>,
+    },
+    Query {
+        resource: String,
+        reply: oneshot::Sender<QueryResult>,
+    },
+}
+
+/// Handle for local callers (edged-shim). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MetaHandle {
+    tx: mpsc::Sender<Command>,
+    remote_query_timeout: Duration,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Submit { msg, .. } => write!(f, "Submit({})", msg.route.resource),
+            Self::Query { resource, .. } => write!(f, "Query({resource})"),
+        }
+    }
+}
+
+impl MetaHandle {
+    /// Queues a status message (pod or node status patch) for the cloud. Resolves once it is
+    /// durable in the outbox; it is then sent when connected and re-sent on every new session
+    /// until the cloud answers it. A newer message for the same resource replaces an unsent one.
+    pub async fn submit_status(&self, msg: Message) -> Result<(), MetaError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit {
+                msg: Box::new(msg),
+                reply,
+            })
+            .await
+            .map_err(|_| MetaError::Stopped)?;
+        rx.await.map_err(|_| MetaError::Stopped)?
+    }
+
+    /// The objects stored under `resource` (`<ns>/<type>/<name>`, or `<ns>/<type>` for every
+    /// object of that type). Configmaps, secrets and the other remote types are asked from the
+    /// cloud while connected. Empty when nothing is known.
+    pub async fn query(&self, resource: &str) -> QueryResult {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Query {
+                resource: resource.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| MetaError::Stopped)?;
+        match tokio::time::timeout(self.remote_query_timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| MetaError::Stopped)?,
+            Err(_) => Err(MetaError::RemoteTimeout {
+                resource: resource.to_owned(),
+                after: self.remote_query_timeout,
+            }),
+        }
+    }
+}
+
+/// Starts metamanager. It reads cloud messages from `inbound` (the hub's inbound channel) and
+/// stops when `cancel` fires or `inbound` closes.
+pub fn spawn_metamanager<L: CloudLink>(
+    settings: MetaSettings,
+    store: Store,
+    link: L,
+    inbound: mpsc::Receiver<Message>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> MetaHandle {
+    let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
+    let task = MetaManager {
+        store,
+        link_rx: link.link(),
+        link,
+        session: None,
+        pending: HashMap::new(),
+    };
+    tracker.spawn(
+        task.run(inbound, commands, cancel)
+            .instrument(tracing::info_span!("metamanager")),
+    );
+    MetaHandle {
+        tx,
+        remote_query_timeout: settings.remote_query_timeout,
+    }
+}
+
+/// The link or the store has shut down; the loop ends.
+struct Stop;
+
+struct Pending {
+    msg: Message,
+    reply: oneshot::Sender<QueryResult>,
+    /// The session the query was last sent on.
+    session: u64,
+}
+
+struct MetaManager<L> {
+    store: Store,
+    link: L,
+    link_rx: watch::Receiver<LinkState>,
+    /// The session we have drained the outbox for; `None` while the link is down.
+    session: Option<u64>,
+    /// Remote queries by the msg_id sent to the cloud.
+    pending: HashMap<String, Pending>,
+}
+
+impl<L: CloudLink> MetaManager<L> {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Message>,
+        mut commands: mpsc::Receiver<Command>,
+        cancel: CancellationToken,
+    ) {
+        tracing::info!("metamanager started");
+        let mut link_open = true;
+        let mut commands_open = true;
+        let mut batch = Vec::with_capacity(INBOUND_BATCH);
+        self.link_rx.mark_changed();
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                changed = self.link_rx.changed(), if link_open => {
+                    if changed.is_err() {
+                        link_open = false;
+                        tracing::warn!("link state is no longer published");
+                    }
+                    self.on_link().await
+                }
+                n = inbound.recv_many(&mut batch, INBOUND_BATCH) => {
+                    if n == 0 {
+                        tracing::info!("cloud inbound closed");
+                        break;
+                    }
+                    self.on_cloud(std::mem::take(&mut batch)).await
+                }
+                cmd = commands.recv(), if commands_open => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => {
+                        commands_open = false;
+                        Ok(())
+                    }
+                },
+            };
+            if step.is_err() {
+                tracing::info!("cloud link or store shut down");
+                break;
+            }
+        }
+        tracing::info!("metamanager stopped");
+    }
+
+    async fn send(&self, msg: Message) -> Result<(), Stop> {
+        self.link.send(msg).await.map_err(|_| Stop)
+    }
+
+    async fn on_link(&mut self) -> Result<(), Stop> {
+        let state = self.link_rx.borrow_and_update().clone();
+        match state {
+            LinkState::Connected { session, .. } if self.session != Some(session) => {
+                self.session = Some(session);
+                self.on_connected(session).await
+            }
+            LinkState::Connected { .. } => Ok(()),
+            LinkState::Connecting { .. } | LinkState::Disconnected { .. } => {
+                self.session = None;
+                Ok(())
+            }
+        }
+    }
+
+    /// New session: re-send the queries that were in flight, then drain the outbox.
+    async fn on_connected(&mut self, session: u64) -> Result<(), Stop> {
+        self.pending.retain(|_, p| !p.reply.is_closed());
+        let resend: Vec<Message> = self
+            .pending
+            .values_mut()
+            .filter(|p| p.session != session)
+            .map(|p| {
+                p.session = session;
+                p.msg.clone()
+            })
+            .collect();
+        for msg in resend {
+            tracing::debug!(resource = %msg.route.resource, "re-sending remote query");
+            self.send(msg).await?;
+        }
+        let entries = match self.store.outbox().await {
+            Ok(entries) => entries,
+            Err(StoreError::Closed) => return Err(Stop),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox; it is retried on the next session");
+                return Ok(());
+            }
+        };
+        tracing::info!(
+            session,
+            queued = entries.len(),
+            "connected; draining outbox"
+        );
+        for entry in entries {
+            match serde_json::from_str::<Message>(&entry.message) {
+                Ok(msg) => self.send(msg).await?,
+                Err(e) => {
+                    tracing::warn!(key = %entry.key, error = %e, "dropping unreadable outbox entry");
+                    let _ = self
+                        .store
+                        .batch(vec![Op::OutboxRemove {
+                            msg_id: entry.msg_id,
+                        }])
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the writes of a batch of cloud messages in one transaction, then replies to
+    /// each in order.
+    async fn on_cloud(&mut self, batch: Vec<Message>) -> Result<(), Stop> {
+        let mut ops = Vec::new();
+        let mut todo = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match plan(&msg) {
+                Plan::Skip => {
+                    tracing::debug!(group = %msg.route.group, resource = %msg.route.resource, "not for metamanager; dropped");
+                }
+                Plan::Reject(reason) => {
+                    tracing::warn!(msg_id = %msg.header.msg_id, operation = %msg.route.operation, resource = %msg.route.resource, reason, "cannot process cloud message");
+                    self.send(Message::error_to(&msg, reason)).await?;
+                }
+                Plan::Write { ops: mine, then } => {
+                    todo.push((msg, ops.len()..ops.len() + mine.len(), then));
+                    ops.extend(mine);
+                }
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let results = match self.store.batch(ops).await {
+            Ok(results) => results,
+            Err(StoreError::Closed) => return Err(Stop),
+            Err(e) => {
+                tracing::error!(error = %e, messages = todo.len(), "store commit failed; not acking");
+                for (msg, _, _) in &todo {
+                    self.send(Message::error_to(msg, "edge store commit failed"))
+                        .await?;
+                }
+                return Ok(());
+            }
+        };
+        for (msg, range, then) in todo {
+            let outcome = results.get(range).unwrap_or_default();
+            if let Some(Err(e)) = outcome.iter().find(|r| r.is_err()) {
+                tracing::error!(msg_id = %msg.header.msg_id, resource = %msg.route.resource, error = %e, "store write failed; not acking");
+                self.send(Message::error_to(&msg, "edge store write failed"))
+                    .await?;
+                continue;
+            }
+            for r in outcome.iter().flatten() {
+                if let Outcome::Put(PutOutcome::Stale { stored, incoming }) = r {
+                    tracing::debug!(resource = %msg.route.resource, stored, incoming, "older resourceVersion not applied");
+                }
+            }
+            tracing::debug!(msg_id = %msg.header.msg_id, operation = %msg.route.operation, resource = %msg.route.resource, "committed");
+            match then {
+                After::Ack => self.send(Message::ack_of(&msg)).await?,
+                After::Answer {
+                    parent,
+                    ack,
+                    answer,
+                } => {
+                    if let Some(p) = self.pending.remove(&parent) {
+                        let answer = answer.map(values_of).map_err(|reason| MetaError::Remote {
+                            resource: p.msg.route.resource.clone(),
+                            reason,
+                        });
+                        // The caller may have timed out; the object is stored either way.
+                        let _ = p.reply.send(answer);
+                    }
+                    if ack {
+                        self.send(Message::ack_of(&msg)).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_command(&mut self, cmd: Command) -> Result<(), Stop> {
+        match cmd {
+            Command::Submit { msg, reply } => self.submit(*msg, reply).await,
+            Command::Query { resource, reply } => self.query(resource, reply).await,
+        }
+    }
+
+    async fn submit(
+        &mut self,
+        mut msg: Message,
+        reply: oneshot::Sender<Result<(), MetaError>>,
+    ) -> Result<(), Stop> {
+        let key = msg.route.resource.trim().to_owned();
+        if key.is_empty() {
+            let _ = reply.send(Err(MetaError::BadRequest {
+                resource: key,
+                reason: "a status message needs a resource",
+            }));
+            return Ok(());
+        }
+        if msg.header.msg_id.is_empty() {
+            msg.header.msg_id = Message::new(Route::default(), Value::Null).header.msg_id;
+        }
+        let mut ops = vec![Op::OutboxPut(OutboxEntry {
+            key,
+            msg_id: msg.header.msg_id.clone(),
+            message: serde_json::to_string(&msg).unwrap_or_default(),
+            enqueued_at: now_millis(),
+        })];
+        // KubeEdge also keeps the latest patch locally (spec §5.6).
+        if msg.route.operation == op::PATCH
+            && let (Value::String(patch), Ok(key)) =
+                (&msg.content, MetaKey::object(&msg.route.resource))
+        {
+            ops.push(Op::PutRaw {
+                key,
+                value: patch.clone(),
+            });
+        }
+        let result = match self.store.batch(ops).await {
+            Err(StoreError::Closed) => {
+                let _ = reply.send(Err(MetaError::Stopped));
+                return Err(Stop);
+            }
+            Err(e) => Err(MetaError::Store(e)),
+            Ok(results) => match results.into_iter().find_map(Result::err) {
+                Some(e) => Err(MetaError::Store(e)),
+                None => Ok(()),
+            },
+        };
+        let durable = result.is_ok();
+        let _ = reply.send(result);
+        if durable && self.session.is_some() {
+            self.send(msg).await?;
+        }
+        Ok(())
+    }
+
+    async fn query(
+        &mut self,
+        resource: String,
+        reply: oneshot::Sender<QueryResult>,
+    ) -> Result<(), Stop> {
+        let Some(parsed) = Resource::parse(resource.trim()) else {
+            let _ = reply.send(Err(MetaError::BadRequest {
+                resource,
+                reason: "resource is not <namespace>/<type>[/<name>]",
+            }));
+            return Ok(());
+        };
+        if let (Some(session), Some(_)) = (self.session, parsed.name)
+            && REMOTE_KINDS.contains(&parsed.kind)
+        {
+            self.pending.retain(|_, p| !p.reply.is_closed());
+            if self.pending.len() >= MAX_PENDING_QUERIES {
+                let _ = reply.send(Err(MetaError::Busy {
+                    limit: MAX_PENDING_QUERIES,
+                }));
+                return Ok(());
+            }
+            let msg = Message::new(
+                Route::new("edged", "meta", op::QUERY, resource.trim()),
+                Value::Null,
+            );
+            tracing::debug!(resource = %msg.route.resource, msg_id = %msg.header.msg_id, "remote query");
+            self.pending.insert(
+                msg.header.msg_id.clone(),
+                Pending {
+                    msg: msg.clone(),
+                    reply,
+                    session,
+                },
+            );
+            return self.send(msg).await;
+        }
+        let read = match parsed.name {
+            Some(_) => self
+                .store
+                .get(resource.trim())
+                .await
+                .map(|v| v.into_iter().collect::<Vec<_>>()),
+            None => self.store.list_type(parsed.kind).await,
+        };
+        let answer = read
+            .map(|values| values.iter().map(|s| parse_stored(s)).collect())
+            .map_err(MetaError::Store);
+        let _ = reply.send(answer);
+        Ok(())
+    }
+}
+
+/// A cloud answer as a list of objects: an array is its items, null is nothing.
+fn values_of(v: Value) -> Vec<Value> {
+    match v {
+        Value::Null => Vec::new(),
+        Value::Array(items) => items,
+        other => vec![other],
+    }
+}
+
+/// A stored value: JSON when it parses, else the raw string (a patch).
+fn parse_stored(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_owned()))
+}
+
+#[cfg(test)]
+mod tests;

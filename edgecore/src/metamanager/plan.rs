@@ -1,0 +1,283 @@
+//! What to do with one cloud message: the store operations, then the reply (spec §3.6, §4, §5.3).
+//!
+//! Pure: no I/O, so the rules are tested without a store or a hub.
+
+use edgehub::{Message, op};
+use serde_json::Value;
+
+use crate::sorted_json::to_sorted_string;
+use crate::store::{MetaKey, Op};
+
+/// The group metamanager handles; the others belong to modules we do not run.
+pub(crate) const RESOURCE_GROUP: &str = "resource";
+
+/// The plan for one cloud message.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Not for metamanager (another group); logged and dropped, as KubeEdge's router does.
+    Skip,
+    /// Cannot be processed: answer with an `error` message (not an ack, so the cloud retries).
+    Reject(&'static str),
+    /// Commit `ops`, then reply.
+    Write { ops: Vec<Op>, then: After },
+}
+
+/// What follows a successful commit.
+#[derive(Debug, PartialEq)]
+pub(crate) enum After {
+    /// Send the `"OK"` ack.
+    Ack,
+    /// An answer to one of our requests (`parent`): wake its waiter, ack when `ack` is set.
+    Answer {
+        parent: String,
+        ack: bool,
+        answer: Result<Value, String>,
+    },
+}
+
+/// Classifies a message received from the cloud.
+pub(crate) fn plan(msg: &Message) -> Plan {
+    if msg.route.group != RESOURCE_GROUP {
+        return Plan::Skip;
+    }
+    if !msg.header.parent_msg_id.is_empty() {
+        return plan_answer(msg);
+    }
+    let Ok(key) = MetaKey::object(&msg.route.resource) else {
+        return Plan::Reject("resource is not <namespace>/<type>/<name>");
+    };
+    let op = match msg.route.operation.as_str() {
+        op::INSERT | op::UPDATE | op::RESPONSE => match &msg.content {
+            Value::Object(_) => Op::PutObject {
+                rv: resource_version(msg),
+                json: to_sorted_string(&msg.content),
+                key,
+            },
+            _ => return Plan::Reject("content is not an object"),
+        },
+        op::PATCH => match &msg.content {
+            Value::String(patch) => Op::PutRaw {
+                key,
+                value: patch.clone(),
+            },
+            Value::Object(_) => Op::PutRaw {
+                key,
+                value: to_sorted_string(&msg.content),
+            },
+            _ => return Plan::Reject("patch content is neither a string nor an object"),
+        },
+        op::DELETE => {
+            let uid = (key.kind() == "pod")
+                .then(|| msg.content.pointer("/metadata/uid").and_then(Value::as_str))
+                .flatten()
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned);
+            Op::Delete { key, uid }
+        }
+        _ => return Plan::Reject("operation not supported by metamanager"),
+    };
+    Plan::Write {
+        ops: vec![op],
+        then: After::Ack,
+    }
+}
+
+/// An answer (`parent_msg_id` set): our outbox entry is done, the object is stored, the waiter
+/// is woken, and an answer carrying a resourceversion (ack-required, §4.1) is acked.
+fn plan_answer(msg: &Message) -> Plan {
+    let parent = msg.header.parent_msg_id.clone();
+    let mut ops = vec![Op::OutboxRemove {
+        msg_id: parent.clone(),
+    }];
+    let answer = answer_of(msg);
+    if msg.route.operation == op::RESPONSE
+        && let Ok(object @ Value::Object(_)) = &answer
+        && let Ok(key) = MetaKey::object(&msg.route.resource)
+    {
+        ops.push(Op::PutObject {
+            key,
+            json: to_sorted_string(object),
+            rv: resource_version(msg),
+        });
+    }
+    Plan::Write {
+        ops,
+        then: After::Answer {
+            parent,
+            ack: msg.route.operation == op::RESPONSE && !msg.header.resourceversion.is_empty(),
+            answer,
+        },
+    }
+}
+
+/// The object of an answer: `ObjectResp{Object, Err}` yields Object; an `error` operation, a
+/// non-null `Err` or a `StatusError` yields its text.
+fn answer_of(msg: &Message) -> Result<Value, String> {
+    let c = &msg.content;
+    if msg.route.operation == op::ERROR {
+        return Err(text_of(c));
+    }
+    if let Value::Object(map) = c {
+        if map.contains_key("Object") || map.contains_key("Err") {
+            return match map.get("Err") {
+                Some(e) if !e.is_null() => Err(text_of(e)),
+                _ => Ok(map.get("Object").cloned().unwrap_or(Value::Null)),
+            };
+        }
+        if let Some(status) = map.get("ErrStatus") {
+            return Err(text_of(status));
+        }
+    }
+    Ok(c.clone())
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(m) => m
+            .get("message")
+            .or_else(|| m.get("ErrStatus").and_then(|s| s.get("message")))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string()),
+        other => other.to_string(),
+    }
+}
+
+/// The header's resourceversion, else the object's `metadata.resourceVersion`.
+fn resource_version(msg: &Message) -> Option<String> {
+    if !msg.header.resourceversion.is_empty() {
+        return Some(msg.header.resourceversion.clone());
+    }
+    msg.content
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgehub::Route;
+    use serde_json::json;
+
+    fn vector(name: &str) -> Message {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/vectors")
+            .join(name);
+        Message::from_wire(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn single_op(p: Plan) -> (Op, After) {
+        match p {
+            Plan::Write { mut ops, then } if ops.len() == 1 => (ops.remove(0), then),
+            other => panic!("expected one op, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pod_insert_is_stored_sorted_with_its_rv_then_acked() {
+        let (op, then) = single_op(plan(&vector("pod-insert.json")));
+        assert_eq!(then, After::Ack);
+        match op {
+            Op::PutObject { key, json, rv } => {
+                assert_eq!(key.as_str(), "default/pod/nginx-demo");
+                assert_eq!(rv.as_deref(), Some("845213"));
+                assert!(json.starts_with(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"#));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn orphan_pod_delete_carries_the_uid() {
+        let (op, _) = single_op(plan(&vector("pod-delete-orphan.json")));
+        match op {
+            Op::Delete { key, uid } => {
+                assert_eq!(key.as_str(), "default/pod/nginx-demo");
+                assert_eq!(uid.as_deref(), Some("8f0b7c2e-3d4a-4b9e-9a61-2f5c1e7d9a10"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (op, _) = single_op(plan(&vector("secret-delete.json")));
+        assert!(matches!(op, Op::Delete { uid: None, .. }));
+    }
+
+    #[test]
+    fn query_response_is_stored_and_acked_and_object_resp_unwrapped() {
+        let Plan::Write { ops, then } = plan(&vector("configmap-query-response.json")) else {
+            panic!()
+        };
+        assert_eq!(ops.len(), 2);
+        assert!(
+            matches!(&ops[0], Op::OutboxRemove { msg_id } if msg_id == "7f3a9c1e-2b4d-4e6f-8a0b-1c2d3e4f5a6b")
+        );
+        assert!(
+            matches!(&ops[1], Op::PutObject { key, .. } if key.as_str() == "default/configmap/app-config")
+        );
+        assert!(matches!(
+            then,
+            After::Answer {
+                ack: true,
+                answer: Ok(_),
+                ..
+            }
+        ));
+
+        let Plan::Write { ops, then } = plan(&vector("nodepatch-response.json")) else {
+            panic!()
+        };
+        match (&ops[1], then) {
+            (
+                Op::PutObject { json, .. },
+                After::Answer {
+                    answer: Ok(obj), ..
+                },
+            ) => {
+                assert!(!json.contains("\"Object\""));
+                assert_eq!(obj["metadata"]["name"], "edge-node-1");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_answers_wake_with_the_cloud_text_and_store_nothing() {
+        let mut m = Message::new(
+            Route::new("edgecontroller", "resource", "response", "default/secret/s"),
+            json!({"Object": null, "Err": {"ErrStatus": {"message": "secrets \"s\" not found"}}}),
+        );
+        m.header.parent_msg_id = "q1".into();
+        let Plan::Write { ops, then } = plan(&m) else {
+            panic!()
+        };
+        assert_eq!(ops.len(), 1);
+        assert_eq!(
+            then,
+            After::Answer {
+                parent: "q1".into(),
+                ack: false,
+                answer: Err("secrets \"s\" not found".into())
+            }
+        );
+    }
+
+    #[test]
+    fn junk_is_rejected_and_other_groups_skipped() {
+        let m = |group: &str, op: &str, res: &str, c: Value| {
+            Message::new(Route::new("edgecontroller", group, op, res), c)
+        };
+        for bad in [
+            m("resource", "insert", "default/pod/x", json!("a string")),
+            m("resource", "insert", "node", json!({})),
+            m("resource", "frobnicate", "default/pod/x", json!({})),
+            m("resource", "patch", "default/podpatch/x", json!(3)),
+        ] {
+            assert!(matches!(plan(&bad), Plan::Reject(_)), "{bad:?}");
+        }
+        assert!(matches!(
+            plan(&vector("membership-update.json")),
+            Plan::Skip
+        ));
+    }
+}

@@ -1,0 +1,462 @@
+use super::*;
+use edgehub::DisconnectReason;
+use serde_json::json;
+
+/// What the fake hub saw: the message and, for acks, the `meta` row of its resource at the
+/// moment the ack was handed over (read through a second connection).
+#[derive(Debug)]
+struct Sent {
+    msg: Message,
+    row_at_send: Option<String>,
+}
+
+#[derive(Clone)]
+struct FakeHub {
+    sent: mpsc::Sender<Sent>,
+    link: watch::Receiver<LinkState>,
+    observer: Store,
+}
+
+impl CloudLink for FakeHub {
+    async fn send(&self, msg: Message) -> Result<(), Message> {
+        let row_at_send = if msg.route.operation == op::RESPONSE {
+            self.observer.get(&msg.route.resource).await.ok().flatten()
+        } else {
+            None
+        };
+        self.sent
+            .send(Sent { msg, row_at_send })
+            .await
+            .map_err(|e| e.0.msg)
+    }
+
+    fn link(&self) -> watch::Receiver<LinkState> {
+        self.link.clone()
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: Store,
+    handle: MetaHandle,
+    inbound: mpsc::Sender<Message>,
+    cloud: mpsc::Receiver<Sent>,
+    link: watch::Sender<LinkState>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+fn start(dir: tempfile::TempDir, link_state: LinkState) -> Harness {
+    let path = dir.path().join("edgecore.db");
+    let store = Store::open(&path).unwrap();
+    let observer = Store::open(&path).unwrap();
+    let (link, link_rx) = watch::channel(link_state);
+    let (sent, cloud) = mpsc::channel(64);
+    let (inbound, inbound_rx) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let hub = FakeHub {
+        sent,
+        link: link_rx,
+        observer,
+    };
+    let handle = spawn_metamanager(
+        MetaSettings::default(),
+        store.clone(),
+        hub,
+        inbound_rx,
+        cancel.child_token(),
+        &tracker,
+    );
+    Harness {
+        _dir: dir,
+        path,
+        store,
+        handle,
+        inbound,
+        cloud,
+        link,
+        cancel,
+        tracker,
+    }
+}
+
+fn harness() -> Harness {
+    start(tempfile::tempdir().unwrap(), down())
+}
+
+fn down() -> LinkState {
+    LinkState::Disconnected {
+        reason: DisconnectReason::Closed,
+    }
+}
+
+fn up(session: u64) -> LinkState {
+    LinkState::Connected {
+        session,
+        endpoint: "cloud:10000".into(),
+    }
+}
+
+fn vector(name: &str) -> Message {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/vectors")
+        .join(name);
+    Message::from_wire(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn cloud_msg(operation: &str, resource: &str, rv: &str, content: Value) -> Message {
+    Message::new(
+        Route::new("edgecontroller", "resource", operation, resource),
+        content,
+    )
+    .with_resource_version(rv)
+}
+
+fn configmap(rv: &str, value: &str) -> Value {
+    json!({"kind":"ConfigMap","apiVersion":"v1",
+           "metadata":{"name":"app","namespace":"default","uid":"cm-uid","resourceVersion":rv},
+           "data":{"k":value}})
+}
+
+fn answer_to(req: &Message, rv: &str, content: Value) -> Message {
+    let mut m = cloud_msg(op::RESPONSE, &req.route.resource, rv, content);
+    m.header.parent_msg_id = req.header.msg_id.clone();
+    m
+}
+
+fn status_patch(resource: &str, text: &str) -> Message {
+    Message::new(
+        Route::new("edged", "meta", op::PATCH, resource),
+        Value::String(text.to_owned()),
+    )
+}
+
+impl Harness {
+    async fn next(&mut self, what: &str) -> Sent {
+        tokio::time::timeout(Duration::from_secs(10), self.cloud.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|| panic!("hub closed while waiting for {what}"))
+    }
+
+    async fn push(&self, msg: Message) {
+        self.inbound.send(msg).await.unwrap();
+    }
+
+    async fn stop(self) -> (tempfile::TempDir, std::path::PathBuf) {
+        self.cancel.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.store.shutdown().await;
+        (self._dir, self.path)
+    }
+}
+
+#[tokio::test]
+async fn ack_is_sent_only_after_the_row_is_committed() {
+    let mut h = harness();
+    let insert = vector("pod-insert.json");
+    h.push(insert.clone()).await;
+    let sent = h.next("ack of pod insert").await;
+    assert_eq!(sent.msg.route.operation, "response");
+    assert_eq!(sent.msg.header.parent_msg_id, insert.header.msg_id);
+    assert_eq!(sent.msg.content, json!("OK"));
+    assert_eq!(sent.msg.route.source, "edgecontroller");
+    let row = sent
+        .row_at_send
+        .expect("row must be committed before the ack leaves");
+    assert!(row.contains("8f0b7c2e-3d4a-4b9e-9a61-2f5c1e7d9a10"));
+    assert!(row.starts_with(r#"{"apiVersion":"v1","kind":"Pod""#));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_delivery_is_acked_again() {
+    let mut h = harness();
+    let update = vector("configmap-update.json");
+    h.push(update.clone()).await;
+    h.push(update.clone()).await;
+    for n in 1..=2 {
+        let sent = h.next(&format!("ack {n} of the duplicate")).await;
+        assert_eq!(sent.msg.header.parent_msg_id, update.header.msg_id);
+        assert!(sent.row_at_send.is_some());
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn older_resource_version_is_acked_but_not_applied() {
+    let mut h = harness();
+    let key = "default/configmap/app";
+    h.push(cloud_msg(op::UPDATE, key, "20", configmap("20", "new")))
+        .await;
+    h.next("ack of rv 20").await;
+    let stale = cloud_msg(op::UPDATE, key, "10", configmap("10", "old"));
+    h.push(stale.clone()).await;
+    let sent = h.next("ack of rv 10").await;
+    assert_eq!(sent.msg.header.parent_msg_id, stale.header.msg_id);
+    assert!(sent.row_at_send.unwrap().contains("\"new\""));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn junk_gets_an_error_reply_and_processing_continues() {
+    let mut h = harness();
+    let junk = cloud_msg(op::INSERT, "default/pod/x", "1", json!("not an object"));
+    let unknown = cloud_msg("frobnicate", "default/pod/x", "1", json!({}));
+    let nameless = cloud_msg(op::INSERT, "node", "1", json!({}));
+    for m in [&junk, &unknown, &nameless] {
+        h.push(m.clone()).await;
+        let sent = h.next("error reply").await;
+        assert_eq!(sent.msg.route.operation, "error");
+        assert_eq!(sent.msg.route.source, "metamanager");
+        assert_eq!(sent.msg.header.parent_msg_id, m.header.msg_id);
+    }
+    // Another group is not ours: dropped without a reply; the next message is still served.
+    h.push(vector("membership-update.json")).await;
+    let good = vector("pod-insert.json");
+    h.push(good.clone()).await;
+    let sent = h.next("ack after junk").await;
+    assert_eq!(sent.msg.header.parent_msg_id, good.header.msg_id);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn pod_delete_removes_the_row_then_acks() {
+    let mut h = harness();
+    h.push(vector("pod-insert.json")).await;
+    h.next("insert ack").await;
+    let del = vector("pod-delete-orphan.json");
+    h.push(del.clone()).await;
+    let sent = h.next("delete ack").await;
+    assert_eq!(sent.msg.header.parent_msg_id, del.header.msg_id);
+    assert_eq!(sent.row_at_send, None);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn remote_query_is_answered_stored_and_acked() {
+    let mut h = harness();
+    h.link.send(up(1)).unwrap();
+    let handle = h.handle.clone();
+    let query = tokio::spawn(async move { handle.query("default/configmap/app").await });
+    let req = h.next("remote query").await.msg;
+    assert_eq!(
+        (req.route.operation.as_str(), req.route.group.as_str()),
+        ("query", "meta")
+    );
+    assert_eq!(req.route.resource, "default/configmap/app");
+    let answer = answer_to(&req, "30", configmap("30", "remote"));
+    h.push(answer.clone()).await;
+    let got = query.await.unwrap().unwrap();
+    assert_eq!(got, vec![configmap("30", "remote")]);
+    let ack = h.next("ack of the query response").await;
+    assert_eq!(ack.msg.header.parent_msg_id, answer.header.msg_id);
+    assert!(ack.row_at_send.unwrap().contains("\"remote\""));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn query_in_flight_is_resent_on_the_next_session() {
+    let mut h = harness();
+    h.link.send(up(1)).unwrap();
+    let handle = h.handle.clone();
+    let query = tokio::spawn(async move { handle.query("default/secret/s").await });
+    let first = h.next("query on session 1").await.msg;
+    h.link.send(down()).unwrap();
+    h.link.send(up(2)).unwrap();
+    let again = h.next("query re-sent on session 2").await.msg;
+    assert_eq!(again.header.msg_id, first.header.msg_id);
+    assert_eq!(again.route.resource, "default/secret/s");
+    let secret = json!({"kind":"Secret","metadata":{"name":"s","resourceVersion":"4"}});
+    h.push(answer_to(
+        &again,
+        "4",
+        json!({"Object": secret, "Err": null}),
+    ))
+    .await;
+    assert_eq!(query.await.unwrap().unwrap(), vec![secret]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn remote_query_error_is_returned() {
+    let mut h = harness();
+    h.link.send(up(1)).unwrap();
+    let handle = h.handle.clone();
+    let query = tokio::spawn(async move { handle.query("default/secret/s").await });
+    let req = h.next("query").await.msg;
+    let mut err = Message::error_to(&req, "secrets \"s\" not found");
+    err.route.group = "resource".into();
+    h.push(err).await;
+    match query.await.unwrap() {
+        Err(MetaError::Remote { reason, .. }) => assert!(reason.contains("not found")),
+        other => panic!("{other:?}"),
+    }
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn remote_query_times_out_after_remote_query_timeout() {
+    let mut h = harness();
+    h.link.send(up(1)).unwrap();
+    let handle = h.handle.clone();
+    let query = tokio::spawn(async move { handle.query("default/configmap/app").await });
+    // No timeout here: with the clock paused, a timeout would fire while the store thread works.
+    let req = h.cloud.recv().await.unwrap().msg;
+    assert_eq!(req.route.operation, "query");
+    match query.await.unwrap() {
+        Err(MetaError::RemoteTimeout { after, .. }) => assert_eq!(after, Duration::from_secs(60)),
+        other => panic!("{other:?}"),
+    }
+    // A late answer is still stored and acked (the cloud resends until acked).
+    h.push(answer_to(&req, "8", configmap("8", "late"))).await;
+    let ack = h.cloud.recv().await.unwrap();
+    assert!(ack.row_at_send.unwrap().contains("\"late\""));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn queries_are_local_when_disconnected_and_for_pods() {
+    let mut h = harness();
+    h.push(cloud_msg(
+        op::UPDATE,
+        "default/configmap/app",
+        "3",
+        configmap("3", "local"),
+    ))
+    .await;
+    h.next("configmap ack").await;
+    h.push(vector("pod-insert.json")).await;
+    h.next("pod ack").await;
+    assert_eq!(
+        h.handle.query("default/configmap/app").await.unwrap(),
+        vec![configmap("3", "local")]
+    );
+    assert!(
+        h.handle
+            .query("default/configmap/none")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    h.link.send(up(1)).unwrap();
+    // Pods are always local, and a list query returns every pod whatever the namespace.
+    let pods = h.handle.query("other/pod").await.unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["metadata"]["name"], "nginx-demo");
+    assert!(matches!(
+        h.handle.query("nonsense").await,
+        Err(MetaError::BadRequest { .. })
+    ));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn outbox_is_drained_on_connect_coalesced_and_removed_on_answer() {
+    let mut h = harness();
+    let a1 = status_patch("default/podpatch/a", "{\"v\":1}");
+    let n1 = status_patch("default/nodepatch/n", "{\"n\":1}");
+    let a2 = status_patch("default/podpatch/a", "{\"v\":2}");
+    for m in [&a1, &n1, &a2] {
+        h.handle.submit_status(m.clone()).await.unwrap();
+    }
+    assert!(
+        h.cloud.try_recv().is_err(),
+        "nothing is sent while disconnected"
+    );
+    // The latest patch is also kept in meta, as KubeEdge does.
+    assert_eq!(
+        h.store.get("default/podpatch/a").await.unwrap().as_deref(),
+        Some("{\"v\":2}")
+    );
+
+    h.link.send(up(1)).unwrap();
+    let first = h.next("first drained").await.msg;
+    let second = h.next("second drained").await.msg;
+    assert_eq!(
+        first.header.msg_id, a2.header.msg_id,
+        "a2 replaced a1 in a1's place"
+    );
+    assert_eq!(second.header.msg_id, n1.header.msg_id);
+
+    // The cloud answers a2 (an ObjectResp with a resourceversion, so it is acked).
+    let answer = answer_to(
+        &a2,
+        "77",
+        json!({"Object": {"metadata":{"name":"a"}}, "Err": null}),
+    );
+    h.push(answer.clone()).await;
+    let ack = h.next("ack of the patch answer").await;
+    assert_eq!(ack.msg.header.parent_msg_id, answer.header.msg_id);
+
+    h.link.send(down()).unwrap();
+    h.link.send(up(2)).unwrap();
+    let resent = h.next("re-sent on session 2").await.msg;
+    assert_eq!(resent.header.msg_id, n1.header.msg_id);
+    let left = h.store.outbox().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].msg_id, n1.header.msg_id);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn status_submitted_while_connected_is_sent_once() {
+    let mut h = harness();
+    h.link.send(up(1)).unwrap();
+    // A query round trip proves the connect (and its empty drain) was processed.
+    let handle = h.handle.clone();
+    let q = tokio::spawn(async move { handle.query("default/lease/n").await });
+    let req = h.next("sync query").await.msg;
+    h.push(answer_to(&req, "", json!({"Object": null, "Err": null})))
+        .await;
+    q.await.unwrap().unwrap();
+
+    let p = status_patch("default/nodepatch/n", "{}");
+    h.handle.submit_status(p.clone()).await.unwrap();
+    assert_eq!(
+        h.next("status patch").await.msg.header.msg_id,
+        p.header.msg_id
+    );
+    h.handle
+        .submit_status(status_patch("default/podpatch/z", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.next("second patch").await.msg.route.resource,
+        "default/podpatch/z"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn outbox_survives_a_restart() {
+    let h = harness();
+    let p = status_patch("default/nodepatch/n", "{\"s\":1}");
+    h.handle.submit_status(p.clone()).await.unwrap();
+    let (dir, _path) = h.stop().await;
+
+    let mut h = start(dir, up(5));
+    let sent = h.next("outbox entry after restart").await.msg;
+    assert_eq!(sent, p);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn stops_on_cancel_and_handles_report_it() {
+    let h = harness();
+    let handle = h.handle.clone();
+    h.stop().await;
+    assert!(matches!(
+        handle.query("default/pod/x").await,
+        Err(MetaError::Stopped)
+    ));
+    assert!(matches!(
+        handle
+            .submit_status(status_patch("default/podpatch/x", "{}"))
+            .await,
+        Err(MetaError::Stopped)
+    ));
+}
