@@ -5,7 +5,7 @@ CROSS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$CROSS_DIR/.." && pwd)"
 TOOLBIN="$CROSS_DIR/.toolbin"
 VENV="${CROSS_VENV:-$CROSS_DIR/.venv}"
-OUT_DIR="$CROSS_DIR/out"
+OUT_DIR="${CROSS_OUT_DIR:-$CROSS_DIR/out}"
 # Kept apart from the host target/ dirs: a different rustc (Debian's) and -Zbuild-std.
 CROSS_TARGET_DIR="${CROSS_TARGET_DIR:-$REPO_DIR/target-cross}"
 TARGETS=(aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf x86_64-unknown-linux-musl)
