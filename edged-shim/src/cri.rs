@@ -13,8 +13,8 @@ use crate::cri_api as api;
 use crate::cri_api::image_service_client::ImageServiceClient;
 use crate::cri_api::runtime_service_client::RuntimeServiceClient;
 use crate::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,
-    SandboxConfig, SandboxInfo,
+    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, MANAGED_LABEL, Runtime,
+    RuntimeError, RuntimeFuture, SandboxConfig, SandboxInfo,
 };
 
 /// How long to wait for the socket to accept a connection.
@@ -147,6 +147,7 @@ fn pod_labels(c: &SandboxConfig) -> HashMap<String, String> {
         c.namespace.clone(),
     );
     labels.insert("io.kubernetes.pod.uid".to_owned(), c.uid.clone());
+    labels.insert(MANAGED_LABEL.to_owned(), "true".to_owned());
     labels
 }
 
@@ -338,7 +339,14 @@ impl Runtime for CriRuntime {
             let r = self
                 .bounded(
                     "ListPodSandbox",
-                    client.list_pod_sandbox(api::ListPodSandboxRequest { filter: None }),
+                    client.list_pod_sandbox(api::ListPodSandboxRequest {
+                        filter: Some(api::PodSandboxFilter {
+                            label_selector: [(MANAGED_LABEL.to_owned(), "true".to_owned())]
+                                .into_iter()
+                                .collect(),
+                            ..Default::default()
+                        }),
+                    }),
                 )
                 .await?;
             Ok(r.items
@@ -347,6 +355,36 @@ impl Runtime for CriRuntime {
                     ready: s.state == api::PodSandboxState::SandboxReady as i32,
                     uid: s.metadata.map(|m| m.uid).unwrap_or_default(),
                     id: s.id,
+                })
+                .collect())
+        })
+    }
+
+    fn list_containers<'a>(&'a self, sandbox_id: &'a str) -> RuntimeFuture<'a, Vec<ContainerInfo>> {
+        Box::pin(async move {
+            let mut client = self.runtime.clone();
+            let r = self
+                .bounded(
+                    "ListContainers",
+                    client.list_containers(api::ListContainersRequest {
+                        filter: Some(api::ContainerFilter {
+                            pod_sandbox_id: sandbox_id.to_owned(),
+                            ..Default::default()
+                        }),
+                    }),
+                )
+                .await?;
+            Ok(r.containers
+                .into_iter()
+                .map(|c| {
+                    let (name, attempt) =
+                        c.metadata.map(|m| (m.name, m.attempt)).unwrap_or_default();
+                    ContainerInfo {
+                        id: c.id,
+                        name,
+                        attempt,
+                        state: state(c.state),
+                    }
                 })
                 .collect())
         })

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,
-    SandboxConfig, SandboxInfo,
+    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, Runtime, RuntimeError,
+    RuntimeFuture, SandboxConfig, SandboxInfo,
 };
 
 #[derive(Debug, Clone)]
@@ -51,6 +51,24 @@ impl FakeRuntime {
                 c.exit_code = code;
             }
         }
+    }
+
+    /// Adds a sandbox with one running container, as a previous edgecore run left it.
+    pub(crate) fn preexisting(&self, sandbox: SandboxConfig, container: ContainerConfig) {
+        let mut s = self.state();
+        s.next_id += 1;
+        let n = s.next_id;
+        let sb = format!("old-sb{n}");
+        s.sandboxes.insert(sb.clone(), sandbox);
+        s.containers.insert(
+            format!("old-c{n}"),
+            FakeContainer {
+                sandbox: sb,
+                config: container,
+                state: ContainerState::Running,
+                exit_code: 0,
+            },
+        );
     }
 
     pub(crate) fn calls_named(&self, prefix: &str) -> usize {
@@ -152,6 +170,22 @@ impl Runtime for FakeRuntime {
                     id: id.clone(),
                     uid: c.uid.clone(),
                     ready: true,
+                })
+                .collect())
+        });
+        Box::pin(async move { r })
+    }
+
+    fn list_containers<'a>(&'a self, sandbox_id: &'a str) -> RuntimeFuture<'a, Vec<ContainerInfo>> {
+        let r = self.op("ListContainers", |s| {
+            Ok(s.containers
+                .iter()
+                .filter(|(_, c)| c.sandbox == sandbox_id)
+                .map(|(id, c)| ContainerInfo {
+                    id: id.clone(),
+                    name: c.config.name.clone(),
+                    attempt: c.config.attempt,
+                    state: c.state,
                 })
                 .collect())
         });

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod cgroup;
 mod cri;
 mod cri_api;
 mod edged;
@@ -31,7 +32,7 @@ pub use cri::CriRuntime;
 pub use edged::{EdgedHandle, spawn};
 pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent};
 pub use runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, Mount, Runtime, RuntimeError, RuntimeFuture,
-    RuntimeState, SandboxConfig, SandboxInfo,
+    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, MANAGED_LABEL, Mount, Runtime,
+    RuntimeError, RuntimeFuture, RuntimeState, SandboxConfig, SandboxInfo,
 };
 pub use settings::{EdgedSettings, PressureThresholds};

@@ -2,7 +2,7 @@
 //! metamanager sends, and reports their status back as `podpatch` strings.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +21,7 @@ use crate::pod_status::{
 };
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,
-    RuntimeState, SandboxConfig,
+    RuntimeState, SandboxConfig, SandboxInfo,
 };
 use crate::settings::EdgedSettings;
 use crate::time::rfc3339;
@@ -30,6 +30,11 @@ use crate::volumes;
 /// Kubelet's crash-loop backoff: 10 s doubling to 5 min.
 const CRASH_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long after start sandboxes of unknown pods are left alone (the startup pod list
+/// arrives well within it).
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+/// Where cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Grace period when the pod names none.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
@@ -124,6 +129,10 @@ pub(crate) struct PodWorker {
     host_ip: String,
     probe_backoff: Backoff,
     next_probe: Instant,
+    /// Sandboxes a previous run left, by pod UID; `None` until listed.
+    leftovers: Option<HashMap<String, Vec<SandboxInfo>>>,
+    /// Leftovers no pod claimed by then are removed.
+    gc_after: Instant,
 }
 
 fn nanos_to_rfc3339(n: i64) -> String {
@@ -177,6 +186,8 @@ impl PodWorker {
             host_ip,
             probe_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             next_probe: Instant::now(),
+            leftovers: None,
+            gc_after: Instant::now() + ORPHAN_GRACE,
         }
     }
 
@@ -347,6 +358,112 @@ impl PodWorker {
                 self.report_pod(&key).await;
             }
         }
+        if runtime_up && Instant::now() >= self.gc_after {
+            self.collect_orphans().await;
+        }
+    }
+
+    /// Lists sandboxes of a previous run once, so pods can adopt them.
+    async fn load_leftovers(&mut self) {
+        if self.leftovers.is_some() {
+            return;
+        }
+        match self
+            .call("ListPodSandbox", self.runtime.list_sandboxes())
+            .await
+        {
+            Ok(list) => {
+                let mut by_uid: HashMap<String, Vec<SandboxInfo>> = HashMap::new();
+                for s in list {
+                    by_uid.entry(s.uid.clone()).or_default().push(s);
+                }
+                if !by_uid.is_empty() {
+                    info!(pods = by_uid.len(), "found sandboxes of a previous run");
+                }
+                self.leftovers = Some(by_uid);
+            }
+            Err(error) => self.failed(&error),
+        }
+    }
+
+    /// Removes leftover sandboxes that no pod claimed within the grace period.
+    async fn collect_orphans(&mut self) {
+        let Some(leftovers) = self.leftovers.as_mut() else {
+            return;
+        };
+        if leftovers.is_empty() {
+            return;
+        }
+        let orphans: Vec<(String, Vec<SandboxInfo>)> = leftovers.drain().collect();
+        for (uid, sandboxes) in orphans {
+            info!(%uid, "removing sandboxes of a pod this node no longer runs");
+            for s in sandboxes {
+                self.remove_sandbox(&s.id).await;
+            }
+            if let Some(parent) = &self.settings.cgroup_parent {
+                crate::cgroup::remove_pod_cgroups(Path::new(CGROUP_ROOT), parent, &uid);
+            }
+        }
+    }
+
+    /// Stops and removes a sandbox, best effort.
+    async fn remove_sandbox(&mut self, id: &str) {
+        let stopped = self
+            .call("StopPodSandbox", self.runtime.stop_sandbox(id))
+            .await;
+        let result = match stopped {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                self.call("RemovePodSandbox", self.runtime.remove_sandbox(id))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+            Err(error) => {
+                warn!(sandbox = %id, %error, "leftover sandbox not removed");
+                self.failed(&error);
+            }
+        }
+    }
+
+    /// Takes over a sandbox (and its newest containers) a previous run left for this pod.
+    async fn adopt(&mut self, rec: &mut PodRecord) {
+        let uid = rec.pod.metadata.uid.clone();
+        let Some(mut found) = self.leftovers.as_mut().and_then(|l| l.remove(&uid)) else {
+            return;
+        };
+        let ready = found.iter().position(|s| s.ready);
+        let adopted = ready.map(|i| found.swap_remove(i));
+        for stale in found {
+            self.remove_sandbox(&stale.id).await;
+        }
+        let Some(sandbox) = adopted else { return };
+        let containers = match self
+            .call("ListContainers", self.runtime.list_containers(&sandbox.id))
+            .await
+        {
+            Ok(c) => c,
+            Err(error) => {
+                self.failed(&error);
+                self.remove_sandbox(&sandbox.id).await;
+                return;
+            }
+        };
+        for c in &mut rec.containers {
+            let newest = containers
+                .iter()
+                .filter(|info| info.name == c.name)
+                .max_by_key(|info| info.attempt);
+            if let Some(info) = newest {
+                c.id = Some(info.id.clone());
+                c.attempt = info.attempt;
+                c.restart_count = info.attempt;
+            }
+        }
+        info!(pod = %rec.pod.key(), sandbox = %sandbox.id, "adopted the running sandbox");
+        rec.sandbox_id = Some(sandbox.id);
+        rec.sandbox_attempt = 1;
     }
 
     /// Marks every not-yet-created container with the runtime's failure, and reports.
@@ -430,6 +547,14 @@ impl PodWorker {
         }
         let sandbox = self.sandbox_config(rec);
         if rec.sandbox_id.is_none() {
+            self.load_leftovers().await;
+            if self.leftovers.is_none() {
+                rec.set_waiting("ContainerCreating", "listing existing sandboxes failed");
+                return;
+            }
+            self.adopt(rec).await;
+        }
+        if rec.sandbox_id.is_none() || rec.volumes.is_empty() && !rec.pod.spec.volumes.is_empty() {
             let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
             let prepared =
                 volumes::prepare(&self.settings.root_directory, &rec.pod, &mut objects).await;
@@ -441,6 +566,8 @@ impl PodWorker {
                     return;
                 }
             }
+        }
+        if rec.sandbox_id.is_none() {
             match self
                 .call("RunPodSandbox", self.runtime.run_sandbox(&sandbox))
                 .await
@@ -714,6 +841,13 @@ impl PodWorker {
             }
         }
         volumes::cleanup(&self.settings.root_directory, &rec.pod.metadata.uid).await;
+        if let Some(parent) = &self.settings.cgroup_parent {
+            crate::cgroup::remove_pod_cgroups(
+                Path::new(CGROUP_ROOT),
+                parent,
+                &rec.pod.metadata.uid,
+            );
+        }
         if notify_cloud {
             let m = &rec.pod.metadata;
             let sent = timeout(

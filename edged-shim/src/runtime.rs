@@ -175,6 +175,22 @@ pub struct SandboxInfo {
     pub ready: bool,
 }
 
+/// A container as listed by the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    /// Runtime's container ID.
+    pub id: String,
+    /// Container name in the pod (from the metadata).
+    pub name: String,
+    /// Attempt number from the metadata.
+    pub attempt: u32,
+    /// State.
+    pub state: ContainerState,
+}
+
+/// Label edged-shim puts on its sandboxes; only those are adopted or garbage-collected.
+pub const MANAGED_LABEL: &str = "edgecore.kubeedge.io/managed";
+
 /// What the pod worker needs from a container runtime. Every call may be slow; callers
 /// bound each with a timeout.
 pub trait Runtime: Send + Sync + 'static {
@@ -190,8 +206,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn stop_sandbox<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()>;
     /// Remove a stopped sandbox.
     fn remove_sandbox<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()>;
-    /// Sandboxes that exist in the runtime.
+    /// Sandboxes edged-shim created (labelled [`MANAGED_LABEL`]) that exist in the runtime.
     fn list_sandboxes(&self) -> RuntimeFuture<'_, Vec<SandboxInfo>>;
+    /// Containers of one sandbox.
+    fn list_containers<'a>(&'a self, sandbox_id: &'a str) -> RuntimeFuture<'a, Vec<ContainerInfo>>;
     /// Create a container in a sandbox; returns its ID.
     fn create_container<'a>(
         &'a self,

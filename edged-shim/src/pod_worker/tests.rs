@@ -382,3 +382,71 @@ async fn runtime_down_is_reported_then_recovered() {
     assert!(matches!(&*h.state.borrow(), RuntimeState::Up { .. }));
     h.stop().await;
 }
+
+fn leftover(rt: &FakeRuntime, name: &str, ready_container: &str, attempt: u32) {
+    rt.preexisting(
+        SandboxConfig {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+            host_network: true,
+            hostname: String::new(),
+            log_directory: PathBuf::from("/tmp"),
+            cgroup_parent: None,
+            labels: Default::default(),
+        },
+        ContainerConfig {
+            name: ready_container.to_owned(),
+            image: APP.to_owned(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            mounts: vec![],
+            working_dir: String::new(),
+            log_path: String::new(),
+            attempt,
+        },
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_worker_adopts_the_running_sandbox() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    leftover(&rt, "web", "app", 2);
+    let mut h = Harness::start(rt);
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    let s = h.status("web", "running status", running).await;
+    assert_eq!(s["status"]["containerStatuses"][0]["restartCount"], 2);
+    assert_eq!(h.rt.calls_named("RunPodSandbox"), 0);
+    assert_eq!(h.rt.calls_named("CreateContainer"), 0);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn sandboxes_no_pod_claims_are_removed_after_the_grace_period() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    leftover(&rt, "ghost", "app", 0);
+    let mut h = Harness::start(rt);
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("web", "running status", running).await;
+    assert_eq!(
+        h.rt.state().sandboxes.len(),
+        2,
+        "ghost kept during the grace period"
+    );
+    // Virtual time: let the sync passes run past the grace period.
+    tokio::time::sleep(ORPHAN_GRACE + Duration::from_secs(5)).await;
+    {
+        let st = h.rt.state();
+        assert_eq!(st.sandboxes.len(), 1);
+        assert!(st.sandboxes.values().all(|s| s.name == "web"));
+    }
+    h.stop().await;
+}
