@@ -422,3 +422,24 @@ async fn an_unwritable_location_is_a_named_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_all_commit_with_their_own_results() {
+    let (_d, path) = temp();
+    let store = Store::open(&path).unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100u64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let key = format!("default/pod/p{i}");
+            store
+                .put_object(&key, &pod(&format!("uid-{i}"), "5"), Some("5"))
+                .await
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), PutOutcome::Applied);
+    }
+    store.shutdown().await;
+    assert_eq!(rows(&path).len(), 100);
+}
