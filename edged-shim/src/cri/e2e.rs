@@ -154,6 +154,19 @@ async fn cri_pod_prints_configmap_and_secret_values_from_env() {
     })
     .await;
 
+    if let Ok(parent) = std::env::var("EDGECORE_CRI_CGROUP_PARENT") {
+        eventually("the pod cgroups to be removed", 100, async || {
+            crate::cgroup::pod_cgroup_dirs(std::path::Path::new("/sys/fs/cgroup"), &parent, &uid)
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+    }
+    assert!(
+        !root.path().join("root/pods").join(&uid).exists(),
+        "pod volumes were not removed"
+    );
+
     cancel.cancel();
     tracker.close();
     tokio::time::timeout(Duration::from_secs(10), tracker.wait())
