@@ -69,7 +69,9 @@ FEED1="${VIPTEST_FEED:-20}"
 FEED2="${VIPTEST_FEED_AFTER:-20}"
 EDGE_NODE="${VIPTEST_NODE:-edge-vip-1}"
 STATE="${VIPTEST_STATE:-$HERE/run}"
-CONNECTED_RE="${VIPTEST_CONNECTED_RE:-(^|[^a-z])connected([^a-z]|$)}"
+# edgehub logs "edgehub::link: connected endpoint=..." (metamanager's "connected; draining
+# outbox" follows it and is not a second connection); the stand-in "connected to cloudN"
+CONNECTED_RE="${VIPTEST_CONNECTED_RE:-(^|: )connected( |$)}"
 LOST_RE="${VIPTEST_LOST_RE:-(^|[^a-z])(lost|disconnected)([^a-z]|$)}"
 SW="${P}sw"
 EDGE="${P}edge1"
@@ -294,14 +296,14 @@ edge_connected_now() { # the last link transition in the edge log is "connected"
 }
 check_once() {
   if [ "$REAL" = 1 ]; then
-    "$CLOUDSIM_BIN" check --state "$STATE/cluster.db" --edge-db "$STATE/edge/edgecore.db" --node "$EDGE_NODE" \
+    timeout 10 "$CLOUDSIM_BIN" check --state "$STATE/cluster.db" --edge-db "$STATE/edge/edgecore.db" --node "$EDGE_NODE" \
       >> "$STATE/log/check.log" 2>&1 < /dev/null
   else
     edge_connected_now   # stand-in: nothing to compare, "converged" = connected
   fi
 }
 feed() { [ "$REAL" = 1 ] || return 0
-  "$CLOUDSIM_BIN" feed --state "$STATE/cluster.db" --count "$1" --kind mixed >> "$STATE/log/feed.log" 2>&1 < /dev/null ||
+  timeout 30 "$CLOUDSIM_BIN" feed --state "$STATE/cluster.db" --count "$1" --kind mixed >> "$STATE/log/feed.log" 2>&1 < /dev/null ||
     die "cloudsim feed failed: $(tail -n 3 "$STATE/log/feed.log")"; }
 # Which replica the edge's session is on (best effort, for the report).
 session_holder() {
@@ -309,11 +311,13 @@ session_holder() {
     awk '{ if (match($0, /connected to cloud[0-9]+/)) w = substr($0, RSTART + 13, RLENGTH - 13) } END { print w }' "$STATE/log/edge.log" 2>/dev/null
     return 0
   fi
-  # cloudsim logs "session started" / "session ended" with node=... replica=...
+  # cloudsim logs "session started" / "session ended" with node=... conn=N; the holder is
+  # the replica with the most recently started session that has not ended
   local c best="" bt=0 t
   for c in $(clouds); do
-    t="$(awk -v n="$EDGE_NODE" 'index($0, n) { if (/session started/) s = $1; else if (/session ended/) e = $1 }
-      END { print (s + 0 > e + 0) ? s : 0 }' "$STATE/log/hub-$c.log" 2>/dev/null || echo 0)"
+    t="$(awk -v n="$EDGE_NODE" 'index($0, n) && match($0, / conn=[0-9]+/) { id = substr($0, RSTART + 6, RLENGTH - 6)
+        if (/session started/) open[id] = $1; else if (/session ended/) delete open[id] }
+      END { m = 0; for (i in open) if (open[i] + 0 > m) m = open[i] + 0; print m }' "$STATE/log/hub-$c.log" 2>/dev/null || echo 0)"
     awk -v a="$t" -v b="$bt" 'BEGIN { exit !(a > b) }' && { best="$c"; bt="$t"; }
   done
   echo "${best:-unknown}"
@@ -336,7 +340,7 @@ resolve_bins() { # sets EDGECORE_BIN CLOUDSIM_BIN, or returns 1 with the reason 
     local prof="${VIPTEST_PROFILE:-dev}" sub
     sub="$prof"; [ "$prof" = dev ] && sub=debug
     log "building edgecore and cloudsim (cargo build --profile $prof)"
-    (cd "$ROOT" && cargo build --profile "$prof" --locked -p edgecore -p edgecore-tests >&2) ||
+    (cd "$ROOT" && timeout "${VIPTEST_BUILD_TIMEOUT:-1800}" cargo build --profile "$prof" --locked -p edgecore -p edgecore-tests >&2) ||
       { WHY="cargo build --profile $prof -p edgecore -p edgecore-tests failed"; return 1; }
     local td; td="${CARGO_TARGET_DIR:-$ROOT/target}"; case "$td" in /*) ;; *) td="$ROOT/$td";; esac
     EDGECORE_BIN="${EDGECORE_BIN:-$td/$sub/edgecore}" CLOUDSIM_BIN="${CLOUDSIM_BIN:-$td/$sub/cloudsim}"
@@ -384,7 +388,7 @@ cmd_run() {
   make_topology
   bad="$(root_ns_ours)"; [ -z "$bad" ] || die "SAFETY: root namespace has: $bad"
   if [ "$REAL" = 1 ]; then
-    "$CLOUDSIM_BIN" pki --dir "$STATE/pki" --node "$EDGE_NODE" --san "$VIP" > "$STATE/log/pki.log" 2>&1 ||
+    timeout 30 "$CLOUDSIM_BIN" pki --dir "$STATE/pki" --node "$EDGE_NODE" --san "$VIP" > "$STATE/log/pki.log" 2>&1 ||
       die "cloudsim pki failed: $(tail -n 5 "$STATE/log/pki.log")"
   fi
   start_clouds
