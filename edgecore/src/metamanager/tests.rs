@@ -302,15 +302,21 @@ async fn remote_query_error_is_returned() {
 async fn remote_query_times_out_after_remote_query_timeout() {
     let mut h = harness();
     h.link.send(up(1)).unwrap();
+    // An insert round trip proves the connect was handled (the link arm has priority), so no
+    // store work is outstanding while the paused clock runs the query's timer. No timeouts
+    // here: with the clock paused they would fire while the store thread works.
+    h.push(vector("pod-insert.json")).await;
+    h.cloud.recv().await.unwrap();
+    let started = tokio::time::Instant::now();
     let handle = h.handle.clone();
     let query = tokio::spawn(async move { handle.query("default/configmap/app").await });
-    // No timeout here: with the clock paused, a timeout would fire while the store thread works.
     let req = h.cloud.recv().await.unwrap().msg;
     assert_eq!(req.route.operation, "query");
     match query.await.unwrap() {
         Err(MetaError::RemoteTimeout { after, .. }) => assert_eq!(after, Duration::from_secs(60)),
         other => panic!("{other:?}"),
     }
+    assert!(started.elapsed() >= Duration::from_secs(60));
     // A late answer is still stored and acked (the cloud resends until acked).
     h.push(answer_to(&req, "8", configmap("8", "late"))).await;
     let ack = h.cloud.recv().await.unwrap();
