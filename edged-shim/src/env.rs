@@ -155,6 +155,45 @@ fn decode(
     Ok(out)
 }
 
+/// Kubernetes `$(VAR)` expansion: known names are replaced, unknown references stay as
+/// written, and `$$` is an escaped `$`.
+pub(crate) fn expand_refs(s: &str, vars: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(') {
+            match inner.find(')') {
+                Some(end) => {
+                    let name = &inner[..end];
+                    match vars.iter().rev().find(|(k, _)| k == name) {
+                        Some((_, v)) => out.push_str(v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &inner[end + 1..];
+                }
+                None => {
+                    out.push('$');
+                    rest = after;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn field_value(pod: &Pod, host_ip: &str, path: &str) -> String {
     match path {
         "metadata.name" => pod.metadata.name.clone(),
@@ -256,7 +295,7 @@ pub(crate) async fn container_env(
                     String::new()
                 }
             }
-            (Some(v), None) => v.clone(),
+            (Some(v), None) => expand_refs(v, &vars),
             (None, None) => String::new(),
         };
         set(&mut vars, var.name.clone(), value);
@@ -362,6 +401,38 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, EnvError::MissingKey { ref key, .. } if key == "nope"));
+    }
+
+    #[test]
+    fn dollar_references_expand_like_kubernetes() {
+        let vars = vec![
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "two".to_owned()),
+        ];
+        assert_eq!(expand_refs("x$(A)y$(B)", &vars), "x1ytwo");
+        assert_eq!(
+            expand_refs("$(NOPE) $$(A) $$ $A $(", &vars),
+            "$(NOPE) $(A) $ $A $("
+        );
+        assert_eq!(expand_refs("ünïcode $(B)€", &vars), "ünïcode two€");
+    }
+
+    #[tokio::test]
+    async fn env_values_reference_earlier_vars() {
+        let meta = meta();
+        let p = pod(json!({"name": "c", "env": [
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+            {"name": "MSG", "value": "$(GREETING) world $(LATER)"},
+            {"name": "LATER", "value": "x"}
+        ]}));
+        let mut objects = Objects::new(meta.as_ref(), "ns");
+        let env = container_env(&p, &p.spec.containers[0], "", &mut objects)
+            .await
+            .unwrap();
+        assert_eq!(
+            env[1],
+            ("MSG".to_owned(), "hello world $(LATER)".to_owned())
+        );
     }
 
     #[test]

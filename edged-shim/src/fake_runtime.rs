@@ -20,6 +20,8 @@ pub(crate) struct FakeContainer {
 #[derive(Debug, Default)]
 pub(crate) struct FakeState {
     pub(crate) down: bool,
+    /// RunPodSandbox fails this many more times.
+    pub(crate) failing_sandboxes: u32,
     pub(crate) images: HashSet<String>,
     pub(crate) pullable: HashSet<String>,
     pub(crate) sandboxes: HashMap<String, SandboxConfig>,
@@ -133,6 +135,13 @@ impl Runtime for FakeRuntime {
 
     fn run_sandbox<'a>(&'a self, config: &'a SandboxConfig) -> RuntimeFuture<'a, String> {
         let r = self.op("RunPodSandbox", |s| {
+            if s.failing_sandboxes > 0 {
+                s.failing_sandboxes -= 1;
+                return Err(RuntimeError::Call {
+                    call: "RunPodSandbox",
+                    message: "runc create failed".to_owned(),
+                });
+            }
             s.next_id += 1;
             let id = format!("sb{}", s.next_id);
             s.sandboxes.insert(id.clone(), config.clone());

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::env::{Objects, container_env};
+use crate::env::{Objects, container_env, expand_refs};
 use crate::meta::{MetaClient, PodEvent};
 use crate::node_status::META_CALL_TIMEOUT;
 use crate::pod::{Pod, PullPolicy, RestartPolicy};
@@ -88,6 +88,9 @@ struct PodRecord {
     start_time: String,
     transitions: [(Option<bool>, String); 4],
     last_patch: Option<String>,
+    /// Backoff between failed sandbox creations.
+    sandbox_backoff: Backoff,
+    sandbox_retry_at: Option<Instant>,
 }
 
 impl PodRecord {
@@ -108,6 +111,8 @@ impl PodRecord {
             start_time: String::new(),
             transitions: Default::default(),
             last_patch: None,
+            sandbox_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            sandbox_retry_at: None,
         }
     }
 
@@ -568,6 +573,9 @@ impl PodWorker {
             }
         }
         if rec.sandbox_id.is_none() {
+            if rec.sandbox_retry_at.is_some_and(|at| Instant::now() < at) {
+                return;
+            }
             match self
                 .call("RunPodSandbox", self.runtime.run_sandbox(&sandbox))
                 .await
@@ -576,9 +584,12 @@ impl PodWorker {
                     info!(pod = %key, sandbox = %id, "sandbox started");
                     rec.sandbox_id = Some(id);
                     rec.sandbox_attempt += 1;
+                    rec.sandbox_backoff.reset();
+                    rec.sandbox_retry_at = None;
                 }
                 Err(error) => {
                     warn!(pod = %key, %error, "sandbox not started");
+                    rec.sandbox_retry_at = Some(Instant::now() + rec.sandbox_backoff.next_delay());
                     rec.set_waiting("ContainerCreating", &error.to_string());
                     self.failed(&error);
                     return;
@@ -744,8 +755,8 @@ impl PodWorker {
         let config = ContainerConfig {
             name: spec.name.clone(),
             image: spec.image.clone(),
-            command: spec.command.clone(),
-            args: spec.args.clone(),
+            command: spec.command.iter().map(|a| expand_refs(a, &env)).collect(),
+            args: spec.args.iter().map(|a| expand_refs(a, &env)).collect(),
             env,
             mounts: volumes::mounts(&rec.pod, &spec, &rec.volumes),
             working_dir: spec.working_dir.clone(),

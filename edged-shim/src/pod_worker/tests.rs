@@ -450,3 +450,32 @@ async fn sandboxes_no_pod_claims_are_removed_after_the_grace_period() {
     }
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn sandbox_failures_are_reported_and_retried_with_backoff() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    rt.state().failing_sandboxes = 3;
+    let mut h = Harness::start(rt);
+    let start = Instant::now();
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    let s = h
+        .status("web", "sandbox failure", |s| {
+            s["containerStatuses"][0]["state"]["waiting"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("runc create failed"))
+        })
+        .await;
+    assert_eq!(s["status"]["phase"], "Pending");
+    h.status("web", "running after the failures", running).await;
+    assert_eq!(h.rt.calls_named("RunPodSandbox"), 4);
+    // Retries wait 1 s, 2 s, 4 s (rounded up to the 2 s sync period).
+    assert!(
+        start.elapsed() >= Duration::from_secs(7),
+        "{:?}",
+        start.elapsed()
+    );
+    h.stop().await;
+}
