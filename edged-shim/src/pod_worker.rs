@@ -355,6 +355,9 @@ impl PodWorker {
 
     async fn sync_all(&mut self) {
         let runtime_up = self.probe_runtime().await;
+        if runtime_up {
+            self.check_sandboxes().await;
+        }
         let keys: Vec<String> = self.pods.keys().cloned().collect();
         for key in keys {
             if runtime_up && matches!(&*self.state.borrow(), RuntimeState::Up { .. }) {
@@ -365,6 +368,56 @@ impl PodWorker {
         }
         if runtime_up && Instant::now() >= self.gc_after {
             self.collect_orphans().await;
+        }
+    }
+
+    /// Pods whose sandbox is gone or no longer ready get a new one (their containers are
+    /// recreated, counting a restart), as kubelet does.
+    async fn check_sandboxes(&mut self) {
+        let live = match self
+            .call("ListPodSandbox", self.runtime.list_sandboxes())
+            .await
+        {
+            Ok(list) => list,
+            Err(error) => {
+                self.failed(&error);
+                return;
+            }
+        };
+        let dead: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .filter(|(_, rec)| rec.desired == Desired::Running)
+            .filter_map(|(key, rec)| {
+                let id = rec.sandbox_id.as_ref()?;
+                let alive = live.iter().any(|s| &s.id == id && s.ready);
+                (!alive).then(|| (key.clone(), id.clone()))
+            })
+            .collect();
+        for (key, id) in dead {
+            warn!(pod = %key, sandbox = %id, "sandbox is gone or not ready; recreating the pod");
+            let Some(mut rec) = self.pods.remove(&key) else {
+                continue;
+            };
+            for c in &mut rec.containers {
+                if let Some(cid) = c.id.take() {
+                    let _ = self
+                        .call("RemoveContainer", self.runtime.remove_container(&cid))
+                        .await;
+                    c.last_terminated = c.status.take().map(|mut s| {
+                        if s.state != ContainerState::Exited {
+                            s.state = ContainerState::Exited;
+                            s.reason = "SandboxGone".to_owned();
+                        }
+                        api_state(&s)
+                    });
+                    c.restart_count += 1;
+                    c.attempt += 1;
+                }
+            }
+            self.remove_sandbox(&id).await;
+            rec.sandbox_id = None;
+            self.pods.insert(key, rec);
         }
     }
 

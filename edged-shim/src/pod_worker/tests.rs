@@ -479,3 +479,28 @@ async fn sandbox_failures_are_reported_and_retried_with_backoff() {
     );
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vanished_sandbox_is_recreated_with_a_restart() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("web", "running status", running).await;
+    {
+        // Someone removes the pod behind edged-shim's back.
+        let mut st = h.rt.state();
+        st.sandboxes.clear();
+        st.containers.clear();
+    }
+    let s = h
+        .status("web", "running again", |s| {
+            running(s) && s["containerStatuses"][0]["restartCount"] == 1
+        })
+        .await;
+    assert!(s["status"]["containerStatuses"][0]["lastState"]["terminated"].is_object());
+    assert_eq!(h.rt.calls_named("RunPodSandbox"), 2);
+    assert_eq!(h.rt.state().sandboxes.len(), 1);
+    h.stop().await;
+}
