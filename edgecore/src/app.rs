@@ -20,7 +20,9 @@ const INBOUND_CAPACITY: usize = 128;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs edgecore with a validated configuration until `shutdown` resolves, then cancels every
-/// task, waits for them under a grace timeout and closes the store.
+/// task, waits for them under a grace timeout and closes the store. Should metamanager stop on
+/// its own (its store or link failed), edgecore shuts down the same way and returns an error,
+/// so that the service manager restarts it.
 pub async fn run(
     config: config::EdgeCoreConfig,
     shutdown: impl Future<Output = ()>,
@@ -33,6 +35,7 @@ pub async fn run(
     let settings = MetaSettings::from_config(&config.modules.meta_manager);
     let node_name = config.modules.edged.hostname_override.clone();
 
+    let mut offline_inbound = None;
     let meta = if config.modules.edge_hub.enable {
         let hub = edgehub::spawn(
             HubSettings {
@@ -54,7 +57,9 @@ pub async fn run(
         )
     } else {
         tracing::warn!("modules.edgeHub is disabled: running offline from the local store");
-        drop(inbound_tx);
+        // Nothing sends on it, but it stays open: metamanager treats a closed inbound as the
+        // end of the hub.
+        offline_inbound = Some(inbound_tx);
         spawn_metamanager(
             settings,
             store.clone(),
@@ -66,7 +71,10 @@ pub async fn run(
     };
     tracing::info!(node = %node_name, "edgecore started");
 
-    shutdown.await;
+    let failed = tokio::select! {
+        () = shutdown => false,
+        () = meta.closed() => true,
+    };
     tracing::info!("shutting down");
     // Cancelling stops the hub from taking cloud messages; metamanager finishes the batch it is
     // committing and hands its acks to the hub before it returns.
@@ -79,6 +87,7 @@ pub async fn run(
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not stop in time; exiting anyway");
     }
     drop(meta);
+    drop(offline_inbound);
     if tokio::time::timeout(SHUTDOWN_GRACE, store.shutdown())
         .await
         .is_err()
@@ -86,6 +95,11 @@ pub async fn run(
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "store did not close in time; sqlite recovers the WAL on next start");
     }
     tracing::info!("edgecore stopped");
+    if failed {
+        anyhow::bail!(
+            "metamanager stopped unexpectedly: its store or cloud link failed (see the log above)"
+        );
+    }
     Ok(())
 }
 

@@ -115,6 +115,11 @@ impl MetaHandle {
         rx.await.map_err(|_| MetaError::Stopped)?
     }
 
+    /// Resolves when the metamanager task has ended (shutdown, or its store or link is gone).
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
     /// The objects stored under `resource` (`<ns>/<type>/<name>`, or `<ns>/<type>` for every
     /// object of that type). Configmaps, secrets and the other remote types are asked from the
     /// cloud while connected. Empty when nothing is known.

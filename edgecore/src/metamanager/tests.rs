@@ -455,6 +455,7 @@ async fn stops_on_cancel_and_handles_report_it() {
     let h = harness();
     let handle = h.handle.clone();
     h.stop().await;
+    handle.closed().await;
     assert!(matches!(
         handle.query("default/pod/x").await,
         Err(MetaError::Stopped)
@@ -463,6 +464,18 @@ async fn stops_on_cancel_and_handles_report_it() {
         handle
             .submit_status(status_patch("default/podpatch/x", "{}"))
             .await,
+        Err(MetaError::Stopped)
+    ));
+}
+
+#[tokio::test]
+async fn ends_when_the_hub_closes_inbound() {
+    let h = harness();
+    let handle = h.handle.clone();
+    drop(h.inbound);
+    handle.closed().await;
+    assert!(matches!(
+        handle.query("default/pod/x").await,
         Err(MetaError::Stopped)
     ));
 }
