@@ -7,6 +7,12 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod cert_bootstrap;
+mod cert_error;
+mod cert_files;
+mod cert_http;
+mod cert_rotation;
+mod cert_token;
 mod dial;
 mod endpoints;
 mod error;
@@ -19,6 +25,10 @@ mod testcloud;
 mod throttle;
 mod tls;
 
+pub use cert_bootstrap::{CertRetry, CertSettings, DEFAULT_TOKEN_FILE, ensure_certificates};
+pub use cert_error::CertError;
+pub use cert_files::CertInfo;
+pub use cert_rotation::{CertUpdates, spawn_rotation};
 pub use error::{DecodeError, DialError, DialErrorKind, DialStage, HubError, NameMismatch};
 pub use hub::{
     DisconnectReason, HubHandle, HubSettings, HubStats, LinkState, ReconnectCounts, spawn,

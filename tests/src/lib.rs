@@ -5,9 +5,12 @@
 //! * [`CloudSim`]: one CloudHub replica (mutual-TLS WebSocket, node sessions, resync).
 //! * [`VipProxy`]: a loopback stand-in for a VIP that moves between replicas.
 //! * [`Pki`]: CA, server and edge certificates.
+//! * [`CertService`]: CloudHub's certificate service (`/ca.crt`, `/edge.crt`) for bootstrap and
+//!   rotation tests.
 //! * [`edge`]: runs the real `edgecore` binary and reads its SQLite `meta` table.
 #![forbid(unsafe_code)]
 
+mod certsvc;
 mod cluster;
 pub mod edge;
 mod events;
@@ -21,6 +24,9 @@ mod sim;
 pub mod testedge;
 mod wait;
 
+pub use certsvc::{
+    CertService, CertServiceOptions, IssuedCert, IssuedVia, make_token, sign_server_cert,
+};
 pub use cluster::{ChangeOp, Cluster, DeliveryStats, Object, ResyncItem, kind_name};
 pub use events::{CounterSnapshot, DisconnectReason, Event, EventStream};
 pub use pki::{Pki, PkiOptions, PkiPaths};
