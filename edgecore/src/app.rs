@@ -103,27 +103,33 @@ pub async fn run(
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// A future that resolves on SIGTERM or SIGINT. The handlers are installed by this call (so a
+/// signal during startup is not lost), which must therefore run inside the Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
                     _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "signal received"),
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(error = %e, "cannot watch SIGTERM/SIGINT; edgecore stops only when killed");
+                    std::future::pending::<()>().await;
                 }
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops edgecore")
             }
         }
     }
-    if let Err(e) = tokio::signal::ctrl_c().await {
-        tracing::error!(error = %e, "cannot watch SIGINT; edgecore stops only when killed");
-        std::future::pending::<()>().await;
+    #[cfg(not(unix))]
+    async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot watch Ctrl-C; edgecore stops only when killed");
+            std::future::pending::<()>().await;
+        }
     }
 }
 
