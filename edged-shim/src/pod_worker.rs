@@ -50,6 +50,8 @@ struct ContainerRecord {
     waiting: Option<(String, String)>,
     backoff: Backoff,
     restart_at: Option<Instant>,
+    /// The spec changed (image update): replace the running container.
+    replace: bool,
 }
 
 impl ContainerRecord {
@@ -64,6 +66,7 @@ impl ContainerRecord {
             waiting: None,
             backoff: Backoff::new(CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX),
             restart_at: None,
+            replace: false,
         }
     }
 }
@@ -253,6 +256,17 @@ impl PodWorker {
                     Some(rec) if rec.pod.metadata.uid == pod.metadata.uid => {
                         if deleting {
                             rec.desired = Desired::Gone { notify_cloud: true };
+                        }
+                        // Only the image of a container may change in a running pod.
+                        for (c, new) in rec.containers.iter_mut().zip(&pod.spec.containers) {
+                            let old = rec.pod.spec.containers.iter().find(|o| o.name == new.name);
+                            if old.is_some_and(|o| o.image != new.image) {
+                                info!(pod = %key, container = %c.name, image = %new.image, "image changed");
+                                c.replace = true;
+                            }
+                        }
+                        if rec.pod.spec.containers.len() == pod.spec.containers.len() {
+                            rec.pod.spec.containers = pod.spec.containers;
                         }
                         rec.pod.metadata = pod.metadata;
                     }
@@ -675,6 +689,47 @@ impl PodWorker {
         ) else {
             return;
         };
+        if c.replace
+            && let Some(id) = c.id.clone()
+        {
+            let grace = rec
+                .pod
+                .spec
+                .termination_grace_period_seconds
+                .map_or(DEFAULT_GRACE, Duration::from_secs);
+            let stop = self.runtime.stop_container(&id, grace);
+            let stopped = timeout(grace + self.settings.runtime_request_timeout, stop)
+                .await
+                .unwrap_or(Err(RuntimeError::Timeout {
+                    call: "StopContainer",
+                    timeout: grace,
+                }));
+            let removed = match stopped {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                    self.call("RemoveContainer", self.runtime.remove_container(&id))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match removed {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                    c.last_terminated = c.status.take().map(|mut st| {
+                        st.state = ContainerState::Exited;
+                        api_state(&st)
+                    });
+                    c.id = None;
+                    c.restart_count += 1;
+                    c.attempt += 1;
+                    c.restart_at = None;
+                }
+                Err(error) => {
+                    warn!(pod = %key, container = %c.name, %error, "replacing the container failed");
+                    self.failed(&error);
+                    return;
+                }
+            }
+        }
+        c.replace = false;
         if let Some(id) = c.id.clone() {
             let status = match self
                 .call("ContainerStatus", self.runtime.container_status(&id))

@@ -504,3 +504,37 @@ async fn a_vanished_sandbox_is_recreated_with_a_restart() {
     assert_eq!(h.rt.state().sandboxes.len(), 1);
     h.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_image_update_replaces_the_container() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP, "localhost/app:v2"]));
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("web", "running status", running).await;
+    h.events
+        .send(PodEvent::Upsert(pod(
+            "web",
+            "Always",
+            json!({"image": "localhost/app:v2"}),
+        )))
+        .await
+        .unwrap();
+    let s = h
+        .status("web", "running the new image", |s| {
+            running(s) && s["containerStatuses"][0]["image"] == "localhost/app:v2"
+        })
+        .await;
+    assert_eq!(s["status"]["containerStatuses"][0]["restartCount"], 1);
+    {
+        let st = h.rt.state();
+        assert_eq!(st.containers.len(), 1);
+        assert!(
+            st.containers
+                .values()
+                .all(|c| c.config.image == "localhost/app:v2")
+        );
+    }
+    h.stop().await;
+}
