@@ -1,0 +1,414 @@
+//! Driving one pod towards its spec: sandbox, images, containers, restarts, teardown.
+
+use super::*;
+
+impl PodWorker {
+    pub(super) fn sandbox_config(&self, rec: &PodRecord) -> SandboxConfig {
+        let m = &rec.pod.metadata;
+        SandboxConfig {
+            name: m.name.clone(),
+            namespace: m.namespace.clone(),
+            uid: m.uid.clone(),
+            attempt: rec.sandbox_attempt,
+            host_network: rec.pod.spec.host_network,
+            // Host-network pods keep the node's hostname (runc refuses to set one there).
+            hostname: if rec.pod.spec.host_network {
+                String::new()
+            } else {
+                rec.pod
+                    .spec
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| m.name.clone())
+            },
+            log_directory: self
+                .settings
+                .pod_log_directory
+                .join(format!("{}_{}_{}", m.namespace, m.name, m.uid)),
+            cgroup_parent: self
+                .settings
+                .cgroup_parent
+                .as_ref()
+                .map(|p| format!("{}/pod{}", p.trim_end_matches('/'), m.uid)),
+            labels: m.labels.clone(),
+        }
+    }
+
+    pub(super) async fn drive(&mut self, rec: &mut PodRecord) {
+        let key = rec.pod.key();
+        if rec.start_time.is_empty() {
+            rec.start_time = rfc3339(SystemTime::now());
+        }
+        let sandbox = self.sandbox_config(rec);
+        if rec.sandbox_id.is_none() {
+            self.load_leftovers().await;
+            if self.leftovers.is_none() {
+                rec.set_waiting("ContainerCreating", "listing existing sandboxes failed");
+                return;
+            }
+            self.adopt(rec).await;
+        }
+        if rec.sandbox_id.is_none() || rec.volumes.is_empty() && !rec.pod.spec.volumes.is_empty() {
+            let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
+            let prepared =
+                volumes::prepare(&self.settings.root_directory, &rec.pod, &mut objects).await;
+            match prepared {
+                Ok(v) => rec.volumes = v,
+                Err(error) => {
+                    warn!(pod = %key, %error, "volumes not ready");
+                    rec.set_waiting("CreateContainerConfigError", &error.to_string());
+                    return;
+                }
+            }
+        }
+        if rec.sandbox_id.is_none() {
+            if rec.sandbox_retry_at.is_some_and(|at| Instant::now() < at) {
+                return;
+            }
+            match self
+                .call("RunPodSandbox", self.runtime.run_sandbox(&sandbox))
+                .await
+            {
+                Ok(id) => {
+                    info!(pod = %key, sandbox = %id, "sandbox started");
+                    rec.sandbox_id = Some(id);
+                    rec.sandbox_attempt += 1;
+                    rec.sandbox_backoff.reset();
+                    rec.sandbox_retry_at = None;
+                }
+                Err(error) => {
+                    warn!(pod = %key, %error, "sandbox not started");
+                    rec.sandbox_retry_at = Some(Instant::now() + rec.sandbox_backoff.next_delay());
+                    rec.set_waiting("ContainerCreating", &error.to_string());
+                    self.failed(&error);
+                    return;
+                }
+            }
+        }
+        let Some(sandbox_id) = rec.sandbox_id.clone() else {
+            return;
+        };
+        for idx in 0..rec.containers.len() {
+            self.drive_container(rec, idx, &sandbox_id, &sandbox).await;
+            if matches!(&*self.state.borrow(), RuntimeState::Down { .. }) {
+                return;
+            }
+        }
+    }
+
+    pub(super) async fn drive_container(
+        &mut self,
+        rec: &mut PodRecord,
+        idx: usize,
+        sandbox_id: &str,
+        sandbox: &SandboxConfig,
+    ) {
+        let key = rec.pod.key();
+        let policy = rec.pod.spec.restart_policy.clone();
+        let (Some(spec), Some(c)) = (
+            rec.pod.spec.containers.get(idx).cloned(),
+            rec.containers.get_mut(idx),
+        ) else {
+            return;
+        };
+        if c.replace
+            && let Some(id) = c.id.clone()
+        {
+            let grace = rec
+                .pod
+                .spec
+                .termination_grace_period_seconds
+                .map_or(DEFAULT_GRACE, Duration::from_secs);
+            let stop = self.runtime.stop_container(&id, grace);
+            let stopped = timeout(grace + self.settings.runtime_request_timeout, stop)
+                .await
+                .unwrap_or(Err(RuntimeError::Timeout {
+                    call: "StopContainer",
+                    timeout: grace,
+                }));
+            let removed = match stopped {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                    self.call("RemoveContainer", self.runtime.remove_container(&id))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match removed {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                    c.last_terminated = c.status.take().map(|mut st| {
+                        st.state = ContainerState::Exited;
+                        api_state(&st)
+                    });
+                    c.id = None;
+                    c.restart_count += 1;
+                    c.attempt += 1;
+                    c.restart_at = None;
+                }
+                Err(error) => {
+                    warn!(pod = %key, container = %c.name, %error, "replacing the container failed");
+                    self.failed(&error);
+                    return;
+                }
+            }
+        }
+        c.replace = false;
+        if let Some(id) = c.id.clone() {
+            let status = match self
+                .call("ContainerStatus", self.runtime.container_status(&id))
+                .await
+            {
+                Ok(s) => s,
+                Err(RuntimeError::NotFound { .. }) => {
+                    warn!(pod = %key, container = %c.name, "container vanished; recreating");
+                    c.id = None;
+                    c.status = None;
+                    c.restart_count += 1;
+                    return;
+                }
+                Err(error) => {
+                    self.failed(&error);
+                    return;
+                }
+            };
+            c.status = Some(status.clone());
+            match status.state {
+                ContainerState::Running => {
+                    c.waiting = None;
+                    return;
+                }
+                ContainerState::Created => {
+                    if let Err(error) = self
+                        .call("StartContainer", self.runtime.start_container(&id))
+                        .await
+                    {
+                        warn!(pod = %key, container = %c.name, %error, "start failed");
+                        self.failed(&error);
+                    }
+                    return;
+                }
+                ContainerState::Exited | ContainerState::Unknown => {
+                    let restart = match policy {
+                        RestartPolicy::Always => true,
+                        RestartPolicy::OnFailure => status.exit_code != 0,
+                        RestartPolicy::Never => false,
+                    };
+                    if !restart {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let due = *c
+                        .restart_at
+                        .get_or_insert_with(|| now + c.backoff.next_delay());
+                    if now < due {
+                        let wait = due - now;
+                        c.waiting = Some((
+                            "CrashLoopBackOff".to_owned(),
+                            format!(
+                                "back-off {}s restarting failed container={} pod={}",
+                                wait.as_secs(),
+                                c.name,
+                                key
+                            ),
+                        ));
+                        return;
+                    }
+                    if let Err(error) = self
+                        .call("RemoveContainer", self.runtime.remove_container(&id))
+                        .await
+                        && !matches!(error, RuntimeError::NotFound { .. })
+                    {
+                        warn!(pod = %key, container = %c.name, %error, "remove before restart failed");
+                        self.failed(&error);
+                        return;
+                    }
+                    c.last_terminated = Some(api_state(&status));
+                    c.id = None;
+                    c.status = None;
+                    c.restart_at = None;
+                    c.restart_count += 1;
+                    c.attempt += 1;
+                    info!(pod = %key, container = %c.name, restarts = c.restart_count, "restarting container");
+                }
+            }
+        }
+
+        // Create and start.
+        let present = match self
+            .call("ImageStatus", self.runtime.image_status(&spec.image))
+            .await
+        {
+            Ok(p) => p,
+            Err(error) => {
+                c.waiting = Some(("ErrImagePull".to_owned(), error.to_string()));
+                self.failed(&error);
+                return;
+            }
+        };
+        let pull = match (spec.pull_policy(), &present) {
+            (PullPolicy::Never, None) => {
+                c.waiting = Some((
+                    "ErrImageNeverPull".to_owned(),
+                    format!(
+                        "image {} is not present and the pull policy is Never",
+                        spec.image
+                    ),
+                ));
+                return;
+            }
+            (PullPolicy::Always, _) | (PullPolicy::IfNotPresent, None) => true,
+            _ => false,
+        };
+        if pull {
+            info!(pod = %key, image = %spec.image, "pulling image");
+            if let Err(error) = self
+                .call("PullImage", self.runtime.pull_image(&spec.image))
+                .await
+            {
+                if present.is_none() {
+                    warn!(pod = %key, image = %spec.image, %error, "image pull failed");
+                    c.waiting = Some(("ErrImagePull".to_owned(), error.to_string()));
+                    self.failed(&error);
+                    return;
+                }
+                warn!(pod = %key, image = %spec.image, %error, "pull failed; using the local image");
+            }
+        }
+        let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
+        let env = match container_env(&rec.pod, &spec, &self.host_ip, &mut objects).await {
+            Ok(env) => env,
+            Err(error) => {
+                warn!(pod = %key, container = %c.name, %error, "container config not ready");
+                c.waiting = Some(("CreateContainerConfigError".to_owned(), error.to_string()));
+                return;
+            }
+        };
+        let config = ContainerConfig {
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            command: spec.command.iter().map(|a| expand_refs(a, &env)).collect(),
+            args: spec.args.iter().map(|a| expand_refs(a, &env)).collect(),
+            env,
+            mounts: volumes::mounts(&rec.pod, &spec, &rec.volumes),
+            working_dir: spec.working_dir.clone(),
+            log_path: format!("{}/{}.log", spec.name, c.attempt),
+            attempt: c.attempt,
+        };
+        let id = match self
+            .call(
+                "CreateContainer",
+                self.runtime.create_container(sandbox_id, sandbox, &config),
+            )
+            .await
+        {
+            Ok(id) => id,
+            Err(error) => {
+                warn!(pod = %key, container = %c.name, %error, "create failed");
+                c.waiting = Some(("CreateContainerError".to_owned(), error.to_string()));
+                self.failed(&error);
+                return;
+            }
+        };
+        c.id = Some(id.clone());
+        c.waiting = None;
+        match self
+            .call("StartContainer", self.runtime.start_container(&id))
+            .await
+        {
+            Ok(()) => info!(pod = %key, container = %c.name, "container started"),
+            Err(error) => {
+                warn!(pod = %key, container = %c.name, %error, "start failed");
+                self.failed(&error);
+            }
+        }
+        if let Ok(s) = self
+            .call("ContainerStatus", self.runtime.container_status(&id))
+            .await
+        {
+            c.status = Some(s);
+        }
+    }
+
+    /// Stops and removes everything of the pod; true when done.
+    pub(super) async fn teardown(&mut self, rec: &mut PodRecord, notify_cloud: bool) -> bool {
+        let key = rec.pod.key();
+        let grace = rec
+            .pod
+            .spec
+            .termination_grace_period_seconds
+            .map_or(DEFAULT_GRACE, Duration::from_secs);
+        for c in &mut rec.containers {
+            let Some(id) = c.id.clone() else { continue };
+            let stop = self.runtime.stop_container(&id, grace);
+            let stopped = timeout(grace + self.settings.runtime_request_timeout, stop)
+                .await
+                .unwrap_or(Err(RuntimeError::Timeout {
+                    call: "StopContainer",
+                    timeout: grace,
+                }));
+            let removed = match stopped {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                    self.call("RemoveContainer", self.runtime.remove_container(&id))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match removed {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => c.id = None,
+                Err(error) => {
+                    warn!(pod = %key, container = %c.name, %error, "container not removed; retrying");
+                    self.failed(&error);
+                    return false;
+                }
+            }
+        }
+        if let Some(id) = rec.sandbox_id.clone() {
+            let stopped = self
+                .call("StopPodSandbox", self.runtime.stop_sandbox(&id))
+                .await;
+            let removed = match stopped {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                    self.call("RemovePodSandbox", self.runtime.remove_sandbox(&id))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match removed {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => rec.sandbox_id = None,
+                Err(error) => {
+                    warn!(pod = %key, %error, "sandbox not removed; retrying");
+                    self.failed(&error);
+                    return false;
+                }
+            }
+        }
+        volumes::cleanup(&self.settings.root_directory, &rec.pod.metadata.uid).await;
+        if let Some(parent) = &self.settings.cgroup_parent {
+            crate::cgroup::remove_pod_cgroups(
+                Path::new(CGROUP_ROOT),
+                parent,
+                &rec.pod.metadata.uid,
+            );
+        }
+        if notify_cloud {
+            let m = &rec.pod.metadata;
+            let sent = timeout(
+                META_CALL_TIMEOUT,
+                self.meta.delete_pod(&m.namespace, &m.name, &m.uid),
+            )
+            .await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    warn!(pod = %key, %error, "pod delete not confirmed; retrying");
+                    return false;
+                }
+                Err(_) => {
+                    warn!(pod = %key, "pod delete timed out; retrying");
+                    return false;
+                }
+            }
+        }
+        info!(pod = %key, "pod removed");
+        true
+    }
+}

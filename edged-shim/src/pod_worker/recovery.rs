@@ -1,0 +1,158 @@
+//! Recovery: sandboxes a previous run left (adopt or collect) and sandboxes that died.
+
+use super::*;
+
+impl PodWorker {
+    /// Pods whose sandbox is gone or no longer ready get a new one (their containers are
+    /// recreated, counting a restart), as kubelet does.
+    pub(super) async fn check_sandboxes(&mut self) {
+        let live = match self
+            .call("ListPodSandbox", self.runtime.list_sandboxes())
+            .await
+        {
+            Ok(list) => list,
+            Err(error) => {
+                self.failed(&error);
+                return;
+            }
+        };
+        let dead: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .filter(|(_, rec)| rec.desired == Desired::Running)
+            .filter_map(|(key, rec)| {
+                let id = rec.sandbox_id.as_ref()?;
+                let alive = live.iter().any(|s| &s.id == id && s.ready);
+                (!alive).then(|| (key.clone(), id.clone()))
+            })
+            .collect();
+        for (key, id) in dead {
+            warn!(pod = %key, sandbox = %id, "sandbox is gone or not ready; recreating the pod");
+            let Some(mut rec) = self.pods.remove(&key) else {
+                continue;
+            };
+            for c in &mut rec.containers {
+                if let Some(cid) = c.id.take() {
+                    let _ = self
+                        .call("RemoveContainer", self.runtime.remove_container(&cid))
+                        .await;
+                    c.last_terminated = c.status.take().map(|mut s| {
+                        if s.state != ContainerState::Exited {
+                            s.state = ContainerState::Exited;
+                            s.reason = "SandboxGone".to_owned();
+                        }
+                        api_state(&s)
+                    });
+                    c.restart_count += 1;
+                    c.attempt += 1;
+                }
+            }
+            self.remove_sandbox(&id).await;
+            rec.sandbox_id = None;
+            self.pods.insert(key, rec);
+        }
+    }
+
+    /// Lists sandboxes of a previous run once, so pods can adopt them.
+    pub(super) async fn load_leftovers(&mut self) {
+        if self.leftovers.is_some() {
+            return;
+        }
+        match self
+            .call("ListPodSandbox", self.runtime.list_sandboxes())
+            .await
+        {
+            Ok(list) => {
+                let mut by_uid: HashMap<String, Vec<SandboxInfo>> = HashMap::new();
+                for s in list {
+                    by_uid.entry(s.uid.clone()).or_default().push(s);
+                }
+                if !by_uid.is_empty() {
+                    info!(pods = by_uid.len(), "found sandboxes of a previous run");
+                }
+                self.leftovers = Some(by_uid);
+            }
+            Err(error) => self.failed(&error),
+        }
+    }
+
+    /// Removes leftover sandboxes that no pod claimed within the grace period.
+    pub(super) async fn collect_orphans(&mut self) {
+        let Some(leftovers) = self.leftovers.as_mut() else {
+            return;
+        };
+        if leftovers.is_empty() {
+            return;
+        }
+        let orphans: Vec<(String, Vec<SandboxInfo>)> = leftovers.drain().collect();
+        for (uid, sandboxes) in orphans {
+            info!(%uid, "removing sandboxes of a pod this node no longer runs");
+            for s in sandboxes {
+                self.remove_sandbox(&s.id).await;
+            }
+            if let Some(parent) = &self.settings.cgroup_parent {
+                crate::cgroup::remove_pod_cgroups(Path::new(CGROUP_ROOT), parent, &uid);
+            }
+        }
+    }
+
+    /// Stops and removes a sandbox, best effort.
+    pub(super) async fn remove_sandbox(&mut self, id: &str) {
+        let stopped = self
+            .call("StopPodSandbox", self.runtime.stop_sandbox(id))
+            .await;
+        let result = match stopped {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                self.call("RemovePodSandbox", self.runtime.remove_sandbox(id))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+            Err(error) => {
+                warn!(sandbox = %id, %error, "leftover sandbox not removed");
+                self.failed(&error);
+            }
+        }
+    }
+
+    /// Takes over a sandbox (and its newest containers) a previous run left for this pod.
+    pub(super) async fn adopt(&mut self, rec: &mut PodRecord) {
+        let uid = rec.pod.metadata.uid.clone();
+        let Some(mut found) = self.leftovers.as_mut().and_then(|l| l.remove(&uid)) else {
+            return;
+        };
+        let ready = found.iter().position(|s| s.ready);
+        let adopted = ready.map(|i| found.swap_remove(i));
+        for stale in found {
+            self.remove_sandbox(&stale.id).await;
+        }
+        let Some(sandbox) = adopted else { return };
+        let containers = match self
+            .call("ListContainers", self.runtime.list_containers(&sandbox.id))
+            .await
+        {
+            Ok(c) => c,
+            Err(error) => {
+                self.failed(&error);
+                self.remove_sandbox(&sandbox.id).await;
+                return;
+            }
+        };
+        for c in &mut rec.containers {
+            let newest = containers
+                .iter()
+                .filter(|info| info.name == c.name)
+                .max_by_key(|info| info.attempt);
+            if let Some(info) = newest {
+                c.id = Some(info.id.clone());
+                c.attempt = info.attempt;
+                c.restart_count = info.attempt;
+            }
+        }
+        info!(pod = %rec.pod.key(), sandbox = %sandbox.id, "adopted the running sandbox");
+        rec.sandbox_id = Some(sandbox.id);
+        rec.sandbox_attempt = 1;
+    }
+}

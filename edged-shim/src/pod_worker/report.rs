@@ -1,0 +1,117 @@
+//! What the pod looks like to the API, and sending it as a `podpatch`.
+
+use super::*;
+
+impl PodWorker {
+    pub(super) fn view(&self, rec: &PodRecord) -> PodView {
+        let containers = rec
+            .pod
+            .spec
+            .containers
+            .iter()
+            .zip(&rec.containers)
+            .map(|(spec, c)| {
+                let state = match (&c.waiting, &c.status) {
+                    (Some((reason, message)), _) => ApiState::Waiting {
+                        reason: reason.clone(),
+                        message: message.clone(),
+                    },
+                    (None, Some(s)) => api_state(s),
+                    (None, None) => ApiState::Waiting {
+                        reason: "ContainerCreating".to_owned(),
+                        message: String::new(),
+                    },
+                };
+                let (image, image_id) = match &c.status {
+                    Some(s) => (
+                        if s.image.is_empty() {
+                            spec.image.clone()
+                        } else {
+                            s.image.clone()
+                        },
+                        s.image_ref.clone(),
+                    ),
+                    None => (spec.image.clone(), String::new()),
+                };
+                ContainerView {
+                    name: c.name.clone(),
+                    image,
+                    image_id,
+                    container_id: c
+                        .id
+                        .as_ref()
+                        .map(|id| format!("containerd://{id}"))
+                        .unwrap_or_default(),
+                    state,
+                    last_state: c.last_terminated.clone(),
+                    restart_count: c.restart_count,
+                }
+            })
+            .collect();
+        let pod_ip = if rec.pod.spec.host_network {
+            self.host_ip.clone()
+        } else {
+            String::new()
+        };
+        PodView {
+            uid: rec.pod.metadata.uid.clone(),
+            restart_policy: rec.pod.spec.restart_policy.clone(),
+            sandbox_ready: rec.sandbox_id.is_some(),
+            host_ip: self.host_ip.clone(),
+            pod_ip,
+            start_time: rec.start_time.clone(),
+            containers,
+        }
+    }
+
+    /// Sends the pod's status when it changed since the last successful patch.
+    pub(super) async fn send_status(&mut self, key: &str) {
+        let Some(rec) = self.pods.get(key) else {
+            return;
+        };
+        if rec.desired != Desired::Running {
+            return;
+        }
+        let view = self.view(rec);
+        let states = condition_states(&view);
+        let now = rfc3339(SystemTime::now());
+        let Some(rec) = self.pods.get_mut(key) else {
+            return;
+        };
+        for (slot, (ok, _, _)) in rec.transitions.iter_mut().zip(states.iter()) {
+            if slot.0 != Some(*ok) {
+                *slot = (Some(*ok), now.clone());
+            }
+        }
+        let times: [String; 4] = std::array::from_fn(|i| {
+            rec.transitions
+                .get(i)
+                .map(|t| t.1.clone())
+                .unwrap_or_default()
+        });
+        debug_assert_eq!(CONDITIONS.len(), times.len());
+        let patch = status_patch(&view, &times);
+        if rec.last_patch.as_deref() == Some(patch.as_str()) {
+            return;
+        }
+        let (namespace, name) = (
+            rec.pod.metadata.namespace.clone(),
+            rec.pod.metadata.name.clone(),
+        );
+        let sent = timeout(
+            META_CALL_TIMEOUT,
+            self.meta.patch_pod_status(&namespace, &name, patch.clone()),
+        )
+        .await;
+        match sent {
+            Ok(Ok(())) => {
+                debug!(pod = %key, "pod status patched");
+                if let Some(rec) = self.pods.get_mut(key) {
+                    rec.last_patch = Some(patch);
+                }
+            }
+            Ok(Err(error)) => warn!(pod = %key, %error, "pod status patch failed; retrying"),
+            Err(_) => warn!(pod = %key, "pod status patch timed out; retrying"),
+        }
+    }
+}
