@@ -7,7 +7,7 @@
 //! SANs and dates.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
@@ -88,7 +88,7 @@ struct State {
     issuer: Issuer<'static, CaSigner>,
     lifetime: Duration,
     issued: watch::Sender<Vec<IssuedCert>>,
-    refused: Mutex<Vec<String>>,
+    refused: watch::Sender<Vec<String>>,
 }
 
 /// A running certificate service on `127.0.0.1:<random port>`. Stops when dropped.
@@ -149,7 +149,7 @@ impl CertService {
             issuer,
             lifetime: options.edge_cert_lifetime,
             issued: watch::channel(Vec::new()).0,
-            refused: Mutex::new(Vec::new()),
+            refused: watch::channel(Vec::new()).0,
         });
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -208,11 +208,17 @@ impl CertService {
 
     /// The 401/4xx/5xx messages sent so far.
     pub fn refusals(&self) -> Vec<String> {
-        self.state
-            .refused
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default()
+        self.state.refused.borrow().clone()
+    }
+
+    /// Waits until at least `n` requests have been refused; `None` after `timeout`.
+    pub async fn wait_refused(&self, n: usize, timeout: Duration) -> Option<Vec<String>> {
+        let mut rx = self.state.refused.subscribe();
+        let wait = rx.wait_for(|v| v.len() >= n);
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(v)) => Some(v.clone()),
+            _ => None,
+        }
     }
 
     /// Stops accepting and waits for open connections to end.
@@ -299,9 +305,7 @@ async fn handle(
         ("GET", "/edge.crt") => match edge_cert(req, state, client_cert).await {
             Ok(der) => reply(StatusCode::OK, der),
             Err((status, message)) => {
-                if let Ok(mut refused) = state.refused.lock() {
-                    refused.push(message.clone());
-                }
+                state.refused.send_modify(|v| v.push(message.clone()));
                 reply(status, message.into_bytes())
             }
         },

@@ -228,6 +228,40 @@ async fn token_the_cloud_refuses_is_a_plain_401() {
 }
 
 #[tokio::test]
+async fn failed_bootstrap_is_retried_and_picks_up_a_new_token_file() {
+    let fx = Fixture::new(CertServiceOptions::default()).await;
+    let mut settings = fx.settings("");
+    settings.retry = CertRetry {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(50),
+        max_attempts: None,
+    };
+    std::fs::create_dir_all(fx.path("etc")).expect("etc dir");
+    let refused = make_token(fx.svc.ca_der(), b"stale key", SystemTime::now() + HOUR);
+    std::fs::write(&settings.token_file, &refused).expect("token file");
+    let cancel = CancellationToken::new();
+    let task = {
+        let settings = settings.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { ensure_certificates(&settings, &cancel).await })
+    };
+    fx.svc
+        .wait_refused(2, Duration::from_secs(10))
+        .await
+        .expect("two refused attempts");
+    assert!(!task.is_finished(), "a refused token is retried, not fatal");
+    // The operator puts a fresh token in place; the next attempt uses it.
+    std::fs::write(&settings.token_file, fx.good_token()).expect("token file");
+    let info = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("bootstrap finishes after the new token")
+        .expect("task")
+        .expect("certificate");
+    assert!(info.not_after > SystemTime::now());
+    assert_eq!(fx.svc.issued().len(), 1);
+}
+
+#[tokio::test]
 async fn malformed_and_missing_tokens_are_explained() {
     let fx = Fixture::new(CertServiceOptions::default()).await;
     for token in ["abc.def", "a.b.c.d.e", "x.y.z.w"] {
