@@ -18,8 +18,13 @@
 #   ${P}cloudN   eth0 NET.1N/24: cloudsim :10000, haproxy :10010 -> cloud1..N:10000,
 #                keepalived VRID 53 (cloud1 priority 150 MASTER, cloud2 100, cloud3 75),
 #                vrrp_script = "haproxy :10010 accepts"
-#   ${P}edge1    eth0 NET.21/24: edgecore -> VIP:10010
+#   ${P}edge1    eth0 NET.22/24: edgecore (node edge-vip-1) -> VIP:10010
+#   ${P}edge2    eth0 NET.21/24: edgecore (node edge-vip-2) -> VIP:10010
 #   VIP = NET.242 (default NET 10.10.103)
+# haproxy's source hash sends edge1 (.22) to cloud1 and edge2 (.21) to cloud2 (with 2 or 3
+# clouds), so one crash covers both cases: edge1's session is on the crashed replica
+# (haproxy closes it at once), edge2's is on a surviving replica reached through the
+# crashed host's haproxy (it breaks when the VIP moves: the new holder answers with RST).
 # The veth pairs are created inside ${P}sw with the peer moved straight into the host's
 # namespace, so nothing ever exists in the root namespace; the root namespace is
 # snapshotted before and compared after.
@@ -46,7 +51,8 @@
 #   VIPTEST_VRID (53)  VIPTEST_VRRP_VERSION (3)  VIPTEST_ADVERT (0.2 s; VRRPv2 needs whole s)
 #   VIPTEST_MODE (kill)  VIPTEST_BOUND (30 s per wait)  VIPTEST_SETTLE (3 s)
 #   VIPTEST_FEED (20 objects before)  VIPTEST_FEED_AFTER (20 objects after the kill)
-#   VIPTEST_PROFILE (dev)  VIPTEST_NODE (edge-vip-1)  VIPTEST_STATE (tests/vip/run)  VIPTEST_KEEP (0: 1 = leave
+#   VIPTEST_PROFILE (dev)  VIPTEST_EDGE_HOSTS ("22 21": one edge per entry)
+#   VIPTEST_NODE_PREFIX (edge-vip-)  VIPTEST_STATE (tests/vip/run)  VIPTEST_KEEP (0: 1 = leave
 #   it all running for inspection; clean up with `down`)  VIPTEST_STANDIN (0: 1 = force the
 #   stand-ins)  VIPTEST_NO_APT (0)  VIPTEST_STRICT (0)  VIPTEST_RUST_LOG (info)
 #   VIPTEST_CONNECTED_RE / VIPTEST_LOST_RE: how a link transition looks in edgecore's log.
@@ -59,6 +65,7 @@ P="${VIPTEST_PREFIX:-ekv-}"
 NET="${VIPTEST_NET:-10.10.103}"
 NCLOUD="${VIPTEST_CLOUDS:-3}"
 VIP="$NET.242"
+read -r -a EDGE_HOSTS <<< "${VIPTEST_EDGE_HOSTS:-22 21}"   # host part of each edge's address
 VRID="${VIPTEST_VRID:-53}"
 VRRP_VERSION="${VIPTEST_VRRP_VERSION:-3}"
 ADVERT="${VIPTEST_ADVERT:-0.2}"
@@ -67,14 +74,13 @@ BOUND="${VIPTEST_BOUND:-30}"
 SETTLE="${VIPTEST_SETTLE:-3}"
 FEED1="${VIPTEST_FEED:-20}"
 FEED2="${VIPTEST_FEED_AFTER:-20}"
-EDGE_NODE="${VIPTEST_NODE:-edge-vip-1}"
+NODE_PREFIX="${VIPTEST_NODE_PREFIX:-edge-vip-}"
 STATE="${VIPTEST_STATE:-$HERE/run}"
 # edgehub logs "edgehub::link: connected endpoint=..." (metamanager's "connected; draining
 # outbox" follows it and is not a second connection); the stand-in "connected to cloudN"
 CONNECTED_RE="${VIPTEST_CONNECTED_RE:-(^|: )connected( |$)}"
 LOST_RE="${VIPTEST_LOST_RE:-(^|[^a-z])(lost|disconnected)([^a-z]|$)}"
 SW="${P}sw"
-EDGE="${P}edge1"
 PORT_HUB=10000 PORT_HA=10010
 LOCK="/run/lock/${P}vip-failover.lock"
 
@@ -87,8 +93,10 @@ die() { printf '[vip-failover] FAIL: %s\n' "$*" >&2; exit 1; }
 
 clouds() { local i; for ((i = 1; i <= NCLOUD; i++)); do echo "cloud$i"; done; }
 ns_of() { echo "${P}$1"; }
-ip_of() { case "$1" in cloud*) echo "$NET.1${1#cloud}";; edge1) echo "$NET.21";; esac; }
-port_of() { case "$1" in cloud*) echo "c${1#cloud}";; edge1) echo "e1";; esac; }
+edges() { local i; for ((i = 1; i <= ${#EDGE_HOSTS[@]}; i++)); do echo "edge$i"; done; }
+ip_of() { case "$1" in cloud*) echo "$NET.1${1#cloud}";; edge*) echo "$NET.${EDGE_HOSTS[${1#edge} - 1]}";; esac; }
+port_of() { case "$1" in cloud*) echo "c${1#cloud}";; edge*) echo "e${1#edge}";; esac; }
+node_of() { echo "$NODE_PREFIX${1#edge}"; }          # edgeN -> its node name
 prio_of() { case "$1" in cloud1) echo 150;; cloud2) echo 100;; *) echo 75;; esac; }
 ns_exists() { [ -e "/run/netns/$1" ]; }
 now() { echo "$EPOCHREALTIME"; }
@@ -148,7 +156,7 @@ root_ns_ours() { # prints anything of OURS visible in the root namespace
   [[ "$a" == *" $NET."* ]] && echo "address in $NET.0/24"
   [[ "$r" == *"$NET."* ]] && echo "route to $NET.0/24"
   awk -v p="$P" 'index($1, p) == 1 {print "interface " $1}' <<< "$l"
-  case "$l" in *$'\n'"c1@"*|"c1@"*|*$'\n'"e1@"*|"e1@"*) echo "veth end in root ns";; esac
+  awk '$1 ~ /^[ce][0-9]+@/ {print "veth end " $1 " in the root namespace"}' <<< "$l"
   return 0
 }
 
@@ -214,8 +222,11 @@ EOF
       VIP="$VIP" VRRP_VERSION="$VRRP_VERSION"
     render "$HERE/haproxy.cfg.in" "$STATE/conf/haproxy-$c.cfg" NODE="$c" HA_PORT="$PORT_HA" SERVERS="${servers%$'\n'}"
   done
-  render "$HERE/edgecore.yaml.in" "$STATE/conf/edgecore.yaml" EDGE_DB="$STATE/edge/edgecore.db" \
-    VIP="$VIP" HA_PORT="$PORT_HA" PKI="$STATE/pki" EDGE_NODE="$EDGE_NODE"
+  local e
+  for e in $(edges); do
+    render "$HERE/edgecore.yaml.in" "$STATE/conf/edgecore-$e.yaml" EDGE_DB="$STATE/edge/$e.db" \
+      VIP="$VIP" HA_PORT="$PORT_HA" PKI="$STATE/pki" EDGE_NODE="$(node_of "$e")"
+  done
 }
 
 # -------------------------------------------------------------------- topology ---
@@ -225,7 +236,7 @@ make_topology() {
   ip -n "$SW" link add br0 type bridge stp_state 0 mcast_snooping 0
   ip -n "$SW" link set br0 up
   local n ns port
-  for n in $(clouds) edge1; do
+  for n in $(clouds) $(edges); do
     ns="$(ns_of "$n")"; port="$(port_of "$n")"
     ip netns add "$ns"
     ip -n "$ns" link set lo up
@@ -240,7 +251,7 @@ make_topology() {
 has_vip() { local a; a="$(ip -n "$(ns_of "$1")" -4 -o addr show dev eth0 2>/dev/null || true)"; [[ "$a" == *" $VIP/"* ]]; }
 vip_holders() { local c; for c in $(clouds); do has_vip "$c" && echo "$c"; done; return 0; }
 vrrp_state() { awk -v c="$1" '$2 == c {s = $5} END {print s}' "$STATE/log/vrrp-events.log" 2>/dev/null || true; }
-edge_tcp_ok() { timeout 1 ip netns exec "$EDGE" bash -c "exec 3<>/dev/tcp/$VIP/$PORT_HA" 2>/dev/null; }
+edge_tcp_ok() { local e; for e in $(edges); do timeout 1 ip netns exec "$(ns_of "$e")" bash -c "exec 3<>/dev/tcp/$VIP/$PORT_HA" 2>/dev/null || return 1; done; }
 
 start_clouds() {
   local c ns
@@ -270,7 +281,7 @@ wait_vip_converged() { # every keepalived MASTER/BACKUP, cloud1 the only holder,
     for c in $(clouds); do st="$(vrrp_state "$c")"; case "$st" in MASTER|BACKUP) ;; *) ok=0;; esac; done
     h="$(vip_holders | xargs)"
     [ "$h" = cloud1 ] || ok=0
-    [ $ok = 1 ] && edge_tcp_ok && { log "VIP $VIP on cloud1; edge reaches VIP:$PORT_HA (haproxy)"; return 0; }
+    [ $ok = 1 ] && edge_tcp_ok && { log "VIP $VIP on cloud1; every edge reaches VIP:$PORT_HA (haproxy)"; return 0; }
     sleep 0.2
   done
   for c in $(clouds); do log "  $c: vrrp=$(vrrp_state "$c") vip=$(has_vip "$c" && echo yes || echo no)"; done
@@ -278,56 +289,57 @@ wait_vip_converged() { # every keepalived MASTER/BACKUP, cloud1 the only holder,
 }
 
 # ------------------------------------------------------------------ edge + checks ---
-# edge_event_after T0 RE [last] — epoch of the first (or last) edge log line after T0
-# matching RE (case-insensitive, ANSI colours stripped); empty if none.
+# edge_event_after EDGE T0 RE [last] — epoch of the first (or last) line of EDGE's log after
+# T0 matching RE (case-insensitive, ANSI colours stripped); empty if none.
 edge_event_after() {
-  awk -v t0="$1" -v re="$2" -v last="${3:-}" '
+  awk -v t0="$2" -v re="$3" -v last="${4:-}" '
     { line = $0; gsub(/\033\[[0-9;]*m/, "", line); t = $1 + 0
       if (t >= t0 && tolower(substr(line, length($1) + 2)) ~ re) { r = $1; if (!last) { print r; exit } } }
-    END { if (last && r != "") print r }' "$STATE/log/edge.log" 2>/dev/null || true
+    END { if (last && r != "") print r }' "$STATE/log/$1.log" 2>/dev/null || true
 }
-edge_count_after() {
-  awk -v t0="$1" -v re="$2" '{ line = $0; gsub(/\033\[[0-9;]*m/, "", line)
-    if ($1 + 0 >= t0 && tolower(substr(line, length($1) + 2)) ~ re) n++ } END { print n + 0 }' "$STATE/log/edge.log" 2>/dev/null || echo 0
+edge_count_after() { # EDGE T0 RE
+  awk -v t0="$2" -v re="$3" '{ line = $0; gsub(/\033\[[0-9;]*m/, "", line)
+    if ($1 + 0 >= t0 && tolower(substr(line, length($1) + 2)) ~ re) n++ } END { print n + 0 }' "$STATE/log/$1.log" 2>/dev/null || echo 0
 }
-edge_connected_now() { # the last link transition in the edge log is "connected"
+edge_connected_now() { # EDGE — the last link transition in its log is "connected"
   awk -v c="$CONNECTED_RE" -v l="$LOST_RE" '{ line = $0; gsub(/\033\[[0-9;]*m/, "", line); m = tolower(substr(line, length($1) + 2))
-    if (m ~ c) s = 1; else if (m ~ l || m ~ /connecting/) s = 0 } END { exit !s }' "$STATE/log/edge.log" 2>/dev/null
+    if (m ~ c) s = 1; else if (m ~ l || m ~ /connecting/) s = 0 } END { exit !s }' "$STATE/log/$1.log" 2>/dev/null
 }
-check_once() {
+check_once() { # EDGE — its store equals the cluster
   if [ "$REAL" = 1 ]; then
-    timeout 10 "$CLOUDSIM_BIN" check --state "$STATE/cluster.db" --edge-db "$STATE/edge/edgecore.db" --node "$EDGE_NODE" \
-      >> "$STATE/log/check.log" 2>&1 < /dev/null
+    timeout 10 "$CLOUDSIM_BIN" check --state "$STATE/cluster.db" --edge-db "$STATE/edge/$1.db" --node "$(node_of "$1")" \
+      >> "$STATE/log/check-$1.log" 2>&1 < /dev/null
   else
-    edge_connected_now   # stand-in: nothing to compare, "converged" = connected
+    edge_connected_now "$1"   # stand-in: nothing to compare, "converged" = connected
   fi
 }
 feed() { [ "$REAL" = 1 ] || return 0
   timeout 30 "$CLOUDSIM_BIN" feed --state "$STATE/cluster.db" --count "$1" --kind mixed >> "$STATE/log/feed.log" 2>&1 < /dev/null ||
     die "cloudsim feed failed: $(tail -n 3 "$STATE/log/feed.log")"; }
-# Which replica the edge's session is on (best effort, for the report).
+# session_holder EDGE — which replica its session is on (for the report).
 session_holder() {
   if [ "$REAL" = 0 ]; then
-    awk '{ if (match($0, /connected to cloud[0-9]+/)) w = substr($0, RSTART + 13, RLENGTH - 13) } END { print w }' "$STATE/log/edge.log" 2>/dev/null
+    awk '{ if (match($0, /connected to cloud[0-9]+/)) w = substr($0, RSTART + 13, RLENGTH - 13) } END { print w }' "$STATE/log/$1.log" 2>/dev/null
     return 0
   fi
-  # cloudsim logs "session started" / "session ended" with node=... conn=N; the holder is
-  # the replica with the most recently started session that has not ended
-  local c best="" bt=0 t
+  # cloudsim logs "session started" / "session ended" with node=NAME ... conn=N; the holder
+  # is the live replica with the most recently started session that has not ended
+  local c best="" bt=0 t node; node="$(node_of "$1")"
   for c in $(clouds); do
-    t="$(awk -v n="$EDGE_NODE" 'index($0, n) && match($0, / conn=[0-9]+/) { id = substr($0, RSTART + 6, RLENGTH - 6)
+    pid_alive "hub-$c" >/dev/null || continue
+    t="$(awk -v n="node=$node " 'index($0, n) && match($0, / conn=[0-9]+/) { id = substr($0, RSTART + 6, RLENGTH - 6)
         if (/session started/) open[id] = $1; else if (/session ended/) delete open[id] }
       END { m = 0; for (i in open) if (open[i] + 0 > m) m = open[i] + 0; print m }' "$STATE/log/hub-$c.log" 2>/dev/null || echo 0)"
     awk -v a="$t" -v b="$bt" 'BEGIN { exit !(a > b) }' && { best="$c"; bt="$t"; }
   done
-  echo "${best:-unknown}"
+  echo "${best:-none}"
 }
 
-start_edge() {
+start_edge() { # EDGE
   if [ "$REAL" = 1 ]; then
-    start_bg edge "$EDGE" "$EDGECORE_BIN" --config "$STATE/conf/edgecore.yaml"
+    start_bg "$1" "$(ns_of "$1")" "$EDGECORE_BIN" --config "$STATE/conf/edgecore-$1.yaml"
   else
-    start_bg edge "$EDGE" python3 "$HERE/standin.py" edge --host "$VIP" --port "$PORT_HA" \
+    start_bg "$1" "$(ns_of "$1")" python3 "$HERE/standin.py" edge --host "$VIP" --port "$PORT_HA" \
       --max-seconds $((BOUND * 3 + 30)) --tag "$STATE"
   fi
 }
@@ -388,7 +400,7 @@ cmd_run() {
   make_topology
   bad="$(root_ns_ours)"; [ -z "$bad" ] || die "SAFETY: root namespace has: $bad"
   if [ "$REAL" = 1 ]; then
-    timeout 30 "$CLOUDSIM_BIN" pki --dir "$STATE/pki" --node "$EDGE_NODE" --san "$VIP" > "$STATE/log/pki.log" 2>&1 ||
+    timeout 30 "$CLOUDSIM_BIN" pki --dir "$STATE/pki" --node "$(node_of edge1)" --san "$VIP" > "$STATE/log/pki.log" 2>&1 ||
       die "cloudsim pki failed: $(tail -n 5 "$STATE/log/pki.log")"
   fi
   start_clouds
@@ -396,20 +408,26 @@ cmd_run() {
   local t_up; t_up="$(now)"
   feed "$FEED1"
 
-  start_edge
-  local t_edge deadline; t_edge="$(now)"
+  local e t_edge deadline pending; t_edge="$(now)"
+  for e in $(edges); do start_edge "$e"; done
   deadline=$(( $(date +%s) + BOUND ))
-  until [ -n "$(edge_event_after "$t_edge" "$CONNECTED_RE")" ] && check_once; do
-    [ "$(date +%s)" -lt "$deadline" ] || die "edge did not connect and converge within ${BOUND}s (before the failover)"
-    pid_alive edge >/dev/null || die "edge process exited before the failover"
+  while :; do
+    pending=""
+    for e in $(edges); do
+      { [ -n "$(edge_event_after "$e" "$t_edge" "$CONNECTED_RE")" ] && check_once "$e"; } || pending+=" $e"
+    done
+    [ -z "$pending" ] && break
+    [ "$(date +%s)" -lt "$deadline" ] || die "not connected and converged within ${BOUND}s (before the failover):$pending"
+    for e in $pending; do pid_alive "$e" >/dev/null || die "$e: edge process exited before the failover"; done
     sleep 0.2
   done
   local initial_ms; initial_ms="$(ms_since "$t_edge" "$(now)")"
-  sleep 1                                    # a steady session before the break
+  sleep 1                                    # steady sessions before the break
   local victim; victim="$(vip_holders | xargs)"
   [ "$victim" = cloud1 ] || die "expected cloud1 to hold the VIP, holders: '$victim'"
-  local sess_before; sess_before="$(session_holder)"
-  log "edge connected and converged in ${initial_ms} ms (session on ${sess_before:-?}); crashing $victim (mode $MODE)"
+  declare -A SESS_BEFORE T_CONN T_CONV
+  for e in $(edges); do SESS_BEFORE[$e]="$(session_holder "$e")"; done
+  log "edges connected and converged in ${initial_ms} ms (sessions:$(for e in $(edges); do printf ' %s@%s' "$e" "${SESS_BEFORE[$e]}"; done)); crashing $victim (mode $MODE)"
 
   # ---- the break
   local vns; vns="$(ns_of "$victim")"
@@ -432,60 +450,78 @@ cmd_run() {
   feed "$FEED2"
   local t_fed; t_fed="$(now)"
 
-  # ---- measure: first new connection after the break, first convergence after the feed
-  local t_conn="" t_conv="" t_lost=""
+  # ---- measure, per edge: the first new connection after the break, and the first time
+  # after it that the edge's store equals the cluster (which has the post-crash writes)
   deadline=$(( $(date +%s) + BOUND ))
-  while [ -z "$t_conn" ] || [ -z "$t_conv" ]; do
-    [ -n "$t_conn" ] || t_conn="$(edge_event_after "$t0" "$CONNECTED_RE")"
-    if [ -z "$t_conv" ] && [ -n "$t_conn" ] && check_once; then t_conv="$(now)"; fi
-    [ -n "$t_conn" ] && [ -n "$t_conv" ] && break
+  while :; do
+    pending=""
+    for e in $(edges); do
+      [ -n "${T_CONN[$e]:-}" ] || T_CONN[$e]="$(edge_event_after "$e" "$t0" "$CONNECTED_RE")"
+      if [ -z "${T_CONV[$e]:-}" ] && [ -n "${T_CONN[$e]}" ] && check_once "$e"; then T_CONV[$e]="$(now)"; fi
+      [ -n "${T_CONV[$e]:-}" ] || pending+=" $e"
+    done
+    [ -z "$pending" ] && break
     [ "$(date +%s)" -lt "$deadline" ] || break
-    pid_alive edge >/dev/null || { log "edge process exited"; break; }
+    for e in $pending; do pid_alive "$e" >/dev/null || { log "$e: edge process exited"; break 2; }; done
     sleep 0.05
   done
-  t_lost="$(edge_event_after "$t0" "$LOST_RE")"
   # ---- settle: a crashed keepalived leaves the VIP on the old master too, and the new
-  # master's gratuitous ARPs (again 1 s later) can break a session made through it
-  # in the meantime. Watch a little longer, then require: connected and converged.
-  local stable=0 t_stable=""
-  if [ -n "$t_conn" ] && [ -n "$t_conv" ]; then
+  # master's gratuitous ARPs (again 1 s later) can break a session made through it in
+  # the meantime. Watch a little longer, then require every edge connected and converged.
+  local stable=1
+  if [ -z "$pending" ]; then
     sleep "$SETTLE"
     deadline=$(( $(date +%s) + BOUND ))
-    while [ "$(date +%s)" -lt "$deadline" ]; do
-      if edge_connected_now && check_once; then stable=1; t_stable="$(now)"; break; fi
+    while :; do
+      pending=""
+      for e in $(edges); do { edge_connected_now "$e" && check_once "$e"; } || pending+=" $e"; done
+      [ -z "$pending" ] && break
+      [ "$(date +%s)" -lt "$deadline" ] || { stable=0; break; }
       sleep 0.1
     done
-  fi
-  local reconnects; reconnects="$(edge_count_after "$t0" "$CONNECTED_RE")"
-  local last_conn; last_conn="$(edge_event_after "$t0" "$CONNECTED_RE" last)"
-  local new_master; new_master="$(awk -v t0="$t0" -v v="$victim" '$1 >= t0 && $5 == "MASTER" && $2 != v { printf "%s@%d", $2, ($1 - t0) * 1000; exit }' "$STATE/log/vrrp-events.log")"
-  # edgehub's own number: from when it noticed the loss to the new session (failover_ms=)
-  local edge_fo=null
-  if [ -n "$t_conn" ]; then
-    edge_fo="$(awk -v t="$t_conn" '$1 == t && match($0, /failover_ms=(Some\()?[0-9]+/) { s = substr($0, RSTART, RLENGTH); gsub(/[^0-9]/, "", s); print s; exit }' "$STATE/log/edge.log")"
-    [ -n "$edge_fo" ] || edge_fo=null
-  fi
-  local holders_after; holders_after="$(vip_holders | xargs)"
-  local sess_after; sess_after="$(session_holder)"
+  else stable=0; fi
 
-  local reconnect_ms=null converge_ms=null lost_ms=null last_ms=null
-  [ -n "$t_conn" ] && reconnect_ms="$(ms_since "$t0" "$t_conn")"
-  [ -n "$t_conv" ] && converge_ms="$(ms_since "$t0" "$t_conv")"
-  [ -n "$t_lost" ] && lost_ms="$(ms_since "$t0" "$t_lost")"
-  [ -n "$last_conn" ] && last_ms="$(ms_since "$t0" "$last_conn")"
+  local new_master holders_after
+  new_master="$(awk -v t0="$t0" -v v="$victim" '$1 >= t0 && $5 == "MASTER" && $2 != v { printf "%s@%d", $2, ($1 - t0) * 1000; exit }' "$STATE/log/vrrp-events.log")"
+  holders_after="$(vip_holders | xargs)"
   local what; [ "$REAL" = 1 ] && what=edgecore || what=standin
-  echo "failover_reconnect_ms=$reconnect_ms converge_ms=$converge_ms"
+  local worst_conn=0 worst_conv=0 missing="" ejson="" lines=""
+  for e in $(edges); do
+    local rc_ms=null cv_ms=null lost_ms=null last_ms=null fo=null t_lost last_conn
+    t_lost="$(edge_event_after "$e" "$t0" "$LOST_RE")"
+    last_conn="$(edge_event_after "$e" "$t0" "$CONNECTED_RE" last)"
+    [ -n "$t_lost" ] && lost_ms="$(ms_since "$t0" "$t_lost")"
+    [ -n "$last_conn" ] && last_ms="$(ms_since "$t0" "$last_conn")"
+    if [ -n "${T_CONN[$e]:-}" ]; then
+      rc_ms="$(ms_since "$t0" "${T_CONN[$e]}")"; [ "$rc_ms" -gt "$worst_conn" ] && worst_conn="$rc_ms"
+      # edgehub's own number: from noticing the loss to the new session (failover_ms=)
+      fo="$(awk -v t="${T_CONN[$e]}" '$1 == t && match($0, /failover_ms=(Some\()?[0-9]+/) { s = substr($0, RSTART, RLENGTH); gsub(/[^0-9]/, "", s); print s; exit }' "$STATE/log/$e.log")"
+      [ -n "$fo" ] || fo=null
+    else missing+=" $e:reconnect"; fi
+    if [ -n "${T_CONV[$e]:-}" ]; then
+      cv_ms="$(ms_since "$t0" "${T_CONV[$e]}")"; [ "$cv_ms" -gt "$worst_conv" ] && worst_conv="$cv_ms"
+    else missing+=" $e:converge"; fi
+    local sb="${SESS_BEFORE[$e]}" sa; sa="$(session_holder "$e")"
+    lines+="$e node=$(node_of "$e") ip=$(ip_of "$e") session_before=$sb$([ "$sb" = "$victim" ] && echo '(crashed)') session_after=$sa lost_ms=$lost_ms failover_reconnect_ms=$rc_ms converge_ms=$cv_ms reconnects=$(edge_count_after "$e" "$t0" "$CONNECTED_RE")"$'\n'
+    ejson+="$([ -n "$ejson" ] && echo ,)$(printf '{"edge":"%s","node":"%s","ip":"%s","session_before":"%s","session_on_crashed_replica":%s,"session_after":"%s","lost_ms":%s,"edge_reported_failover_ms":%s,"failover_reconnect_ms":%s,"converge_ms":%s,"reconnects":%d,"last_reconnect_ms":%s}' \
+      "$e" "$(node_of "$e")" "$(ip_of "$e")" "$sb" "$([ "$sb" = "$victim" ] && echo true || echo false)" "$sa" \
+      "$lost_ms" "$fo" "$rc_ms" "$cv_ms" "$(edge_count_after "$e" "$t0" "$CONNECTED_RE")" "$last_ms")"
+  done
+  local out_conn=$worst_conn out_conv=$worst_conv
+  [[ "$missing" == *:reconnect* ]] && out_conn=null
+  [[ "$missing" == *:converge* ]] && out_conv=null
+  printf '%s' "$lines"
+  echo "failover_reconnect_ms=$out_conn converge_ms=$out_conv"
   local json
-  json="$(printf '{"test":"vip-failover","edge":"%s","mode":"%s","clouds":%d,"vrrp_version":%s,"advert_int_s":%s,"vip":"%s","victim":"%s","session_before":"%s","session_after":"%s","new_master_at":"%s","vip_holders_after":"%s","lost_ms":%s,"edge_reported_failover_ms":%s,"failover_reconnect_ms":%s,"converge_ms":%s,"reconnects":%d,"last_reconnect_ms":%s,"stable":%s,"initial_connect_converge_ms":%s,"fed_before":%d,"fed_after":%d,"feed_ms":%s,"total_s":%s}' \
-    "$what" "$MODE" "$NCLOUD" "$VRRP_VERSION" "$ADVERT" "$VIP" "$victim" "${sess_before:-}" "${sess_after:-}" "${new_master:-}" \
-    "$holders_after" "$lost_ms" "$edge_fo" "$reconnect_ms" "$converge_ms" "$reconnects" "$last_ms" \
-    "$([ $stable = 1 ] && echo true || echo false)" "$initial_ms" "$FEED1" "$FEED2" "$(ms_since "$t0" "$t_fed")" \
-    "$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')")"
+  json="$(printf '{"test":"vip-failover","edge":"%s","mode":"%s","clouds":%d,"vrrp_version":%s,"advert_int_s":%s,"vip":"%s","crashed":"%s","new_master_at":"%s","vip_holders_after":"%s","failover_reconnect_ms":%s,"converge_ms":%s,"stable":%s,"edges":[%s],"initial_connect_converge_ms":%s,"writes_before":%d,"writes_after":%d,"feed_done_ms":%s,"total_s":%s}' \
+    "$what" "$MODE" "$NCLOUD" "$VRRP_VERSION" "$ADVERT" "$VIP" "$victim" "${new_master:-}" "$holders_after" \
+    "$out_conn" "$out_conv" "$([ $stable = 1 ] && echo true || echo false)" "$ejson" "$initial_ms" "$FEED1" "$FEED2" \
+    "$(ms_since "$t0" "$t_fed")" "$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')")"
   echo "$json"; echo "$json" > "$STATE/result.json"
 
-  [ -n "$t_conn" ] || die "edge did not reconnect within ${BOUND}s of the crash (logs: $STATE/log)"
-  [ -n "$t_conv" ] || die "edge store did not converge within ${BOUND}s of the crash (logs: $STATE/log)"
-  [ "$stable" = 1 ] || die "edge not connected+converged ${SETTLE}s after the failover (logs: $STATE/log)"
+  [[ "$missing" != *:reconnect* ]] || die "no reconnect within ${BOUND}s of the crash:$missing (logs: $STATE/log)"
+  [ -z "$missing" ] || die "store did not converge within ${BOUND}s of the crash:$missing (logs: $STATE/log)"
+  [ "$stable" = 1 ] || die "not connected+converged ${SETTLE}s after the failover:$pending (logs: $STATE/log)"
   if [ "$REAL" = 0 ]; then
     echo "SKIP: edgecore/cloudsim failover not run ($why); keepalived+haproxy topology checked with stand-ins"
     [ "${VIPTEST_STRICT:-0}" = 1 ] && exit 1
@@ -499,7 +535,7 @@ on_exit() {
   trap - EXIT INT TERM
   if [ $rc -ne 0 ] && [ -d "$STATE/log" ]; then
     local f
-    for f in "$STATE"/log/edge.log "$STATE"/log/hub-cloud*.log "$STATE"/log/vrrp-events.log "$STATE"/log/check.log; do
+    for f in "$STATE"/log/edge*.log "$STATE"/log/hub-cloud*.log "$STATE"/log/vrrp-events.log "$STATE"/log/check-*.log; do
       [ -s "$f" ] && { log "--- tail $f"; tail -n 12 "$f" >&2; }
     done
   fi
