@@ -366,6 +366,35 @@ token: top-level-stays
         assert!(remove_token_from_yaml("modules:\n  edgeHub:\n    token: |\n      x\n").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(raw in ".{0,200}") {
+            let _ = BootstrapToken::parse(&raw);
+        }
+
+        #[test]
+        fn yaml_edit_never_panics_and_is_idempotent(text in "[ a-zA-Z:#'\"\\-|\r\n.]{0,300}") {
+            if let Ok(Some(edited)) = remove_token_from_yaml(&text) {
+                proptest::prop_assert_eq!(edited.lines().count(), text.lines().count());
+                proptest::prop_assert_eq!(remove_token_from_yaml(&edited), Ok(None));
+            }
+        }
+
+        #[test]
+        fn yaml_edit_blanks_any_token_value(value in "[A-Za-z0-9._-]{1,80}", comment in proptest::option::of("[a-z ]{0,20}")) {
+            proptest::prop_assume!(value != "null");
+            let line = match &comment {
+                Some(c) => format!("    token: {value} # {c}\n"),
+                None => format!("    token: {value}\n"),
+            };
+            let text = format!("modules:\n  edgeHub:\n{line}    heartbeat: 15\n");
+            let edited = remove_token_from_yaml(&text).unwrap();
+            let edited = edited.as_deref().unwrap_or(&text);
+            proptest::prop_assert!(edited.contains("    token: \"\""), "{}", edited);
+            proptest::prop_assert!(edited.ends_with("    heartbeat: 15\n"));
+        }
+    }
+
     #[test]
     fn split_comment_respects_quotes() {
         assert_eq!(split_comment("\"a # b\" # c"), ("\"a # b\" ", "# c"));
