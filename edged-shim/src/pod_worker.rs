@@ -91,6 +91,8 @@ struct PodRecord {
     start_time: String,
     transitions: [(Option<bool>, String); 4],
     last_patch: Option<String>,
+    /// The last patch failed (logged once until one succeeds).
+    patch_failing: bool,
     /// Backoff between failed sandbox creations.
     sandbox_backoff: Backoff,
     sandbox_retry_at: Option<Instant>,
@@ -114,6 +116,7 @@ impl PodRecord {
             start_time: String::new(),
             transitions: Default::default(),
             last_patch: None,
+            patch_failing: false,
             sandbox_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             sandbox_retry_at: None,
         }

@@ -108,10 +108,24 @@ impl PodWorker {
                 debug!(pod = %key, "pod status patched");
                 if let Some(rec) = self.pods.get_mut(key) {
                     rec.last_patch = Some(patch);
+                    rec.patch_failing = false;
                 }
             }
-            Ok(Err(error)) => warn!(pod = %key, %error, "pod status patch failed; retrying"),
-            Err(_) => warn!(pod = %key, "pod status patch timed out; retrying"),
+            failure => {
+                let first = self
+                    .pods
+                    .get_mut(key)
+                    .is_some_and(|rec| !std::mem::replace(&mut rec.patch_failing, true));
+                let why = match failure {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => format!("no answer within {META_CALL_TIMEOUT:?}"),
+                };
+                if first {
+                    warn!(pod = %key, error = %why, "pod status patch failed; retrying");
+                } else {
+                    debug!(pod = %key, error = %why, "pod status patch failed again");
+                }
+            }
         }
     }
 }
