@@ -66,6 +66,14 @@ build_target() {
     export "CARGO_TARGET_${U}_RUSTFLAGS=-C link-self-contained=no ${CROSS_RUSTFLAGS:-}"
     # Plain RUSTFLAGS would override the per-target flags above.
     unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS RUSTUP_TOOLCHAIN
+    # cargo-zigbuild rewrites its zig wrapper scripts at every start; two builds sharing
+    # one wrapper dir fail with "Failed to collect `zig cc` options: Text file busy".
+    # One wrapper dir per build dir, and one build at a time per build dir (cargo would
+    # serialise them anyway).
+    mkdir -p "$CROSS_TARGET_DIR"
+    export CARGO_ZIGBUILD_CACHE_DIR="$CROSS_TARGET_DIR/zigbuild"
+    exec 9> "$CROSS_TARGET_DIR/.cross-build.lock"
+    flock -n 9 || { log "waiting for another cross build using $CROSS_TARGET_DIR"; flock 9; }
     cd "$REPO_DIR"
     cargo-zigbuild build -Zbuild-std=std,panic_abort --target "$t" --release \
       "${locked[@]}" --target-dir "$CROSS_TARGET_DIR" -p edgecore --bin edgecore \
