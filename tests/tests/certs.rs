@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use cloudsim::{
-    CertService, CertServiceOptions, IssuedVia, Pki, PkiOptions, make_token, sign_server_cert,
+    CertService, CertServiceOptions, CloudSim, Event, IssuedVia, Pki, PkiOptions, SimConfig,
+    make_token, sign_server_cert,
 };
 use edgehub::{CertError, CertRetry, CertSettings, ensure_certificates, spawn_rotation};
 use rustls_pki_types::pem::PemObject as _;
@@ -386,4 +387,99 @@ async fn short_lived_cert_is_rotated_with_the_client_cert_and_files_replaced() {
     tokio::time::timeout(Duration::from_secs(5), tracker.wait())
         .await
         .expect("rotation task ends on cancel");
+}
+
+#[tokio::test]
+async fn the_hub_redials_with_the_rotated_certificate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = Pki::generate(&PkiOptions::new(NODE)).expect("test pki");
+    let sim = CloudSim::start(SimConfig::new(
+        "r1",
+        "127.0.0.1:0".parse().expect("literal address"),
+        dir.path().join("state.db"),
+        pki.clone(),
+    ))
+    .await
+    .expect("simulator starts");
+    let mut events = sim.events();
+    let fx = Fixture::with_pki(
+        pki,
+        CertServiceOptions {
+            edge_cert_lifetime: Duration::from_secs(10),
+            ..CertServiceOptions::default()
+        },
+    )
+    .await;
+    let settings = fx.settings(&fx.good_token());
+    let first = bootstrap(&settings).await.expect("bootstrap");
+
+    let hub_config = config::EdgeHub {
+        tls_ca_file: settings.ca_file.clone(),
+        tls_cert_file: settings.cert_file.clone(),
+        tls_private_key_file: settings.key_file.clone(),
+        http_server: settings.http_server.clone(),
+        websocket: config::WebSocket {
+            server: sim.addr().to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (inbound, _inbound_rx) = tokio::sync::mpsc::channel(64);
+    let hub = edgehub::spawn(
+        edgehub::HubSettings {
+            node_name: NODE.to_owned(),
+            hub: hub_config,
+        },
+        inbound,
+        cancel.clone(),
+        &tracker,
+    )
+    .expect("hub starts with the bootstrapped pair");
+    let connected = |e: &Event| matches!(e, Event::Connected { node, .. } if node == NODE);
+    events
+        .wait_for(Duration::from_secs(20), "the first session", connected)
+        .await
+        .expect("first session");
+
+    let mut updates = spawn_rotation(
+        settings.clone(),
+        first,
+        {
+            let hub = hub.clone();
+            move |_| hub.certificates_rotated()
+        },
+        cancel.clone(),
+        &tracker,
+    );
+    tokio::time::timeout(Duration::from_secs(30), updates.rotated())
+        .await
+        .expect("a rotation within 30 s of a 10 s certificate");
+    // The hub reloads the renewed pair and starts a new session with it.
+    events
+        .wait_for(
+            Duration::from_secs(20),
+            "a session after the rotation",
+            connected,
+        )
+        .await
+        .expect("second session");
+    assert_eq!(
+        fx.svc.issued().last().map(|c| c.via),
+        Some(IssuedVia::ClientCert)
+    );
+    assert!(
+        hub.stats()
+            .reconnects(edgehub::DisconnectReason::CertRotated)
+            >= 1,
+        "the session ended because of the rotation: {:?}",
+        hub.stats()
+    );
+
+    cancel.cancel();
+    tracker.close();
+    tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .expect("hub and rotation end on cancel");
 }
