@@ -55,6 +55,10 @@ pub enum MetaError {
     /// The cloud answered with an error message.
     #[error("cloud rejected the request: {0}")]
     Rejected(String),
+    /// The object already exists in the cloud (an `insert` of something the API server has);
+    /// for the Node this counts as registered.
+    #[error("already exists in the cloud: {0}")]
+    AlreadyExists(String),
     /// No answer within the remote query timeout.
     #[error("no answer from the cloud within {0:?}")]
     Timeout(Duration),

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::host::HostProbe;
-use crate::meta::MetaClient;
+use crate::meta::{MetaClient, MetaError};
 #[cfg(test)]
 use crate::node::ConditionType;
 use crate::node::{Condition, TimedCondition, conditions, node_object, status_patch};
@@ -75,6 +75,10 @@ pub(crate) async fn run(
         };
         match result {
             Ok(Ok(())) => break,
+            Ok(Err(MetaError::AlreadyExists(_))) => {
+                info!(node = %settings.node_name, "node already registered");
+                break;
+            }
             Ok(Err(error)) => warn!(%error, "node registration failed; retrying"),
             Err(_) => warn!(timeout = ?META_CALL_TIMEOUT, "node registration timed out; retrying"),
         }
@@ -226,6 +230,32 @@ mod tests {
             }
             other => panic!("expected node patch, got {other:?}"),
         }
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_existing_node_counts_as_registered() {
+        let (meta, mut calls) = RecordingMeta::new();
+        meta.node_exists
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (_state_tx, state_rx) = watch::channel(RuntimeState::Unknown);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            settings(),
+            meta.clone(),
+            Box::new(FixedProbe),
+            state_rx,
+            cancel.clone(),
+        ));
+        assert!(matches!(
+            calls.recv().await,
+            Some(MetaCall::RegisterNode(_))
+        ));
+        assert!(matches!(
+            calls.recv().await,
+            Some(MetaCall::PatchNode { .. })
+        ));
         cancel.cancel();
         task.await.unwrap();
     }

@@ -33,6 +33,7 @@ pub(crate) enum MetaCall {
 pub(crate) struct RecordingMeta {
     calls: mpsc::Sender<MetaCall>,
     failing_registrations: AtomicU32,
+    pub(crate) node_exists: std::sync::atomic::AtomicBool,
     pub(crate) objects: Mutex<HashMap<String, Value>>,
 }
 
@@ -43,6 +44,7 @@ impl RecordingMeta {
             Arc::new(Self {
                 calls: tx,
                 failing_registrations: AtomicU32::new(0),
+                node_exists: std::sync::atomic::AtomicBool::new(false),
                 objects: Mutex::new(HashMap::new()),
             }),
             rx,
@@ -81,6 +83,11 @@ impl MetaClient for RecordingMeta {
             if left > 0 {
                 self.failing_registrations.store(left - 1, Ordering::SeqCst);
                 return Err(MetaError::NotConnected("test".to_owned()));
+            }
+            if self.node_exists.load(Ordering::SeqCst) {
+                return Err(MetaError::AlreadyExists(
+                    "nodes \"n1\" already exists".to_owned(),
+                ));
             }
             Ok(())
         })
