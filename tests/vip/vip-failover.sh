@@ -329,7 +329,7 @@ session_holder() {
     pid_alive "hub-$c" >/dev/null || continue
     t="$(awk -v n="node=$node " 'index($0, n) && match($0, / conn=[0-9]+/) { id = substr($0, RSTART + 6, RLENGTH - 6)
         if (/session started/) open[id] = $1; else if (/session ended/) delete open[id] }
-      END { m = 0; for (i in open) if (open[i] + 0 > m) m = open[i] + 0; print m }' "$STATE/log/hub-$c.log" 2>/dev/null || echo 0)"
+      END { m = 0; for (i in open) if (open[i] + 0 > m) m = open[i] + 0; printf "%.6f\n", m }' "$STATE/log/hub-$c.log" 2>/dev/null || echo 0)"
     awk -v a="$t" -v b="$bt" 'BEGIN { exit !(a > b) }' && { best="$c"; bt="$t"; }
   done
   echo "${best:-none}"
@@ -368,7 +368,7 @@ resolve_bins() { # sets EDGECORE_BIN CLOUDSIM_BIN, or returns 1 with the reason 
 
 # ------------------------------------------------------------------------ main ---
 cmd_down() {
-  exec 9> "$LOCK"; flock -w 60 9 || die "another run holds $LOCK"
+  mkdir -p "${LOCK%/*}"; exec 9> "$LOCK"; flock -w 60 9 || die "another run holds $LOCK"
   teardown
   local bad; bad="$(root_ns_ours)"; [ -z "$bad" ] || die "root namespace has: $bad"
   log "down: done"
@@ -385,7 +385,7 @@ cmd_run() {
   local miss extra=""; [ "$REAL" = 0 ] && extra=python
   miss="$(need_tools $extra)" || { echo "SKIP: cannot install tools: $miss"; exit "$SKIP_RC"; }
 
-  exec 9> "$LOCK"; flock -w 120 9 || die "another run holds $LOCK"
+  mkdir -p "${LOCK%/*}"; exec 9> "$LOCK"; flock -w 120 9 || die "another run holds $LOCK"
   teardown                                  # leftovers of a killed run
   local bad; bad="$(root_ns_ours)"; [ -z "$bad" ] && [ ! -e "/run/netns/$SW" ] ||
     die "SAFETY: root namespace already has: $bad — refusing to start"
