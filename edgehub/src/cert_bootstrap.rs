@@ -17,8 +17,8 @@ use tracing::{error, info, warn};
 
 use crate::cert_error::{CertError, Chain};
 use crate::cert_files::{
-    CERT_MODE, CertInfo, KEY_MODE, NewFile, certified_key, load_pair, node_common_name, parse_cert,
-    pem, replace_files, sec1_from_pkcs8,
+    CERT_MODE, CertInfo, KEY_MODE, NewFile, certified_key, load_ca, load_pair, node_common_name,
+    parse_cert, pem, replace_files, sec1_from_pkcs8,
 };
 use crate::cert_http::{CertServer, Credential, fetch_ca, fetch_edge_cert};
 use crate::cert_token::{BootstrapToken, read_token, remove_token_from_yaml};
@@ -127,7 +127,7 @@ impl CertSettings {
 /// Makes sure a usable edge certificate is on disk and returns facts about it.
 ///
 /// The pair on disk is kept when it loads, belongs together, is not expired and has CN
-/// `system:node:<node>`. Otherwise the bootstrap token applies for a new one. Failures are
+/// `system:node:<node>`, and the CA file loads. Otherwise the bootstrap token applies for a new one. Failures are
 /// logged and retried per `settings.retry`; the error is returned only on shutdown
 /// ([`CertError::Cancelled`]), an unusable `httpServer`, or when `max_attempts` run out.
 pub async fn ensure_certificates(
@@ -143,15 +143,19 @@ pub async fn ensure_certificates(
 /// One bootstrap attempt.
 async fn bootstrap_once(settings: &CertSettings) -> Result<CertInfo, CertError> {
     let now = SystemTime::now();
-    let why = match load_pair(
+    let current = load_pair(
         &settings.cert_file,
         &settings.key_file,
         &settings.node_name,
         now,
     )
-    .await
-    {
-        Ok(pair) => return Ok(pair.info),
+    .await;
+    // The hub cannot verify CloudHub without the CA either.
+    let why = match current {
+        Ok(pair) => match load_ca(&settings.ca_file).await {
+            Ok(_) => return Ok(pair.info),
+            Err(why) => why,
+        },
         Err(why) => why,
     };
     info!(

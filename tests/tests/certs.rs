@@ -189,6 +189,17 @@ async fn a_pair_for_another_node_is_replaced() {
 }
 
 #[tokio::test]
+async fn a_missing_ca_file_is_fetched_again() {
+    let fx = Fixture::new(CertServiceOptions::default()).await;
+    let settings = fx.settings(&fx.good_token());
+    bootstrap(&settings).await.expect("first bootstrap");
+    std::fs::remove_file(&settings.ca_file).expect("remove the CA file");
+    bootstrap(&settings).await.expect("second bootstrap");
+    assert_eq!(leaf(&settings.ca_file), fx.svc.ca_der());
+    assert_eq!(fx.svc.issued().len(), 2);
+}
+
+#[tokio::test]
 async fn wrong_ca_hash_is_refused_and_nothing_written() {
     let fx = Fixture::new(CertServiceOptions::default()).await;
     let foreign = Pki::generate(&PkiOptions::new(NODE)).unwrap();
