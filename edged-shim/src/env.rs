@@ -435,6 +435,18 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn expansion_never_panics_and_keeps_plain_text(s in "\\PC*", v in "[a-z]{0,8}") {
+            let vars = vec![("A".to_owned(), v.clone())];
+            let out = expand_refs(&s, &vars);
+            if !s.contains('$') {
+                proptest::prop_assert_eq!(&out, &s);
+                proptest::prop_assert_eq!(expand_refs(&format!("{s}$(A)"), &vars), format!("{s}{v}"));
+            }
+        }
+    }
+
     #[test]
     fn bad_base64_in_a_secret_is_an_error() {
         let err = decode(Source::Secret, "ns", "s", &json!({"data": {"k": "!!"}})).unwrap_err();

@@ -246,6 +246,44 @@ mod tests {
         assert_eq!(c("app@sha256:abcd").pull_policy(), PullPolicy::IfNotPresent);
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            "[a-zA-Z]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            let keys = prop_oneof![
+                Just("metadata".to_owned()),
+                Just("spec".to_owned()),
+                Just("containers".to_owned()),
+                Just("name".to_owned()),
+                Just("env".to_owned()),
+                Just("volumes".to_owned()),
+                "[a-z]{1,5}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(keys, inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_json_parses_or_errors_without_panicking(v in json_value()) {
+            if let Ok(pod) = Pod::from_json(&v) {
+                let _ = pod.key();
+                for c in &pod.spec.containers {
+                    let _ = c.pull_policy();
+                }
+            }
+        }
+    }
+
     #[test]
     fn wrong_types_are_an_error_not_a_panic() {
         let bad = serde_json::json!({"metadata": {"name": 5}});
