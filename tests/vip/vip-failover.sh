@@ -519,6 +519,7 @@ cmd_run() {
     "$(ms_since "$t0" "$t_fed")" "$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')")"
   echo "$json"; echo "$json" > "$STATE/result.json"
 
+  [ -n "$new_master" ] || die "no other keepalived became MASTER after the crash (logs: $STATE/log)"
   [[ "$missing" != *:reconnect* ]] || die "no reconnect within ${BOUND}s of the crash:$missing (logs: $STATE/log)"
   [ -z "$missing" ] || die "store did not converge within ${BOUND}s of the crash:$missing (logs: $STATE/log)"
   [ "$stable" = 1 ] || die "not connected+converged ${SETTLE}s after the failover:$pending (logs: $STATE/log)"
