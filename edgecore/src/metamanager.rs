@@ -337,9 +337,12 @@ impl<L: CloudLink> MetaManager<L> {
             }
         };
         for (msg, range, then) in todo {
+            let expected = range.len();
             let outcome = results.get(range).unwrap_or_default();
-            if let Some(Err(e)) = outcome.iter().find(|r| r.is_err()) {
-                tracing::error!(msg_id = %msg.header.msg_id, resource = %msg.route.resource, error = %e, "store write failed; not acking");
+            let failed = outcome.iter().find_map(|r| r.as_ref().err());
+            if failed.is_some() || outcome.len() != expected {
+                let error = failed.map(ToString::to_string).unwrap_or_default();
+                tracing::error!(msg_id = %msg.header.msg_id, resource = %msg.route.resource, error, "store write failed; not acking");
                 self.send(Message::error_to(&msg, "edge store write failed"))
                     .await?;
                 continue;
