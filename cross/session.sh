@@ -7,9 +7,10 @@
 #   1. cloudsim pki: CA, server and edge certificates (SAN 127.0.0.1)
 #   2. two cloudsim replicas (cloud1, cloud2) sharing one state file
 #   3. edgecore (under qemu) with websocket.server = cloud1, failover.servers = [cloud2]
-#   4. feed N objects, wait until `cloudsim check` agrees with edgecore's database
-#   5. kill cloud1 (the VIP moves to cloud2): feed N more, check again
-#   6. restart cloud1, kill cloud2 (edgecore must reconnect): feed N more, check again
+#   4. feed N configmaps, wait until `cloudsim check` agrees with edgecore's database
+#   5. kill cloud1 (the VIP moves to cloud2): feed N secrets, check again
+#   6. restart cloud1, kill cloud2 (edgecore must reconnect): update the N configmaps,
+#      check again
 # Processes it started are killed by pid and the temp dir removed on any exit.
 #
 # Exit: 0 passed, 3 skipped (cloudsim cannot run a session yet: the reason is printed),
@@ -118,9 +119,9 @@ modules:
 YAML
 }
 
-feed_and_check() { # feed_and_check STEP
-  "$CLOUDSIM" feed --state "$TMP/cloud.db" --count "$OBJECTS" >> "$TMP/feed.log" 2>&1 \
-    || fail "$1: cloudsim feed --count $OBJECTS failed"
+feed_and_check() { # feed_and_check STEP KIND
+  "$CLOUDSIM" feed --state "$TMP/cloud.db" --count "$OBJECTS" --kind "$2" >> "$TMP/feed.log" 2>&1 \
+    || fail "$1: cloudsim feed --count $OBJECTS --kind $2 failed"
   local t0; t0="$(now)"
   eventually "$WAIT" "$1: edgecore's database to match the cloud state" \
     "$CLOUDSIM" check --state "$TMP/cloud.db" --edge-db "$TMP/edge.db" --node "$NODE" \
@@ -148,17 +149,17 @@ session() { # session TARGET
   EDGE_PID=$!
   PIDS+=("$EDGE_PID")
 
-  feed_and_check "1/3 initial sync via cloud1"
+  feed_and_check "1/3 initial sync via cloud1" configmap
   stop "$c1"
-  feed_and_check "2/3 cloud1 killed, failover to cloud2"
+  feed_and_check "2/3 cloud1 killed, failover to cloud2" secret
   start_replica cloud1 "$p1"
   stop "$c2"
-  feed_and_check "3/3 cloud2 killed, reconnect to cloud1"
+  feed_and_check "3/3 cloud2 killed, reconnect to cloud1" configmap
 
   kill -TERM "$EDGE_PID"
   local rc=0; wait "$EDGE_PID" || rc=$?
   [ "$rc" = 0 ] || fail "edgecore exited with $rc after SIGTERM (expected 0)"
-  log "session $t passed in $(elapsed "$t0")s ($((3 * OBJECTS)) objects, a failover and a reconnect)"
+  log "session $t passed in $(elapsed "$t0")s ($((2 * OBJECTS)) objects and $OBJECTS updates, a failover and a reconnect)"
   cleanup
 }
 
