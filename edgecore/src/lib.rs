@@ -9,14 +9,21 @@
 mod app;
 mod cli;
 mod error;
+mod health;
 mod link;
 mod metamanager;
+mod metrics;
 mod sorted_json;
 mod store;
 
 pub use app::{run, shutdown_signal};
 pub use cli::{Cli, DEFAULT_CONFIG_PATH, main};
 pub use error::{Cause, MetaError, StoreError};
+pub use health::{HealthError, HealthServer, ReadyState, follow_link};
 pub use link::CloudLink;
 pub use metamanager::{MetaHandle, MetaSettings, spawn_metamanager};
+pub use metrics::{
+    CertMetrics, HubMetrics, MetaMetrics, MeteredLink, Metrics, SessionState, StoreMetrics,
+    sample_store_size,
+};
 pub use store::{PutOutcome, Store};

@@ -132,7 +132,7 @@ impl Metrics {
         self.cert.clone()
     }
 
-    /// Every family in the OpenMetrics text format (served with [`CONTENT_TYPE`]).
+    /// Every family in the OpenMetrics text format (`application/openmetrics-text`).
     pub fn encode(&self) -> Result<String, fmt::Error> {
         let mut out = String::with_capacity(4096);
         encode(&mut out, &self.registry)?;
