@@ -382,6 +382,7 @@ cmd_run() {
   if [ "${VIPTEST_STANDIN:-0}" = 1 ]; then REAL=0; why="VIPTEST_STANDIN=1"
   elif ! resolve_bins; then REAL=0; why="$WHY"; fi
   if [ "$REAL" = 0 ]; then log "real binaries unavailable ($why): running the topology with stand-ins"; fi
+  local build_s; build_s="$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"; t_start="$(now)"
   local miss extra=""; [ "$REAL" = 0 ] && extra=python
   miss="$(need_tools $extra)" || { echo "SKIP: cannot install tools: $miss"; exit "$SKIP_RC"; }
 
@@ -502,7 +503,7 @@ cmd_run() {
       cv_ms="$(ms_since "$t0" "${T_CONV[$e]}")"; [ "$cv_ms" -gt "$worst_conv" ] && worst_conv="$cv_ms"
     else missing+=" $e:converge"; fi
     local sb="${SESS_BEFORE[$e]}" sa; sa="$(session_holder "$e")"
-    lines+="$e node=$(node_of "$e") ip=$(ip_of "$e") session_before=$sb$([ "$sb" = "$victim" ] && echo '(crashed)') session_after=$sa lost_ms=$lost_ms failover_reconnect_ms=$rc_ms converge_ms=$cv_ms reconnects=$(edge_count_after "$e" "$t0" "$CONNECTED_RE")"$'\n'
+    lines+="$e node=$(node_of "$e") ip=$(ip_of "$e") session_before=$sb$([ "$sb" = "$victim" ] && echo '(crashed)') session_after=$sa lost_ms=$lost_ms failover_reconnect_ms=$rc_ms converge_ms=$cv_ms reconnects=$(edge_count_after "$e" "$t0" "$CONNECTED_RE") last_reconnect_ms=$last_ms"$'\n'
     ejson+="$([ -n "$ejson" ] && echo ,)$(printf '{"edge":"%s","node":"%s","ip":"%s","session_before":"%s","session_on_crashed_replica":%s,"session_after":"%s","lost_ms":%s,"edge_reported_failover_ms":%s,"failover_reconnect_ms":%s,"converge_ms":%s,"reconnects":%d,"last_reconnect_ms":%s}' \
       "$e" "$(node_of "$e")" "$(ip_of "$e")" "$sb" "$([ "$sb" = "$victim" ] && echo true || echo false)" "$sa" \
       "$lost_ms" "$fo" "$rc_ms" "$cv_ms" "$(edge_count_after "$e" "$t0" "$CONNECTED_RE")" "$last_ms")"
@@ -513,10 +514,10 @@ cmd_run() {
   printf '%s' "$lines"
   echo "failover_reconnect_ms=$out_conn converge_ms=$out_conv"
   local json
-  json="$(printf '{"test":"vip-failover","edge":"%s","mode":"%s","clouds":%d,"vrrp_version":%s,"advert_int_s":%s,"vip":"%s","crashed":"%s","new_master_at":"%s","vip_holders_after":"%s","failover_reconnect_ms":%s,"converge_ms":%s,"stable":%s,"edges":[%s],"initial_connect_converge_ms":%s,"writes_before":%d,"writes_after":%d,"feed_done_ms":%s,"total_s":%s}' \
+  json="$(printf '{"test":"vip-failover","edge":"%s","mode":"%s","clouds":%d,"vrrp_version":%s,"advert_int_s":%s,"vip":"%s","crashed":"%s","new_master_at":"%s","vip_holders_after":"%s","failover_reconnect_ms":%s,"converge_ms":%s,"stable":%s,"edges":[%s],"initial_connect_converge_ms":%s,"writes_before":%d,"writes_after":%d,"feed_done_ms":%s,"build_s":%s,"test_s":%s}' \
     "$what" "$MODE" "$NCLOUD" "$VRRP_VERSION" "$ADVERT" "$VIP" "$victim" "${new_master:-}" "$holders_after" \
     "$out_conn" "$out_conv" "$([ $stable = 1 ] && echo true || echo false)" "$ejson" "$initial_ms" "$FEED1" "$FEED2" \
-    "$(ms_since "$t0" "$t_fed")" "$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')")"
+    "$(ms_since "$t0" "$t_fed")" "$build_s" "$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')")"
   echo "$json"; echo "$json" > "$STATE/result.json"
 
   [ -n "$new_master" ] || die "no other keepalived became MASTER after the crash (logs: $STATE/log)"
