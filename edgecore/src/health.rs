@@ -454,6 +454,8 @@ mod tests {
         let s = start(ReadyState::Starting).await;
         assert_eq!(get(s.addr, "/healthz").await, (200, "ok\n".into()));
         assert_eq!(get(s.addr, "/healthz?verbose=1").await.0, 200);
+        let head = b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        assert_eq!(exchange(s.addr, head).await, (200, String::new()));
         for path in ["/", "/metricsx", "/readyz/", "/debug/pprof", "/%00"] {
             assert_eq!(get(s.addr, path).await.0, 404, "{path}");
         }
