@@ -2,19 +2,19 @@
 # tests/vip/vip-failover.sh — CloudCore failover behind a VIP, end to end, with the real
 # daemons: keepalived (VRRP) holding a virtual IP, haproxy (`balance source`, as in
 # KubeEdge's HA guide) on every cloud host, one `cloudsim serve` CloudHub replica per cloud
-# host (they share the cluster state through one SQLite file), and `edgecore` on an edge
-# host dialing VIP:10010. It crashes the VIP master's keepalived and its replica, feeds
-# more objects, and measures how long until edgecore is connected again and its store
-# equals the cluster again.
+# host (they share the cluster state through one SQLite file), and `edgecore` on two edge
+# hosts dialing VIP:10010. It crashes the VIP master's keepalived and its replica, feeds
+# more objects, and measures how long until each edgecore is connected again and its
+# store equals the cluster again.
 #
 #   tests/vip/vip-failover.sh          run the test (what tests/run.sh / .ci/run call)
 #   tests/vip/vip-failover.sh down     remove whatever a killed run left behind
 #
-# Prints `failover_reconnect_ms=N converge_ms=N`, then one JSON line (also in
-# $STATE/result.json). Exit 0 = passed (or SKIP, see below), non-zero = failed.
+# Prints one line per edge, `failover_reconnect_ms=N converge_ms=N` (the worst edge), then
+# one JSON line (also in $STATE/result.json). Exit 0 = passed (or SKIP, see below), non-zero = failed.
 #
 # Topology (all of it exists ONLY inside network namespaces this script creates):
-#   ${P}sw       bridge br0, one veth end per host (c1 c2 c3 e1); stp off, no mcast snooping
+#   ${P}sw       bridge br0, one veth end per host (c1 c2 c3 e1 e2); stp off, no mcast snooping
 #   ${P}cloudN   eth0 NET.1N/24: cloudsim :10000, haproxy :10010 -> cloud1..N:10000,
 #                keepalived VRID 53 (cloud1 priority 150 MASTER, cloud2 100, cloud3 75),
 #                vrrp_script = "haproxy :10010 accepts"
@@ -28,6 +28,11 @@
 # The veth pairs are created inside ${P}sw with the peer moved straight into the host's
 # namespace, so nothing ever exists in the root namespace; the root namespace is
 # snapshotted before and compared after.
+#
+# Times are from the crash, taken from $EPOCHREALTIME stamps put on every log line as it
+# is read: reconnect = edgehub's first "connected" line; converge = the first
+# `cloudsim check` pass after that connection. Then a settle period (3 s) after which
+# every edge must again be connected and converged.
 #
 # Failure injected (VIPTEST_MODE):
 #   kill (default)  SIGSTOP+SIGKILL the master's keepalived (parent and VRRP child, so it
