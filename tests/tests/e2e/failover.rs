@@ -55,11 +55,10 @@ async fn report(p: &Pair) -> Result<()> {
         "deliveries: {} (duplicates {}, acks {}); cloud1 sessions {}, cloud2 sessions {}",
         s.delivered, s.duplicates, s.acks, a.connections, b.connections
     );
-    assert_eq!(
-        s.unacked, 0,
-        "every delivered version was acked at least once: {s:?}"
-    );
-    assert!(s.acks >= s.delivered, "duplicates are acked too: {s:?}");
+    // Versions sent into a dying link stay unacked when a newer version or a delete replaced
+    // them; `converged` already proved that every *current* version was delivered and acked.
+    assert!(s.acks + s.unacked >= s.delivered, "{s:?}");
+    assert_eq!(p.lab.cluster.unacked_current(NODE)?, Vec::<String>::new());
     Ok(())
 }
 
@@ -127,12 +126,21 @@ async fn failover_cloud_down_then_back() -> Result<()> {
     report(&p).await
 }
 
+/// Waits for the edge's session on `name` and for one ack on it, so that every session
+/// carries traffic before the next move.
 async fn await_session(events: &mut EventStream, name: &str) -> Result<()> {
     events
         .wait_for(
             Duration::from_secs(60),
             &format!("the edge's session on {name}"),
             |e| matches!(e, Event::Connected { .. }),
+        )
+        .await?;
+    events
+        .wait_for(
+            Duration::from_secs(60),
+            &format!("an ack on the session on {name}"),
+            |e| matches!(e, Event::Acked { .. }),
         )
         .await
         .map(|_| ())
