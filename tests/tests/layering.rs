@@ -25,11 +25,21 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
 fn workspace_dependencies_follow_the_layering_table() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let packages = meta["packages"].as_array().unwrap();
     let members: BTreeSet<String> = packages
@@ -51,6 +61,9 @@ fn workspace_dependencies_follow_the_layering_table() {
             }
         }
     }
-    assert!(violations.is_empty(), "edges not in the table: {violations:?}");
+    assert!(
+        violations.is_empty(),
+        "edges not in the table: {violations:?}"
+    );
     assert_eq!(members.len(), table.len(), "every package is checked");
 }
