@@ -38,6 +38,8 @@ pub struct EdgeOptions {
     pub connect_timeout_ms: u64,
     /// `modules.edgeHub.failover.backoffMaxMs`.
     pub backoff_max_ms: u64,
+    /// `modules.edgeHub.messageQPS` (KubeEdge default 30, acks included; ≤ 0 = unlimited).
+    pub message_qps: i32,
 }
 
 impl EdgeOptions {
@@ -53,6 +55,7 @@ impl EdgeOptions {
             ping_timeout_ms: 2_000,
             connect_timeout_ms: 2_000,
             backoff_max_ms: 1_000,
+            message_qps: 30,
         }
     }
 
@@ -78,6 +81,7 @@ modules:
   edgeHub:
     enable: true
     heartbeat: {heartbeat}
+    messageQPS: {qps}
     tlsCaFile: {ca}
     tlsCertFile: {cert}
     tlsPrivateKeyFile: {key}
@@ -98,6 +102,7 @@ modules:
 ",
             db = q(&self.db_path()),
             heartbeat = self.heartbeat,
+            qps = self.message_qps,
             ca = q(&self.pki.ca_crt),
             cert = q(&self.pki.edge_crt),
             key = q(&self.pki.edge_key),

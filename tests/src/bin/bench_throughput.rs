@@ -1,8 +1,9 @@
 //! Benchmark: acked messages per second for N configmaps (default 1,000) pushed by one simulator
 //! replica to a real edgecore, which commits each object durably before it acks.
 //!
-//! `EDGECORE_BIN=target/release/edgecore cargo run --release -p edgecore-tests --bin bench_throughput -- [COUNT]`
-//! (without `EDGECORE_BIN` it builds the debug binary with cargo).
+//! `EDGECORE_BIN=target/release/edgecore cargo run --release -p edgecore-tests --bin bench_throughput -- [COUNT] [QPS]`
+//! (without `EDGECORE_BIN` it builds the debug binary with cargo). QPS is the edge's
+//! `messageQPS`, which in KubeEdge also paces acks: default 30, 0 = unlimited.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
@@ -28,6 +29,10 @@ async fn main() -> Result<()> {
         Some(a) => a.parse().context("COUNT must be a number")?,
         None => 1000,
     };
+    let qps: i32 = match std::env::args().nth(2) {
+        Some(a) => a.parse().context("QPS must be a number")?,
+        None => 30,
+    };
     let dir = tempfile::tempdir()?;
     let pki = Pki::generate(&PkiOptions::new(NODE))?;
     let paths = pki.write(&dir.path().join("pki"))?;
@@ -35,13 +40,14 @@ async fn main() -> Result<()> {
     let cfg = SimConfig::new("cloud1", "127.0.0.1:0".parse()?, state.clone(), pki);
     let sim = CloudSim::start(cfg).await?;
     let mut events = sim.events();
-    let mut edge = EdgeCore::spawn(EdgeOptions::new(
+    let mut opts = EdgeOptions::new(
         NODE,
         &sim.addr().to_string(),
         paths,
         &dir.path().join("edge"),
-    ))
-    .await?;
+    );
+    opts.message_qps = qps;
+    let mut edge = EdgeCore::spawn(opts).await?;
     events
         .wait_for(Duration::from_secs(60), "the edge's session", |e| {
             matches!(e, Event::Connected { .. })
@@ -72,7 +78,7 @@ async fn main() -> Result<()> {
     edge.check_running()?;
     let c = sim.counters();
     println!(
-        "acked {acked} configmaps in {:.3} s: {:.0} acked messages/s (sent {}, resent {})",
+        "messageQPS {qps}: acked {acked} configmaps in {:.3} s: {:.0} acked messages/s (sent {}, resent {})",
         elapsed.as_secs_f64(),
         acked as f64 / elapsed.as_secs_f64(),
         c.sent,
