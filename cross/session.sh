@@ -15,7 +15,8 @@
 #
 # Exit: 0 passed, 3 skipped (cloudsim cannot run a session yet: the reason is printed),
 #       anything else failed. Env: CROSS_CI_OBJECTS=N (default 20),
-#       CROSS_SESSION_TIMEOUT=S per wait (default 120; qemu is slow), CROSS_KEEP_TMP=1.
+#       CROSS_SESSION_TIMEOUT=S per wait (default 120; qemu is slow), CROSS_KEEP_TMP=1,
+#       CROSS_CLOUDSIM=PATH to use a cloudsim binary instead of building one.
 set -euo pipefail
 # shellcheck source=cross/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -74,9 +75,14 @@ stop() { # stop PID: SIGTERM one process we started, reap it, forget it
 
 CLOUDSIM=""
 find_cloudsim() {
-  local line
-  line="$("$CROSS_DIR/build.sh" cloudsim)" || fail "host build of cloudsim failed"
-  CLOUDSIM="$(awk '{print $2}' <<< "$line")"
+  if [ -n "${CROSS_CLOUDSIM:-}" ]; then
+    CLOUDSIM="$CROSS_CLOUDSIM"
+    [ -x "$CLOUDSIM" ] || fail "CROSS_CLOUDSIM=$CLOUDSIM is not an executable"
+  else
+    local line
+    line="$("$CROSS_DIR/build.sh" cloudsim)" || fail "host build of cloudsim failed"
+    CLOUDSIM="$(awk '{print $2}' <<< "$line")"
+  fi
   local help sub
   help="$("$CLOUDSIM" --help 2>&1 || true)"
   for sub in pki serve feed check; do
