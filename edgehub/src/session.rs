@@ -211,7 +211,11 @@ where
                     if let Err(e) = send(sink, text(&msg), write).await {
                         return e;
                     }
-                    if let Some(wait) = bucket.take(Instant::now()) {
+                    // Answers to the cloud (acks, error replies) are paced by the cloud itself,
+                    // which keeps one ack-required message in flight per node: charging them to
+                    // the bucket would cap the whole downstream at messageQPS, as in KubeEdge.
+                    let answer = !msg.header.parent_msg_id.is_empty();
+                    if let Some(wait) = (!answer).then(|| bucket.take(Instant::now())).flatten() {
                         if wait > Duration::from_secs(1) {
                             debug!(wait_ms = wait.as_millis(), "outbound messages throttled by messageQPS");
                         }

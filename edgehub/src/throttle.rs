@@ -1,5 +1,6 @@
 //! `messageQPS` / `messageBurst`: the token bucket KubeEdge puts in front of edge → cloud
-//! messages. It delays, never drops; keepalives and control answers bypass it.
+//! messages. It delays, never drops; keepalives and answers to cloud messages (acks, control
+//! answers, error replies) bypass it.
 
 use std::time::Duration;
 

@@ -328,3 +328,39 @@ async fn outbound_messages_are_paced_by_message_qps_and_burst_but_keepalives_are
     assert_eq!(sent_at, [0, 0, 500, 1000]);
     assert_eq!(keepalive_at, Some(Duration::ZERO));
 }
+
+#[tokio::test(start_paused = true)]
+async fn acks_are_not_paced_by_message_qps() {
+    let settings = SessionSettings {
+        message_qps: 2,
+        message_burst: 2,
+        ..SETTINGS
+    };
+    let mut peer = start_with(settings, 16);
+    for _ in 0..6 {
+        let cloud = Message::new(
+            Route::new(
+                "edgecontroller",
+                "resource",
+                op::UPDATE,
+                "default/configmap/a",
+            ),
+            Value::Null,
+        );
+        peer.outbound.send(Message::ack_of(&cloud)).await.unwrap();
+    }
+    let mut sent_at = Vec::new();
+    while sent_at.len() < 6 {
+        match peer.frame("acks").await {
+            WsMessage::Ping(_) => peer.send(WsMessage::Pong(Default::default())).await,
+            WsMessage::Text(t) => {
+                let m = Message::from_wire(t.as_bytes()).unwrap();
+                if m.route.operation == op::RESPONSE {
+                    sent_at.push(peer.started.elapsed().as_millis());
+                }
+            }
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert_eq!(sent_at, [0; 6], "acks waited for the token bucket");
+}
