@@ -106,4 +106,4 @@ main() {
     if [ "$a" = cloudsim ]; then build_cloudsim; else build_target "$a"; fi
   done
 }
-main "$@"
+main "$@"; exit

@@ -175,4 +175,4 @@ main() {
   find_cloudsim
   for t in "$@"; do session "$t"; done
 }
-main "$@"
+main "$@"; exit
