@@ -9,15 +9,21 @@ use edgehub::{DisconnectReason, HubSettings, LinkState, Message};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
+use crate::health::{HealthServer, ReadyState, follow_link};
 use crate::link::CloudLink;
+use crate::meta_client::EdgedMeta;
 use crate::metamanager::{MetaSettings, spawn_metamanager};
+use crate::metrics::{MeteredLink, Metrics, sample_store_size};
 use crate::store::Store;
 
 /// Capacity of the channel from the hub to metamanager (KubeEdge's viaduct FIFO holds 100).
 const INBOUND_CAPACITY: usize = 128;
 /// How long tasks get to finish after cancellation before edgecore exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often the size of the database files is sampled for `edgecore_store_size_bytes`.
+const STORE_SIZE_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs edgecore with a validated configuration until `shutdown` resolves, then cancels every
 /// task, waits for them under a grace timeout and closes the store. Should metamanager stop on
@@ -27,15 +33,53 @@ pub async fn run(
     config: config::EdgeCoreConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (ready_tx, ready_rx) = watch::channel(ReadyState::Starting);
+    // Bound before anything else runs, so a taken port fails start-up at once.
+    let health = if config.modules.health.enable {
+        let address = config.modules.health.socket_addr().with_context(|| {
+            format!(
+                "modules.health.address {:?} is not ip:port",
+                config.modules.health.address
+            )
+        })?;
+        Some(
+            HealthServer::bind(address)
+                .await
+                .context("starting the health endpoint (modules.health)")?,
+        )
+    } else {
+        None
+    };
     let store = Store::open(&config.database.data_source)
         .with_context(|| format!("opening {}", config.database.data_source.display()))?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if let Some(health) = health {
+        health.spawn(metrics.clone(), ready_rx, cancel.child_token(), &tracker);
+    }
+    tracker.spawn(
+        sample_store_size(
+            config.database.data_source.clone(),
+            metrics.store(),
+            STORE_SIZE_EVERY,
+            cancel.child_token(),
+        )
+        .instrument(tracing::info_span!("store_size")),
+    );
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
-    let settings = MetaSettings::from_config(&config.modules.meta_manager);
+    let mut settings = MetaSettings::from_config(&config.modules.meta_manager);
+    let pods_rx = if config.modules.edged.enable {
+        let (pods_tx, pods_rx) = mpsc::channel(edged_shim::POD_EVENT_CAPACITY);
+        settings = settings.with_pod_feed(pods_tx);
+        Some(pods_rx)
+    } else {
+        None
+    };
     let node_name = config.modules.edged.hostname_override.clone();
 
     let mut offline_inbound = None;
+    let mut offline_ready = None;
     let meta = if config.modules.edge_hub.enable {
         let hub = edgehub::spawn(
             HubSettings {
@@ -47,10 +91,22 @@ pub async fn run(
             &tracker,
         )
         .context("starting the cloud link (modules.edgeHub)")?;
+        let stats = hub.clone();
+        tracker.spawn(
+            follow_link(
+                hub.link(),
+                move || stats.stats(),
+                metrics.hub(),
+                ready_tx,
+                cancel.child_token(),
+            )
+            .instrument(tracing::info_span!("readiness")),
+        );
         spawn_metamanager(
             settings,
             store.clone(),
-            hub,
+            MeteredLink::new(hub, &metrics),
+            &metrics,
             inbound_rx,
             cancel.child_token(),
             &tracker,
@@ -60,15 +116,21 @@ pub async fn run(
         // Nothing sends on it, but it stays open: metamanager treats a closed inbound as the
         // end of the hub.
         offline_inbound = Some(inbound_tx);
+        ready_tx.send_replace(ReadyState::Offline);
+        offline_ready = Some(ready_tx);
         spawn_metamanager(
             settings,
             store.clone(),
             OfflineLink::new(),
+            &metrics,
             inbound_rx,
             cancel.child_token(),
             &tracker,
         )
     };
+    if let Some(pods_rx) = pods_rx {
+        start_edged(&config, &meta, &store, pods_rx, &cancel, &tracker)?;
+    }
     tracing::info!(node = %node_name, "edgecore started");
 
     let failed = tokio::select! {
@@ -76,6 +138,9 @@ pub async fn run(
         () = meta.closed() => true,
     };
     tracing::info!("shutting down");
+    if let Some(ready) = &offline_ready {
+        ready.send_replace(ReadyState::Stopping);
+    }
     // Cancelling stops the hub from taking cloud messages; metamanager finishes the batch it is
     // committing and hands its acks to the hub before it returns.
     cancel.cancel();
@@ -100,6 +165,39 @@ pub async fn run(
             "metamanager stopped unexpectedly: its store or cloud link failed (see the log above)"
         );
     }
+    Ok(())
+}
+
+/// Starts edged-shim on metamanager's pod feed. A container runtime that is not there yet does
+/// not stop edgecore: edged-shim reports it as down and retries.
+fn start_edged(
+    config: &config::EdgeCoreConfig,
+    meta: &crate::metamanager::MetaHandle,
+    store: &Store,
+    pods: mpsc::Receiver<edged_shim::PodEvent>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    let settings = edged_shim::EdgedSettings::from_config(&config.modules.edged);
+    let endpoint = &config
+        .modules
+        .edged
+        .tailored_kubelet_config
+        .container_runtime_endpoint;
+    let runtime = edged_shim::CriRuntime::new(endpoint, settings.runtime_request_timeout)
+        .with_context(|| {
+            format!(
+                "modules.edged.tailoredKubeletConfig.containerRuntimeEndpoint {endpoint:?} is not usable"
+            )
+        })?;
+    edged_shim::spawn(
+        settings,
+        EdgedMeta::new(meta.clone(), store.clone()),
+        pods,
+        Box::new(runtime),
+        cancel.child_token(),
+        tracker,
+    );
     Ok(())
 }
 
@@ -171,6 +269,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config::minimal_config("edge-test");
         config.database.data_source = dir.path().join("sub/edgecore.db");
+        config.modules.health.address = "127.0.0.1:0".to_owned();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(run(config, async {
             let _ = stopped.await;
@@ -187,7 +286,24 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let mut config = config::minimal_config("edge-test");
         config.database.data_source = file.join("edgecore.db");
+        config.modules.health.address = "127.0.0.1:0".to_owned();
         let err = run(config, std::future::ready(())).await.unwrap_err();
         assert!(format!("{err:#}").contains("opening"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn a_taken_health_port_fails_start_up_naming_the_key() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config::minimal_config("edge-test");
+        config.database.data_source = dir.path().join("edgecore.db");
+        config.modules.health.address = taken.local_addr().unwrap().to_string();
+        let err = run(config, std::future::pending()).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("modules.health"), "{text}");
+        assert!(
+            !dir.path().join("edgecore.db").exists(),
+            "nothing starts before the port is bound"
+        );
     }
 }

@@ -103,8 +103,16 @@ pub enum MetaError {
     Remote {
         /// The queried resource.
         resource: String,
+        /// What kind of failure the cloud reported.
+        status: RemoteStatus,
         /// The cloud's error text.
         reason: String,
+    },
+    /// A request that needs the cloud was made while no session is up (spec §5.6).
+    #[error("cannot send {resource:?}: not connected to the cloud")]
+    NotConnected {
+        /// The resource of the request.
+        resource: String,
     },
     /// Too many remote queries are waiting for an answer.
     #[error("too many remote queries in flight ({limit}); retry later")]
@@ -112,6 +120,17 @@ pub enum MetaError {
         /// The limit.
         limit: usize,
     },
+}
+
+/// The kind of an error answer from the cloud (the Kubernetes status reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteStatus {
+    /// The object does not exist.
+    NotFound,
+    /// The object exists already (e.g. the Node on a second registration).
+    AlreadyExists,
+    /// Any other failure.
+    Other,
 }
 
 impl StoreError {

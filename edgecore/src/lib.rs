@@ -11,6 +11,7 @@ mod cli;
 mod error;
 mod health;
 mod link;
+mod meta_client;
 mod metamanager;
 mod metrics;
 mod sorted_json;
@@ -18,7 +19,7 @@ mod store;
 
 pub use app::{run, shutdown_signal};
 pub use cli::{Cli, DEFAULT_CONFIG_PATH, main};
-pub use error::{Cause, MetaError, StoreError};
+pub use error::{Cause, MetaError, RemoteStatus, StoreError};
 pub use health::{HealthError, HealthServer, ReadyState, follow_link};
 pub use link::CloudLink;
 pub use metamanager::{MetaHandle, MetaSettings, spawn_metamanager};

@@ -10,10 +10,12 @@
 //!   while connected (§5.5).
 
 mod plan;
+mod pods;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use edged_shim::PodEvent;
 use edgehub::{LinkState, Message, Resource, Route, now_millis, op};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,8 +25,10 @@ use tracing::Instrument;
 
 use crate::error::{MetaError, StoreError};
 use crate::link::CloudLink;
+use crate::metrics::{HubMetrics, MetaMetrics, Metrics};
 use crate::store::{MetaKey, Op, OutboxEntry, Outcome, PutOutcome, Store};
 use plan::{After, Plan, plan};
+use pods::{PodQueue, pod_event};
 
 /// Capacity of the queue of requests from local callers (edged-shim).
 const COMMAND_CAPACITY: usize = 128;
@@ -51,6 +55,8 @@ const REMOTE_KINDS: [&str; 9] = [
 pub struct MetaSettings {
     /// How long a remote query waits for the cloud (`remoteQueryTimeout`, default 60 s).
     pub remote_query_timeout: Duration,
+    /// Where committed pod changes go (edged-shim); `None` when edged is disabled.
+    pub pod_feed: Option<mpsc::Sender<PodEvent>>,
 }
 
 impl MetaSettings {
@@ -58,7 +64,14 @@ impl MetaSettings {
     pub fn from_config(section: &config::MetaManager) -> Self {
         Self {
             remote_query_timeout: Duration::from_secs(u64::from(section.remote_query_timeout)),
+            pod_feed: None,
         }
+    }
+
+    /// Feeds pods to `tx`: every stored pod at start, then each committed cloud pod change.
+    pub fn with_pod_feed(mut self, tx: mpsc::Sender<PodEvent>) -> Self {
+        self.pod_feed = Some(tx);
+        self
     }
 }
 
@@ -66,6 +79,7 @@ impl Default for MetaSettings {
     fn default() -> Self {
         Self {
             remote_query_timeout: Duration::from_secs(60),
+            pod_feed: None,
         }
     }
 }
@@ -79,6 +93,10 @@ enum Command {
     },
     Query {
         resource: String,
+        reply: oneshot::Sender<QueryResult>,
+    },
+    Request {
+        msg: Box<Message>,
         reply: oneshot::Sender<QueryResult>,
     },
 }
@@ -95,6 +113,7 @@ impl std::fmt::Debug for Command {
         match self {
             Self::Submit { msg, .. } => write!(f, "Submit({})", msg.route.resource),
             Self::Query { resource, .. } => write!(f, "Query({resource})"),
+            Self::Request { msg, .. } => write!(f, "Request({})", msg.route.resource),
         }
     }
 }
@@ -113,6 +132,28 @@ impl MetaHandle {
             .await
             .map_err(|_| MetaError::Stopped)?;
         rx.await.map_err(|_| MetaError::Stopped)?
+    }
+
+    /// Sends `msg` (an edged `insert` or `delete`) to the cloud and waits for its answer, at most
+    /// `remoteQueryTimeout`. Fails at once with [`MetaError::NotConnected`] while no session is
+    /// up (spec §5.6); a request in flight when the session drops is re-sent on the next one.
+    pub async fn request(&self, msg: Message) -> QueryResult {
+        let resource = msg.route.resource.clone();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Request {
+                msg: Box::new(msg),
+                reply,
+            })
+            .await
+            .map_err(|_| MetaError::Stopped)?;
+        match tokio::time::timeout(self.remote_query_timeout, rx).await {
+            Ok(answer) => answer.map_err(|_| MetaError::Stopped)?,
+            Err(_) => Err(MetaError::RemoteTimeout {
+                resource,
+                after: self.remote_query_timeout,
+            }),
+        }
     }
 
     /// Resolves when the metamanager task has ended (shutdown, or its store or link is gone).
@@ -143,22 +184,27 @@ impl MetaHandle {
 }
 
 /// Starts metamanager. It reads cloud messages from `inbound` (the hub's inbound channel) and
-/// stops when `cancel` fires or `inbound` closes.
+/// stops when `cancel` fires or `inbound` closes. It counts received messages and keeps the
+/// outbox depth in `metrics`.
 pub fn spawn_metamanager<L: CloudLink>(
     settings: MetaSettings,
     store: Store,
     link: L,
+    metrics: &Metrics,
     inbound: mpsc::Receiver<Message>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> MetaHandle {
     let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
     let task = MetaManager {
+        pods: settings.pod_feed.clone().map(PodQueue::new),
         store,
         link_rx: link.link(),
         link,
         session: None,
         pending: HashMap::new(),
+        hub_metrics: metrics.hub(),
+        meta_metrics: metrics.meta(),
     };
     tracker.spawn(
         task.run(inbound, commands, cancel)
@@ -188,6 +234,10 @@ struct MetaManager<L> {
     session: Option<u64>,
     /// Remote queries by the msg_id sent to the cloud.
     pending: HashMap<String, Pending>,
+    hub_metrics: HubMetrics,
+    meta_metrics: MetaMetrics,
+    /// The feed to edged-shim and the pod events waiting for room in it; `None` without edged.
+    pods: Option<PodQueue>,
 }
 
 impl<L: CloudLink> MetaManager<L> {
@@ -198,6 +248,15 @@ impl<L: CloudLink> MetaManager<L> {
         cancel: CancellationToken,
     ) {
         tracing::info!("metamanager started");
+        // A clone of the feed's sender, so that a reserved slot does not borrow `self`.
+        let pod_tx = self.pods.as_ref().map(PodQueue::sender);
+        if self.pods.is_some() && self.load_stored_pods().await.is_err() {
+            tracing::info!("store shut down before metamanager started");
+            return;
+        }
+        if let Ok(results) = self.store.batch(vec![Op::OutboxCount]).await {
+            self.note_outbox_depth(&results);
+        }
         let mut link_open = true;
         let mut commands_open = true;
         let mut batch = Vec::with_capacity(INBOUND_BATCH);
@@ -212,6 +271,18 @@ impl<L: CloudLink> MetaManager<L> {
                         tracing::warn!("link state is no longer published");
                     }
                     self.on_link().await
+                }
+                permit = pods::reserve(pod_tx.as_ref()), if self.pods.as_ref().is_some_and(|q| !q.is_empty()) => {
+                    match (permit, self.pods.as_mut().and_then(PodQueue::pop)) {
+                        (Some(permit), Some(event)) => permit.send(event),
+                        (Some(_), None) => {}
+                        (None, _) => {
+                            // edged-shim's pod task is gone: keep serving the cloud without it.
+                            tracing::warn!("pod feed closed; pod changes are no longer forwarded");
+                            self.pods = None;
+                        }
+                    }
+                    Ok(())
                 }
                 n = inbound.recv_many(&mut batch, INBOUND_BATCH) => {
                     if n == 0 {
@@ -234,6 +305,42 @@ impl<L: CloudLink> MetaManager<L> {
             }
         }
         tracing::info!("metamanager stopped");
+    }
+
+    /// Sets the outbox gauge from the `OutboxCount` result among `results`, if any.
+    fn note_outbox_depth(&self, results: &[Result<Outcome, StoreError>]) {
+        if let Some(depth) = results.iter().rev().find_map(|r| match r {
+            Ok(Outcome::Count(n)) => Some(*n),
+            _ => None,
+        }) {
+            self.meta_metrics.set_outbox_depth(depth);
+        }
+    }
+
+    /// Queues every stored pod for edged-shim (offline autonomy: the pods come back from the
+    /// store after a restart, before any cloud message).
+    async fn load_stored_pods(&mut self) -> Result<(), Stop> {
+        match self.store.list_type("pod").await {
+            Ok(rows) => {
+                tracing::info!(pods = rows.len(), "stored pods fed to edged");
+                for row in rows {
+                    match serde_json::from_str::<Value>(&row) {
+                        Ok(pod) => {
+                            if let Some(q) = self.pods.as_mut() {
+                                q.upsert(pod);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "stored pod is not JSON; skipped"),
+                    }
+                }
+                Ok(())
+            }
+            Err(StoreError::Closed) => Err(Stop),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored pods; edged starts without them");
+                Ok(())
+            }
+        }
     }
 
     async fn send(&self, msg: Message) -> Result<(), Stop> {
@@ -279,6 +386,8 @@ impl<L: CloudLink> MetaManager<L> {
                 return Ok(());
             }
         };
+        self.meta_metrics
+            .set_outbox_depth(u64::try_from(entries.len()).unwrap_or(u64::MAX));
         tracing::info!(
             session,
             queued = entries.len(),
@@ -306,7 +415,9 @@ impl<L: CloudLink> MetaManager<L> {
     async fn on_cloud(&mut self, batch: Vec<Message>) -> Result<(), Stop> {
         let mut ops = Vec::new();
         let mut todo = Vec::with_capacity(batch.len());
+        let mut answers = false;
         for msg in batch {
+            self.hub_metrics.message_received();
             match plan(&msg) {
                 Plan::Skip => {
                     tracing::debug!(group = %msg.route.group, resource = %msg.route.resource, "not for metamanager; dropped");
@@ -316,6 +427,7 @@ impl<L: CloudLink> MetaManager<L> {
                     self.send(Message::error_to(&msg, reason)).await?;
                 }
                 Plan::Write { ops: mine, then } => {
+                    answers |= matches!(then, After::Answer { .. });
                     todo.push((msg, ops.len()..ops.len() + mine.len(), then));
                     ops.extend(mine);
                 }
@@ -324,8 +436,15 @@ impl<L: CloudLink> MetaManager<L> {
         if ops.is_empty() {
             return Ok(());
         }
+        if answers {
+            // An answer closes its outbox entry; counted after the removal, in the same commit.
+            ops.push(Op::OutboxCount);
+        }
         let results = match self.store.batch(ops).await {
-            Ok(results) => results,
+            Ok(results) => {
+                self.note_outbox_depth(&results);
+                results
+            }
             Err(StoreError::Closed) => return Err(Stop),
             Err(e) => {
                 tracing::error!(error = %e, messages = todo.len(), "store commit failed; not acking");
@@ -354,16 +473,24 @@ impl<L: CloudLink> MetaManager<L> {
             }
             tracing::debug!(msg_id = %msg.header.msg_id, operation = %msg.route.operation, resource = %msg.route.resource, "committed");
             match then {
-                After::Ack => self.send(Message::ack_of(&msg)).await?,
+                After::Ack => {
+                    self.send(Message::ack_of(&msg)).await?;
+                    if let Some(q) = self.pods.as_mut()
+                        && let Some((key, event)) = pod_event(&msg, outcome)
+                    {
+                        q.push(key, event);
+                    }
+                }
                 After::Answer {
                     parent,
                     ack,
                     answer,
                 } => {
                     if let Some(p) = self.pending.remove(&parent) {
-                        let answer = answer.map(values_of).map_err(|reason| MetaError::Remote {
+                        let answer = answer.map(values_of).map_err(|f| MetaError::Remote {
                             resource: p.msg.route.resource.clone(),
-                            reason,
+                            status: f.status,
+                            reason: f.reason,
                         });
                         // The caller may have timed out; the object is stored either way.
                         let _ = p.reply.send(answer);
@@ -381,6 +508,7 @@ impl<L: CloudLink> MetaManager<L> {
         match cmd {
             Command::Submit { msg, reply } => self.submit(*msg, reply).await,
             Command::Query { resource, reply } => self.query(resource, reply).await,
+            Command::Request { msg, reply } => self.request(*msg, reply).await,
         }
     }
 
@@ -416,16 +544,20 @@ impl<L: CloudLink> MetaManager<L> {
                 value: patch.clone(),
             });
         }
+        ops.push(Op::OutboxCount);
         let result = match self.store.batch(ops).await {
             Err(StoreError::Closed) => {
                 let _ = reply.send(Err(MetaError::Stopped));
                 return Err(Stop);
             }
             Err(e) => Err(MetaError::Store(e)),
-            Ok(results) => match results.into_iter().find_map(Result::err) {
-                Some(e) => Err(MetaError::Store(e)),
-                None => Ok(()),
-            },
+            Ok(results) => {
+                self.note_outbox_depth(&results);
+                match results.into_iter().find_map(Result::err) {
+                    Some(e) => Err(MetaError::Store(e)),
+                    None => Ok(()),
+                }
+            }
         };
         let durable = result.is_ok();
         let _ = reply.send(result);
@@ -433,6 +565,49 @@ impl<L: CloudLink> MetaManager<L> {
             self.send(msg).await?;
         }
         Ok(())
+    }
+
+    async fn request(
+        &mut self,
+        mut msg: Message,
+        reply: oneshot::Sender<QueryResult>,
+    ) -> Result<(), Stop> {
+        let Some(session) = self.session else {
+            let _ = reply.send(Err(MetaError::NotConnected {
+                resource: msg.route.resource,
+            }));
+            return Ok(());
+        };
+        if msg.header.msg_id.is_empty() {
+            msg.header.msg_id = Message::new(Route::default(), Value::Null).header.msg_id;
+        }
+        self.await_answer(msg, reply, session).await
+    }
+
+    /// Sends `msg` to the cloud and parks `reply` until the answer (`parent_msg_id`) arrives.
+    async fn await_answer(
+        &mut self,
+        msg: Message,
+        reply: oneshot::Sender<QueryResult>,
+        session: u64,
+    ) -> Result<(), Stop> {
+        self.pending.retain(|_, p| !p.reply.is_closed());
+        if self.pending.len() >= MAX_PENDING_QUERIES {
+            let _ = reply.send(Err(MetaError::Busy {
+                limit: MAX_PENDING_QUERIES,
+            }));
+            return Ok(());
+        }
+        tracing::debug!(operation = %msg.route.operation, resource = %msg.route.resource, msg_id = %msg.header.msg_id, "request to the cloud");
+        self.pending.insert(
+            msg.header.msg_id.clone(),
+            Pending {
+                msg: msg.clone(),
+                reply,
+                session,
+            },
+        );
+        self.send(msg).await
     }
 
     async fn query(
@@ -450,27 +625,11 @@ impl<L: CloudLink> MetaManager<L> {
         if let (Some(session), Some(_)) = (self.session, parsed.name)
             && REMOTE_KINDS.contains(&parsed.kind)
         {
-            self.pending.retain(|_, p| !p.reply.is_closed());
-            if self.pending.len() >= MAX_PENDING_QUERIES {
-                let _ = reply.send(Err(MetaError::Busy {
-                    limit: MAX_PENDING_QUERIES,
-                }));
-                return Ok(());
-            }
             let msg = Message::new(
                 Route::new("edged", "meta", op::QUERY, resource.trim()),
                 Value::Null,
             );
-            tracing::debug!(resource = %msg.route.resource, msg_id = %msg.header.msg_id, "remote query");
-            self.pending.insert(
-                msg.header.msg_id.clone(),
-                Pending {
-                    msg: msg.clone(),
-                    reply,
-                    session,
-                },
-            );
-            return self.send(msg).await;
+            return self.await_answer(msg, reply, session).await;
         }
         let read = match parsed.name {
             Some(_) => self

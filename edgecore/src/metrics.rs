@@ -485,7 +485,7 @@ fn saturating_i64(v: u64) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The value of the one sample line `series` (name plus labels, as encoded).

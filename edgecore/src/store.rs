@@ -117,6 +117,8 @@ pub(crate) enum Op {
     OutboxRemove { msg_id: String },
     /// All outbox entries, oldest first.
     OutboxList,
+    /// Number of outbox entries (for the depth gauge).
+    OutboxCount,
 }
 
 /// The result of one [`Op`].
@@ -128,6 +130,7 @@ pub(crate) enum Outcome {
     Values(Vec<String>),
     Removed(bool),
     Outbox(Vec<OutboxEntry>),
+    Count(u64),
     Done,
 }
 

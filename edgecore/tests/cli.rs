@@ -104,6 +104,7 @@ fn runs_warns_about_unknown_keys_and_stops_on_sigterm() {
     let db = dir.path().join("data/edgecore.db");
     let mut c = config::minimal_config("edge-cli");
     c.database.data_source = db.clone();
+    c.modules.health.address = "127.0.0.1:0".to_owned();
     let yaml = format!("{}bogusTopLevelKey: 1\n", config::to_yaml(&c).unwrap());
     let path = dir.path().join("edgecore.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -144,6 +145,92 @@ fn runs_warns_about_unknown_keys_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(db.exists());
+}
+
+/// Serves /healthz, /readyz and /metrics on the configured address (port 0: the log says which).
+#[test]
+fn health_and_metrics_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config::minimal_config("edge-health");
+    c.database.data_source = dir.path().join("edgecore.db");
+    c.modules.health.address = "127.0.0.1:0".to_owned();
+    let path = dir.path().join("edgecore.yaml");
+    std::fs::write(&path, config::to_yaml(&c).unwrap()).unwrap();
+
+    let mut child = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (tx, lines) = mpsc::channel();
+    let reader = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    await_line(&lines, &mut seen, &pid, "health endpoint listening");
+    let addr = seen
+        .last()
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the log line names the address")
+        .to_owned();
+    await_line(&lines, &mut seen, &pid, "edgecore started");
+
+    let (status, body) = get(&addr, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = get(&addr, "/readyz");
+    assert_eq!(status, 200, "offline autonomy is ready: {body}");
+    assert!(body.contains("offline"), "{body}");
+    let (status, body) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    for series in [
+        "edgecore_edgehub_session_state{state=\"disconnected\"} 1",
+        "edgecore_metamanager_outbox_depth 0",
+        "edgecore_store_size_bytes ",
+        "edgecore_cert_expiry_timestamp_seconds ",
+    ] {
+        assert!(body.contains(series), "{series} missing in\n{body}");
+    }
+    assert!(body.ends_with("# EOF\n"));
+
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    await_line(&lines, &mut seen, &pid, "edgecore stopped");
+    assert!(child.wait().unwrap().success());
+}
+
+/// One HTTP/1.1 GET with `Connection: close`; the status and the body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the health endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("set a read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut raw = String::new();
+    stream
+        .read_to_string(&mut raw)
+        .expect("read the response until close");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_owned())
 }
 
 /// Collects stderr lines into `seen` until one contains `needle`; kills the child and fails

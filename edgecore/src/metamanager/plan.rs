@@ -5,6 +5,7 @@
 use edgehub::{Message, op};
 use serde_json::Value;
 
+use crate::error::RemoteStatus;
 use crate::sorted_json::to_sorted_string;
 use crate::store::{MetaKey, Op};
 
@@ -31,8 +32,44 @@ pub(crate) enum After {
     Answer {
         parent: String,
         ack: bool,
-        answer: Result<Value, String>,
+        answer: Result<Value, RemoteFailure>,
     },
+}
+
+/// The cloud's error answer: its text and, when it says so, what kind of failure it is.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RemoteFailure {
+    pub(crate) status: RemoteStatus,
+    pub(crate) reason: String,
+}
+
+impl RemoteFailure {
+    fn of(v: &Value) -> Self {
+        Self {
+            status: status_of(v),
+            reason: text_of(v),
+        }
+    }
+}
+
+/// The kind of a Kubernetes error: `ErrStatus.reason` (or code 404) when the cloud sent a
+/// `StatusError`; for a bare error string, the API server's wording (`… already exists`,
+/// `… not found`), which is all KubeEdge forwards in that case.
+fn status_of(v: &Value) -> RemoteStatus {
+    let status = v.get("ErrStatus").unwrap_or(v);
+    let reason = status.get("reason").and_then(Value::as_str);
+    let code = status.get("code").and_then(Value::as_u64);
+    match (reason, code, v) {
+        (Some("NotFound"), _, _) | (_, Some(404), _) => RemoteStatus::NotFound,
+        (Some("AlreadyExists"), _, _) => RemoteStatus::AlreadyExists,
+        (None, None, Value::String(text)) if text.trim_end().ends_with("already exists") => {
+            RemoteStatus::AlreadyExists
+        }
+        (None, None, Value::String(text)) if text.trim_end().ends_with("not found") => {
+            RemoteStatus::NotFound
+        }
+        _ => RemoteStatus::Other,
+    }
 }
 
 /// Classifies a message received from the cloud.
@@ -111,21 +148,21 @@ fn plan_answer(msg: &Message) -> Plan {
 }
 
 /// The object of an answer: `ObjectResp{Object, Err}` yields Object; an `error` operation, a
-/// non-null `Err` or a `StatusError` yields its text.
-fn answer_of(msg: &Message) -> Result<Value, String> {
+/// non-null `Err` or a `StatusError` yields its failure.
+fn answer_of(msg: &Message) -> Result<Value, RemoteFailure> {
     let c = &msg.content;
     if msg.route.operation == op::ERROR {
-        return Err(text_of(c));
+        return Err(RemoteFailure::of(c));
     }
     if let Value::Object(map) = c {
         if map.contains_key("Object") || map.contains_key("Err") {
             return match map.get("Err") {
-                Some(e) if !e.is_null() => Err(text_of(e)),
+                Some(e) if !e.is_null() => Err(RemoteFailure::of(e)),
                 _ => Ok(map.get("Object").cloned().unwrap_or(Value::Null)),
             };
         }
-        if let Some(status) = map.get("ErrStatus") {
-            return Err(text_of(status));
+        if map.contains_key("ErrStatus") {
+            return Err(RemoteFailure::of(c));
         }
     }
     Ok(c.clone())
@@ -257,8 +294,34 @@ mod tests {
             After::Answer {
                 parent: "q1".into(),
                 ack: false,
-                answer: Err("secrets \"s\" not found".into())
+                answer: Err(RemoteFailure {
+                    // No reason or code in this StatusError: not classified.
+                    status: RemoteStatus::Other,
+                    reason: "secrets \"s\" not found".into()
+                })
             }
+        );
+    }
+
+    #[test]
+    fn failures_are_classified_by_status_then_by_the_api_server_wording() {
+        let st = |v: Value| status_of(&v);
+        assert_eq!(
+            st(json!({"ErrStatus": {"reason": "AlreadyExists", "code": 409, "message": "x"}})),
+            RemoteStatus::AlreadyExists
+        );
+        assert_eq!(
+            st(json!({"ErrStatus": {"code": 404}})),
+            RemoteStatus::NotFound
+        );
+        assert_eq!(
+            st(json!("nodes \"edge-1\" already exists")),
+            RemoteStatus::AlreadyExists
+        );
+        assert_eq!(st(json!("boom")), RemoteStatus::Other);
+        assert_eq!(
+            st(json!({"ErrStatus": {"reason": "Forbidden", "message": "already exists"}})),
+            RemoteStatus::Other
         );
     }
 

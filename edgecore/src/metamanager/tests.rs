@@ -2,6 +2,8 @@ use super::*;
 use edgehub::DisconnectReason;
 use serde_json::json;
 
+use crate::metrics::tests::sample;
+
 /// What the fake hub saw: the message and, for acks, the `meta` row of its resource at the
 /// moment the ack was handed over (read through a second connection).
 #[derive(Debug)]
@@ -36,6 +38,7 @@ impl CloudLink for FakeHub {
 }
 
 struct Harness {
+    metrics: Metrics,
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
     store: Store,
@@ -48,6 +51,10 @@ struct Harness {
 }
 
 fn start(dir: tempfile::TempDir, link_state: LinkState) -> Harness {
+    start_with(dir, link_state, MetaSettings::default())
+}
+
+fn start_with(dir: tempfile::TempDir, link_state: LinkState, settings: MetaSettings) -> Harness {
     let path = dir.path().join("edgecore.db");
     let store = Store::open(&path).unwrap();
     let observer = Store::open(&path).unwrap();
@@ -56,20 +63,23 @@ fn start(dir: tempfile::TempDir, link_state: LinkState) -> Harness {
     let (inbound, inbound_rx) = mpsc::channel(16);
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let metrics = Metrics::new();
     let hub = FakeHub {
         sent,
         link: link_rx,
         observer,
     };
     let handle = spawn_metamanager(
-        MetaSettings::default(),
+        settings,
         store.clone(),
         hub,
+        &metrics,
         inbound_rx,
         cancel.child_token(),
         &tracker,
     );
     Harness {
+        metrics,
         _dir: dir,
         path,
         store,
@@ -378,6 +388,12 @@ async fn outbox_is_drained_on_connect_coalesced_and_removed_on_answer() {
         h.store.get("default/podpatch/a").await.unwrap().as_deref(),
         Some("{\"v\":2}")
     );
+    let text = h.metrics.encode().unwrap();
+    assert_eq!(
+        sample(&text, "edgecore_metamanager_outbox_depth"),
+        Some(2.0),
+        "a2 replaced a1: two entries\n{text}"
+    );
 
     h.link.send(up(1)).unwrap();
     let first = h.next("first drained").await.msg;
@@ -397,6 +413,16 @@ async fn outbox_is_drained_on_connect_coalesced_and_removed_on_answer() {
     h.push(answer.clone()).await;
     let ack = h.next("ack of the patch answer").await;
     assert_eq!(ack.msg.header.parent_msg_id, answer.header.msg_id);
+    // The gauge is set in the commit that removed the entry, before the ack left.
+    let text = h.metrics.encode().unwrap();
+    assert_eq!(
+        sample(&text, "edgecore_metamanager_outbox_depth"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "edgecore_edgehub_messages_received_total"),
+        Some(1.0)
+    );
 
     h.link.send(down()).unwrap();
     h.link.send(up(2)).unwrap();
@@ -478,4 +504,266 @@ async fn ends_when_the_hub_closes_inbound() {
         handle.query("default/pod/x").await,
         Err(MetaError::Stopped)
     ));
+}
+
+/// Waits for the next pod event, naming what was awaited.
+async fn next_pod(rx: &mut mpsc::Receiver<PodEvent>, what: &str) -> PodEvent {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("feed closed while waiting for {what}"))
+}
+
+#[tokio::test]
+async fn a_committed_pod_insert_and_delete_reach_the_pod_feed() {
+    let (tx, mut pods) = mpsc::channel(4);
+    let mut h = start_with(
+        tempfile::tempdir().unwrap(),
+        down(),
+        MetaSettings::default().with_pod_feed(tx),
+    );
+    let insert = vector("pod-insert.json");
+    h.push(insert.clone()).await;
+    assert!(h.next("ack of the pod insert").await.row_at_send.is_some());
+    assert_eq!(
+        next_pod(&mut pods, "the upsert").await,
+        PodEvent::Upsert(insert.content.clone())
+    );
+
+    let delete = vector("pod-delete-orphan.json");
+    h.push(delete).await;
+    h.next("ack of the pod delete").await;
+    assert_eq!(
+        next_pod(&mut pods, "the delete").await,
+        PodEvent::Delete {
+            namespace: "default".into(),
+            name: "nginx-demo".into(),
+            uid: "8f0b7c2e-3d4a-4b9e-9a61-2f5c1e7d9a10".into(),
+        }
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn stored_pods_are_fed_at_start_without_the_cloud() {
+    let mut h = harness();
+    let insert = vector("pod-insert.json");
+    h.push(insert.clone()).await;
+    h.next("ack of the pod insert").await;
+    let (dir, _) = h.stop().await;
+
+    let (tx, mut pods) = mpsc::channel(4);
+    let h = start_with(dir, down(), MetaSettings::default().with_pod_feed(tx));
+    match next_pod(&mut pods, "the stored pod").await {
+        PodEvent::Upsert(pod) => {
+            assert_eq!(pod["metadata"]["uid"], insert.content["metadata"]["uid"])
+        }
+        other => panic!("{other:?}"),
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_pod_feed_does_not_stop_acks() {
+    let (tx, mut pods) = mpsc::channel(1);
+    let mut h = start_with(
+        tempfile::tempdir().unwrap(),
+        down(),
+        MetaSettings::default().with_pod_feed(tx),
+    );
+    let pod = |name: &str, rv: &str| {
+        cloud_msg(
+            op::INSERT,
+            &format!("default/pod/{name}"),
+            rv,
+            json!({"metadata": {"name": name, "namespace": "default", "uid": name, "resourceVersion": rv}}),
+        )
+    };
+    for (name, rv) in [("a", "1"), ("b", "1"), ("b", "2"), ("c", "1")] {
+        h.push(pod(name, rv)).await;
+        h.next("ack while edged is not reading").await;
+    }
+    let mut seen = Vec::new();
+    for n in 0..3 {
+        match next_pod(&mut pods, &format!("pod event {n}")).await {
+            PodEvent::Upsert(p) => seen.push(format!(
+                "{}@{}",
+                p["metadata"]["name"].as_str().unwrap(),
+                p["metadata"]["resourceVersion"].as_str().unwrap()
+            )),
+            other => panic!("{other:?}"),
+        }
+    }
+    // a@1 filled the channel; b@2 replaced b@1 while it waited, in b's place.
+    assert_eq!(seen, ["a@1", "b@2", "c@1"]);
+    h.stop().await;
+}
+
+mod meta_client {
+    use super::*;
+    use crate::meta_client::EdgedMeta;
+    use edged_shim::{MetaClient, MetaError as Shim};
+
+    fn node() -> Value {
+        json!({"metadata": {"name": "edge-1", "labels": {"node-role.kubernetes.io/edge": ""}}})
+    }
+
+    #[tokio::test]
+    async fn register_node_is_an_insert_answered_by_the_cloud() {
+        let mut h = start(tempfile::tempdir().unwrap(), up(1));
+        let client = EdgedMeta::new(h.handle.clone(), h.store.clone());
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.register_node(node()).await });
+        let req = h.next("node insert").await.msg;
+        assert_eq!(
+            (
+                req.route.source.as_str(),
+                req.route.group.as_str(),
+                req.route.operation.as_str(),
+                req.route.resource.as_str()
+            ),
+            ("edged", "meta", "insert", "default/node/edge-1")
+        );
+        assert_eq!(req.content, node());
+        h.push(answer_to(&req, "", json!({"Object": node(), "Err": null})))
+            .await;
+        call.await.unwrap().unwrap();
+
+        // A second registration: the cloud says the Node exists.
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.register_node(node()).await });
+        let req = h.next("second node insert").await.msg;
+        let mut err = cloud_msg(
+            op::RESPONSE,
+            &req.route.resource,
+            "",
+            json!({"ErrStatus": {"status": "Failure", "message": "nodes \"edge-1\" already exists",
+                                 "reason": "AlreadyExists", "code": 409}}),
+        );
+        err.header.parent_msg_id = req.header.msg_id.clone();
+        h.push(err).await;
+        assert!(matches!(call.await.unwrap(), Err(Shim::AlreadyExists(_))));
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn register_node_offline_is_not_connected_and_sends_nothing() {
+        let mut h = harness();
+        let client = EdgedMeta::new(h.handle.clone(), h.store.clone());
+        assert!(matches!(
+            client.register_node(node()).await,
+            Err(Shim::NotConnected(_))
+        ));
+        assert!(h.cloud.try_recv().is_err());
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn status_patches_go_through_the_outbox() {
+        let mut h = harness();
+        let client = EdgedMeta::new(h.handle.clone(), h.store.clone());
+        client
+            .patch_node_status("edge-1", "{\"status\":{}}".into())
+            .await
+            .unwrap();
+        client
+            .patch_pod_status("ns", "p", "{\"status\":{\"phase\":\"Running\"}}".into())
+            .await
+            .unwrap();
+        let outbox = h.store.outbox().await.unwrap();
+        let keys: Vec<_> = outbox.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["default/nodepatch/edge-1", "ns/podpatch/p"]);
+
+        h.link.send(up(1)).unwrap();
+        let first = h.next("node patch").await.msg;
+        assert_eq!(
+            (first.route.operation.as_str(), first.route.source.as_str()),
+            ("patch", "edged")
+        );
+        assert_eq!(first.content, json!("{\"status\":{}}"));
+        let second = h.next("pod patch").await.msg;
+        assert_eq!(second.route.resource, "ns/podpatch/p");
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn configmaps_are_read_locally_first_then_from_the_cloud() {
+        let mut h = start(tempfile::tempdir().unwrap(), up(1));
+        let client = EdgedMeta::new(h.handle.clone(), h.store.clone());
+        h.push(cloud_msg(
+            op::UPDATE,
+            "default/configmap/app",
+            "3",
+            configmap("3", "local"),
+        ))
+        .await;
+        h.next("ack of the configmap").await;
+        let local = client.get_configmap("default", "app").await.unwrap();
+        assert_eq!(local.unwrap()["data"]["k"], "local");
+        assert!(h.cloud.try_recv().is_err(), "a stored row needs no query");
+
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.get_secret("default", "s").await });
+        let req = h.next("secret query").await.msg;
+        assert_eq!(
+            (req.route.operation.as_str(), req.route.resource.as_str()),
+            ("query", "default/secret/s")
+        );
+        let secret = json!({"kind": "Secret", "metadata": {"name": "s", "namespace": "default"}});
+        h.push(answer_to(
+            &req,
+            "9",
+            json!({"Object": secret.clone(), "Err": null}),
+        ))
+        .await;
+        h.next("ack of the query answer").await;
+        assert_eq!(call.await.unwrap().unwrap(), Some(secret));
+
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.get_configmap("default", "missing").await });
+        let req = h.next("missing configmap query").await.msg;
+        let mut nf = cloud_msg(
+            op::RESPONSE,
+            &req.route.resource,
+            "",
+            json!({"ErrStatus": {"message": "configmaps \"missing\" not found", "reason": "NotFound", "code": 404}}),
+        );
+        nf.header.parent_msg_id = req.header.msg_id.clone();
+        h.push(nf).await;
+        assert_eq!(call.await.unwrap().unwrap(), None);
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn delete_pod_sends_grace_zero_with_the_uid_precondition() {
+        let mut h = start(tempfile::tempdir().unwrap(), up(1));
+        let client = EdgedMeta::new(h.handle.clone(), h.store.clone());
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.delete_pod("ns", "p", "uid-1").await });
+        let req = h.next("pod delete").await.msg;
+        assert_eq!(
+            (req.route.operation.as_str(), req.route.resource.as_str()),
+            ("delete", "ns/pod/p")
+        );
+        assert_eq!(
+            req.content,
+            json!({"gracePeriodSeconds": 0, "preconditions": {"uid": "uid-1"}})
+        );
+        h.push(answer_to(&req, "", json!("OK"))).await;
+        call.await.unwrap().unwrap();
+
+        let c = client.clone();
+        let call = tokio::spawn(async move { c.delete_pod("ns", "p", "uid-1").await });
+        let req = h.next("second pod delete").await.msg;
+        let mut err = cloud_msg(
+            op::ERROR,
+            &req.route.resource,
+            "",
+            json!("precondition failed"),
+        );
+        err.header.parent_msg_id = req.header.msg_id.clone();
+        h.push(err).await;
+        assert!(matches!(call.await.unwrap(), Err(Shim::Rejected(_))));
+        h.stop().await;
+    }
 }

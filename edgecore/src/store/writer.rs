@@ -130,10 +130,12 @@ type Group = Vec<(Vec<Op>, tokio::sync::oneshot::Sender<BatchReply>)>;
 
 fn commit_group(conn: &mut Connection, group: Group) {
     let started = Instant::now();
-    let writes = group
-        .iter()
-        .flat_map(|(ops, _)| ops)
-        .any(|op| !matches!(op, Op::Get { .. } | Op::ListType { .. } | Op::OutboxList));
+    let writes = group.iter().flat_map(|(ops, _)| ops).any(|op| {
+        !matches!(
+            op,
+            Op::Get { .. } | Op::ListType { .. } | Op::OutboxList | Op::OutboxCount
+        )
+    });
     let behavior = if writes {
         TransactionBehavior::Immediate
     } else {
@@ -230,6 +232,10 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Outcome, StoreError> {
             .execute("DELETE FROM edgecore_outbox WHERE msg_id = ?1", [msg_id])
             .map(|n| Outcome::Removed(n > 0))
             .map_err(sql),
+        Op::OutboxCount => tx
+            .query_row("SELECT COUNT(*) FROM edgecore_outbox", [], |r| r.get::<_, i64>(0))
+            .map(|n| Outcome::Count(u64::try_from(n).unwrap_or_default()))
+            .map_err(sql),
         Op::OutboxList => {
             let mut stmt = tx
                 .prepare_cached(
@@ -263,6 +269,7 @@ fn op_name(op: &Op) -> &'static str {
         Op::OutboxPut(_) => "put outbox",
         Op::OutboxRemove { .. } => "remove outbox",
         Op::OutboxList => "list outbox",
+        Op::OutboxCount => "count outbox",
     }
 }
 

@@ -1,0 +1,160 @@
+//! edged-shim's [`MetaClient`] on top of metamanager: each call becomes one edged message
+//! (source `edged`, group `meta`) or a read of the local store.
+
+use std::sync::Arc;
+
+use edged_shim::{MetaClient, MetaFuture};
+use edgehub::{Message, Route, op};
+use serde_json::{Value, json};
+
+use crate::error::{MetaError, RemoteStatus};
+use crate::metamanager::MetaHandle;
+use crate::store::Store;
+
+/// Namespace of the Node's resources (`registerNodeNamespace`, KubeEdge's default).
+const NODE_NAMESPACE: &str = "default";
+const SOURCE: &str = "edged";
+const GROUP: &str = "meta";
+
+/// What edged-shim calls; cheap to share.
+#[derive(Debug, Clone)]
+pub(crate) struct EdgedMeta {
+    meta: MetaHandle,
+    store: Store,
+}
+
+impl EdgedMeta {
+    pub(crate) fn new(meta: MetaHandle, store: Store) -> Arc<Self> {
+        Arc::new(Self { meta, store })
+    }
+
+    /// `<ns>/<kind>/<name>`: the stored row first, the cloud (or, offline, the store again)
+    /// on a miss; `None` when neither has it.
+    async fn get(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Value>, edged_shim::MetaError> {
+        let resource = format!("{namespace}/{kind}/{name}");
+        match self.store.get(&resource).await {
+            Ok(Some(row)) => match serde_json::from_str::<Value>(&row) {
+                Ok(object @ Value::Object(_)) => return Ok(Some(object)),
+                _ => tracing::warn!(%resource, "stored row is not an object; asking the cloud"),
+            },
+            Ok(None) => {}
+            Err(e) => return Err(to_shim(MetaError::Store(e))),
+        }
+        match self.meta.query(&resource).await {
+            Ok(objects) => Ok(objects.into_iter().find(|o| o.is_object())),
+            Err(MetaError::Remote {
+                status: RemoteStatus::NotFound,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(to_shim(e)),
+        }
+    }
+
+    async fn submit_patch(
+        &self,
+        resource: String,
+        patch: String,
+    ) -> Result<(), edged_shim::MetaError> {
+        let msg = Message::new(
+            Route::new(SOURCE, GROUP, op::PATCH, &resource),
+            Value::String(patch),
+        );
+        self.meta.submit_status(msg).await.map_err(to_shim)
+    }
+}
+
+/// metamanager's errors in edged-shim's terms. Local failures (store, busy, a bad request)
+/// have no kind of their own there; they are reported as rejected, which edged-shim retries.
+fn to_shim(e: MetaError) -> edged_shim::MetaError {
+    use edged_shim::MetaError as Shim;
+    match e {
+        MetaError::Stopped => Shim::Closed,
+        MetaError::NotConnected { .. } => Shim::NotConnected(e.to_string()),
+        MetaError::RemoteTimeout { after, .. } => Shim::Timeout(after),
+        MetaError::Remote {
+            status: RemoteStatus::AlreadyExists,
+            reason,
+            ..
+        } => Shim::AlreadyExists(reason),
+        MetaError::Remote { reason, .. } => Shim::Rejected(reason),
+        MetaError::Store(_) | MetaError::BadRequest { .. } | MetaError::Busy { .. } => {
+            Shim::Rejected(e.to_string())
+        }
+    }
+}
+
+impl MetaClient for EdgedMeta {
+    fn register_node(&self, node: Value) -> MetaFuture<'_, ()> {
+        Box::pin(async move {
+            let name = node
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let msg = Message::new(
+                Route::new(
+                    SOURCE,
+                    GROUP,
+                    op::INSERT,
+                    &format!("{NODE_NAMESPACE}/node/{name}"),
+                ),
+                node,
+            );
+            self.meta.request(msg).await.map(drop).map_err(to_shim)
+        })
+    }
+
+    fn patch_node_status<'a>(&'a self, node: &'a str, patch: String) -> MetaFuture<'a, ()> {
+        Box::pin(self.submit_patch(format!("{NODE_NAMESPACE}/nodepatch/{node}"), patch))
+    }
+
+    fn patch_pod_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        patch: String,
+    ) -> MetaFuture<'a, ()> {
+        Box::pin(self.submit_patch(format!("{namespace}/podpatch/{name}"), patch))
+    }
+
+    fn get_configmap<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> MetaFuture<'a, Option<Value>> {
+        Box::pin(self.get("configmap", namespace, name))
+    }
+
+    fn get_secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> MetaFuture<'a, Option<Value>> {
+        Box::pin(self.get("secret", namespace, name))
+    }
+
+    fn delete_pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+    ) -> MetaFuture<'a, ()> {
+        Box::pin(async move {
+            let msg = Message::new(
+                Route::new(
+                    SOURCE,
+                    GROUP,
+                    op::DELETE,
+                    &format!("{namespace}/pod/{name}"),
+                ),
+                json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}),
+            );
+            self.meta.request(msg).await.map(drop).map_err(to_shim)
+        })
+    }
+}
