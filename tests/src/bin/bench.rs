@@ -6,7 +6,8 @@
 //! * failover: an HA pair behind a VIP; each run moves the VIP to a fresh replica, with a reset
 //!   (time to the new replica's `Connected` event) or silently (time to edgecore's
 //!   `session lost` log line, then to `Connected`). Product link defaults: heartbeat 15 s,
-//!   pings every 2 s, 5 s silence limit, 3 s backoff cap.
+//!   pings every 2 s, 5 s silence limit, 3 s backoff cap. Each session is held 11 s before the
+//!   next move, past `stableAfterMs` (10 s), as between real failovers.
 //! * memory: VmRSS / RssAnon / VmHWM from `/proc/<pid>/status`, idle and connected with no
 //!   objects, then after 10,000 mixed objects are synced (the edge store equals the cluster).
 //! * startup: process spawn to the simulator's `Connected` event.
@@ -35,6 +36,10 @@ const IDLE_WINDOW: Duration = Duration::from_secs(6);
 const CONNECT_WITHIN: Duration = Duration::from_secs(60);
 /// Bound on one failover step (detection, reconnect).
 const FAILOVER_WITHIN: Duration = Duration::from_secs(30);
+/// How long each new session is kept before the next move: longer than the product's
+/// `failover.stableAfterMs` (10 s), after which the reconnect backoff starts again from its
+/// initial 50 ms. Moving sooner measures a flapping VIP: the backoff climbs to its 3 s cap.
+const HOLD: Duration = Duration::from_secs(11);
 /// Bound on syncing the memory objects.
 const SYNC_WITHIN: Duration = Duration::from_secs(900);
 
@@ -349,7 +354,8 @@ async fn find_pid(config: &Path) -> Result<u32> {
 
 async fn failover(runs: usize) -> Result<()> {
     println!(
-        "\nfailover: VIP moves to a fresh replica, {runs} runs per mode; link defaults: heartbeat 15 s, ping 2000 ms, timeout 5000 ms, backoff cap 3000 ms"
+        "\nfailover: VIP moves to a fresh replica, {runs} runs per mode, each new session held {} s (past stableAfterMs 10 s); link defaults: heartbeat 15 s, ping 2000 ms, timeout 5000 ms, backoff cap 3000 ms",
+        HOLD.as_secs()
     );
     let setup = Setup::new()?;
     let mut current = setup.replica("cloud-0").await?;
@@ -361,6 +367,7 @@ async fn failover(runs: usize) -> Result<()> {
     let mut events = current.events();
     let mut edge = EdgeCore::spawn(opts).await?;
     connected(&mut events, "edgecore connects to cloud-0").await?;
+    tokio::time::sleep(HOLD).await;
 
     let mut rst_reconnect = Vec::with_capacity(runs);
     let mut silent_detect = Vec::with_capacity(runs);
@@ -398,6 +405,8 @@ async fn failover(runs: usize) -> Result<()> {
             edge.check_running()?;
             let old = std::mem::replace(&mut current, next);
             old.stop().await;
+            // Not a synchronisation: the session must outlive stableAfterMs (see HOLD).
+            tokio::time::sleep(HOLD).await;
         }
     }
     println!();
