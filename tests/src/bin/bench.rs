@@ -133,12 +133,8 @@ impl Setup {
     /// Options with the product's link defaults, in a fresh sub-directory `sub`.
     fn edge_options(&self, server: SocketAddr, sub: &str) -> Result<EdgeOptions> {
         let paths = self.pki.write(&self.dir.path().join("pki"))?;
-        let mut opts = EdgeOptions::new(
-            NODE,
-            &server.to_string(),
-            paths,
-            &self.dir.path().join(sub),
-        );
+        let mut opts =
+            EdgeOptions::new(NODE, &server.to_string(), paths, &self.dir.path().join(sub));
         opts.heartbeat = 15;
         opts.ping_interval_ms = 2_000;
         opts.ping_timeout_ms = 5_000;
@@ -183,7 +179,9 @@ async fn startup(runs: usize) -> Result<()> {
 // ---------------------------------------------------------------- memory
 
 async fn memory() -> Result<()> {
-    println!("\nmemory: /proc/<pid>/status of edgecore (messageQPS 0 = unpaced, so the sync is not 5 min at 30/s)");
+    println!(
+        "\nmemory: /proc/<pid>/status of edgecore (messageQPS 0 = unpaced, so the sync is not 5 min at 30/s)"
+    );
     let setup = Setup::new()?;
     let sim = setup.replica("cloud-a").await?;
     let mut opts = setup.edge_options(sim.addr(), "edge")?;
@@ -255,7 +253,9 @@ async fn memory() -> Result<()> {
         kib(peak.rss_kib),
         kib(after.hwm_kib)
     );
-    println!("  targets: ≤ 8 MB idle, ≤ 10 MB after {MEMORY_OBJECTS} objects (Go edgecore: 70 MB / 77 MB)");
+    println!(
+        "  targets: ≤ 8 MB idle, ≤ 10 MB after {MEMORY_OBJECTS} objects (Go edgecore: 70 MB / 77 MB)"
+    );
     let _ = edge.terminate(Duration::from_secs(10)).await;
     sim.stop().await;
     Ok(())
@@ -332,18 +332,27 @@ async fn find_pid(config: &Path) -> Result<u32> {
             let needle = needle.clone();
             async move {
                 for entry in std::fs::read_dir("/proc")?.flatten() {
-                    let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                    let Some(pid) = entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|s| s.parse::<u32>().ok())
                     else {
                         continue;
                     };
                     let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
                         continue;
                     };
-                    if cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_slice()) {
+                    if cmdline
+                        .split(|b| *b == 0)
+                        .any(|arg| arg == needle.as_slice())
+                    {
                         return Ok(pid);
                     }
                 }
-                bail!("no process has {} on its command line", String::from_utf8_lossy(&needle))
+                bail!(
+                    "no process has {} on its command line",
+                    String::from_utf8_lossy(&needle)
+                )
             }
         },
     )
@@ -383,9 +392,11 @@ async fn failover(runs: usize) -> Result<()> {
             vip.move_to(next.addr(), mode);
             let lost = wait_log(&edge, mark, "session lost").await?;
             events
-                .wait_for(FAILOVER_WITHIN, "edgecore connects to the new replica", |e| {
-                    matches!(e, Event::Connected { .. })
-                })
+                .wait_for(
+                    FAILOVER_WITHIN,
+                    "edgecore connects to the new replica",
+                    |e| matches!(e, Event::Connected { .. }),
+                )
                 .await?;
             let up = moved.elapsed();
             let detect = lost.duration_since(moved);
@@ -446,7 +457,11 @@ async fn wait_log(edge: &EdgeCore, from: u64, needle: &str) -> Result<Instant> {
 async fn size(bin: &Path) {
     println!("\nbinary: {}", bin.display());
     match std::fs::metadata(bin) {
-        Ok(m) => println!("  on disk: {} B ({:.2} MiB)", m.len(), m.len() as f64 / 1048576.0),
+        Ok(m) => println!(
+            "  on disk: {} B ({:.2} MiB)",
+            m.len(),
+            m.len() as f64 / 1048576.0
+        ),
         Err(e) => println!("  on disk: unreadable ({e})"),
     }
     let Ok(tmp) = tempfile::tempdir() else {
@@ -509,7 +524,8 @@ fn summary(what: &str, times: &mut [Duration]) {
     let median = if times.len() % 2 == 1 {
         times.get(mid).copied().unwrap_or_default()
     } else {
-        (times.get(mid - 1).copied().unwrap_or_default() + times.get(mid).copied().unwrap_or_default())
+        (times.get(mid - 1).copied().unwrap_or_default()
+            + times.get(mid).copied().unwrap_or_default())
             / 2
     };
     println!(
