@@ -1,11 +1,15 @@
 //! Wiring: store → hub → metamanager, then wait for a signal and shut down in order.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use edgehub::{DisconnectReason, HubSettings, LinkState, Message};
+use edgehub::{
+    CertError, CertSettings, DisconnectReason, HubSettings, LinkState, Message,
+    ensure_certificates, spawn_rotation,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,10 +33,15 @@ const STORE_SIZE_EVERY: Duration = Duration::from_secs(30);
 /// task, waits for them under a grace timeout and closes the store. Should metamanager stop on
 /// its own (its store or link failed), edgecore shuts down the same way and returns an error,
 /// so that the service manager restarts it.
+///
+/// `config_file` is edgecore.yaml, whose bootstrap token is blanked after a certificate
+/// bootstrap (`None` leaves it alone).
 pub async fn run(
     config: config::EdgeCoreConfig,
+    config_file: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let metrics = Metrics::new();
     let (ready_tx, ready_rx) = watch::channel(ReadyState::Starting);
     // Bound before anything else runs, so a taken port fails start-up at once.
@@ -81,6 +90,34 @@ pub async fn run(
     let mut offline_inbound = None;
     let mut offline_ready = None;
     let meta = if config.modules.edge_hub.enable {
+        let certs = CertSettings {
+            config_file,
+            ..CertSettings::new(&node_name, &config.modules.edge_hub)
+        };
+        // With a usable pair on disk this returns at once, without the network; a bootstrap
+        // retries until it works or a signal arrives.
+        let info = tokio::select! {
+            biased;
+            () = &mut shutdown => {
+                cancel.cancel();
+                Err(CertError::Cancelled)
+            }
+            info = ensure_certificates(&certs, &cancel) => info,
+        };
+        let info = match info {
+            Ok(info) => info,
+            Err(CertError::Cancelled) => {
+                tracing::info!("shut down while waiting for the edge certificate");
+                tracker.close();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await;
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, store.shutdown()).await;
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("getting the edge certificate"));
+            }
+        };
+        metrics.cert().set_expiry(info.not_after);
         let hub = edgehub::spawn(
             HubSettings {
                 node_name: node_name.clone(),
@@ -91,6 +128,18 @@ pub async fn run(
             &tracker,
         )
         .context("starting the cloud link (modules.edgeHub)")?;
+        let rotated = hub.clone();
+        let cert_metrics = metrics.cert();
+        spawn_rotation(
+            certs,
+            info,
+            move |info| {
+                rotated.certificates_rotated();
+                cert_metrics.set_expiry(info.not_after);
+            },
+            cancel.child_token(),
+            &tracker,
+        );
         let stats = hub.clone();
         tracker.spawn(
             follow_link(
@@ -134,7 +183,7 @@ pub async fn run(
     tracing::info!(node = %node_name, "edgecore started");
 
     let failed = tokio::select! {
-        () = shutdown => false,
+        () = &mut shutdown => false,
         () = meta.closed() => true,
     };
     tracing::info!("shutting down");
@@ -271,7 +320,7 @@ mod tests {
         config.database.data_source = dir.path().join("sub/edgecore.db");
         config.modules.health.address = "127.0.0.1:0".to_owned();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(run(config, async {
+        let run = tokio::spawn(run(config, None, async {
             let _ = stopped.await;
         }));
         stop.send(()).unwrap();
@@ -287,7 +336,7 @@ mod tests {
         let mut config = config::minimal_config("edge-test");
         config.database.data_source = file.join("edgecore.db");
         config.modules.health.address = "127.0.0.1:0".to_owned();
-        let err = run(config, std::future::ready(())).await.unwrap_err();
+        let err = run(config, None, std::future::ready(())).await.unwrap_err();
         assert!(format!("{err:#}").contains("opening"), "{err:#}");
     }
 
@@ -298,7 +347,7 @@ mod tests {
         let mut config = config::minimal_config("edge-test");
         config.database.data_source = dir.path().join("edgecore.db");
         config.modules.health.address = taken.local_addr().unwrap().to_string();
-        let err = run(config, std::future::pending()).await.unwrap_err();
+        let err = run(config, None, std::future::pending()).await.unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("modules.health"), "{text}");
         assert!(

@@ -58,7 +58,14 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(async { crate::app::run(config, crate::app::shutdown_signal()).await }) {
+    match runtime.block_on(async {
+        crate::app::run(
+            config,
+            Some(cli.config.clone()),
+            crate::app::shutdown_signal(),
+        )
+        .await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "edgecore failed");
