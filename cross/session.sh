@@ -119,6 +119,9 @@ modules:
       servers: ["127.0.0.1:$3"]
   metaManager:
     enable: true
+  health:
+    enable: true
+    address: 127.0.0.1:0
   edged:
     enable: false
     hostnameOverride: $NODE

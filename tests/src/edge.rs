@@ -96,6 +96,9 @@ modules:
       backoffMaxMs: {bm}
   metaManager:
     enable: true
+  health:
+    enable: true
+    address: 127.0.0.1:0
   edged:
     enable: false
     hostnameOverride: {node}
