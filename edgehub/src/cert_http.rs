@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::cert_error::CertError;
 use crate::error::NameMismatch;
-use crate::tls::subject_alt_names;
+use crate::tls::ExplainingVerifier;
 
 /// Largest answer read from the service (KubeEdge's `MaxRespBodyLength`).
 pub(crate) const MAX_BODY: usize = 1 << 20;
@@ -158,10 +158,7 @@ pub(crate) async fn fetch_edge_cert(
             source,
         })?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NameExplaining {
-            inner,
-            url: url.clone(),
-        }));
+        .with_custom_certificate_verifier(ExplainingVerifier::new(inner, url.clone()));
     let mut headers = vec![("NodeName", node_name.to_owned())];
     let (config, what) = match credential {
         Credential::Token(jwt) => {
@@ -350,64 +347,6 @@ fn tls_error(url: &str, name: &ServerName<'static>, e: std::io::Error) -> CertEr
             url: url.to_owned(),
             source: other.clone(),
         },
-    }
-}
-
-/// WebPKI verification whose name mismatch carries the certificate's names, like the
-/// WebSocket dial's, in `rustls::Error::Other`.
-#[derive(Debug)]
-struct NameExplaining {
-    inner: Arc<WebPkiServerVerifier>,
-    url: String,
-}
-
-impl ServerCertVerifier for NameExplaining {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Err(rustls::Error::Other(OtherError(Arc::new(NameMismatch {
-                endpoint: self.url.clone(),
-                expected: server_name.to_str().into_owned(),
-                presented: subject_alt_names(end_entity),
-            })))),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

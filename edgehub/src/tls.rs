@@ -154,11 +154,18 @@ fn certificates(
 }
 
 /// WebPKI verification; a name mismatch becomes a [`NameMismatch`] carried in
-/// `rustls::Error::Other`, which the dialer unwraps.
+/// `rustls::Error::Other`, which the dialer (and the certificate client) unwraps.
 #[derive(Debug)]
-struct ExplainingVerifier {
+pub(crate) struct ExplainingVerifier {
     inner: Arc<WebPkiServerVerifier>,
+    /// What was dialed, as the operator configured it (endpoint or URL).
     endpoint: String,
+}
+
+impl ExplainingVerifier {
+    pub(crate) fn new(inner: Arc<WebPkiServerVerifier>, endpoint: String) -> Arc<Self> {
+        Arc::new(Self { inner, endpoint })
+    }
 }
 
 impl ServerCertVerifier for ExplainingVerifier {
