@@ -14,7 +14,6 @@ mod link;
 mod meta_client;
 mod metamanager;
 mod metrics;
-mod sorted_json;
 mod store;
 
 pub use app::{run, shutdown_signal};

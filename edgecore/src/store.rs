@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
-use crate::sorted_json::to_sorted_string;
+use edgehub::sorted_json;
 
 /// Capacity of the queue of batches waiting for the writer thread.
 const STORE_QUEUE_CAPACITY: usize = 256;
@@ -229,7 +229,7 @@ impl Store {
     ) -> Result<PutOutcome, StoreError> {
         let op = Op::PutObject {
             key: MetaKey::object(resource)?,
-            json: to_sorted_string(object),
+            json: sorted_json(object),
             rv: rv.map(str::to_owned),
         };
         match self.one(op).await? {

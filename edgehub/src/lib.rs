@@ -33,4 +33,4 @@ pub use error::{DecodeError, DialError, DialErrorKind, DialStage, HubError, Name
 pub use hub::{
     DisconnectReason, HubHandle, HubSettings, HubStats, LinkState, ReconnectCounts, spawn,
 };
-pub use message::{Header, Message, Resource, Route, now_millis, op};
+pub use message::{Header, Message, Resource, Route, now_millis, op, sorted_json};

@@ -236,6 +236,47 @@ impl<'a> Resource<'a> {
     }
 }
 
+/// A JSON value as Go's `GetContentData` leaves it after re-marshalling a decoded map: keys
+/// sorted at every depth, compact, Go's HTML escaping, no trailing newline. This is the form
+/// KubeEdge keeps in the `meta` table's `value` column (spec §3.2, §5.3).
+pub fn sorted_json(value: &Value) -> String {
+    let mut out = Vec::with_capacity(512);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
+    // As in `to_wire`: serialising a Value cannot fail and the output is UTF-8.
+    if Sorted(value).serialize(&mut ser).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Serialises a [`Value`] with object keys in byte order, whatever order the map keeps.
+struct Sorted<'a>(&'a Value);
+
+impl Serialize for Sorted<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut m = serializer.serialize_map(Some(entries.len()))?;
+                for (k, v) in entries {
+                    m.serialize_entry(k, &Sorted(v))?;
+                }
+                m.end()
+            }
+            Value::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&Sorted(v))?;
+                }
+                seq.end()
+            }
+            other => other.serialize(serializer),
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch; 0 if the clock is before 1970.
 pub fn now_millis() -> i64 {
     SystemTime::now()
@@ -387,6 +428,32 @@ mod tests {
         assert!(Resource::parse("node").is_none());
         assert!(Resource::parse("").is_none());
         assert!(Resource::parse("/pod/x").is_none());
+    }
+
+    #[test]
+    fn sorted_json_sorts_keys_at_every_depth() {
+        let v = serde_json::json!({"kind":"Pod","apiVersion":"v1","metadata":{"name":"a","labels":{"z":"1","a":"2"}},
+                       "spec":{"containers":[{"name":"c","image":"i"}]}});
+        assert_eq!(
+            sorted_json(&v),
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"labels":{"a":"2","z":"1"},"name":"a"},"spec":{"containers":[{"image":"i","name":"c"}]}}"#
+        );
+    }
+
+    #[test]
+    fn sorted_json_escapes_like_go_and_passes_scalars_through() {
+        let v = serde_json::json!({"b":"<x&y>\u{2028}é","a":null});
+        assert_eq!(
+            sorted_json(&v),
+            r#"{"a":null,"b":"\u003cx\u0026y\u003e\u2028é"}"#
+        );
+        let back: Value = serde_json::from_str(&sorted_json(&v)).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(
+            sorted_json(&serde_json::json!([3, "x", true, 1.5])),
+            r#"[3,"x",true,1.5]"#
+        );
+        assert_eq!(sorted_json(&serde_json::json!("plain")), r#""plain""#);
     }
 
     proptest! {

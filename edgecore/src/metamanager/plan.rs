@@ -6,8 +6,8 @@ use edgehub::{Message, op};
 use serde_json::Value;
 
 use crate::error::RemoteStatus;
-use crate::sorted_json::to_sorted_string;
 use crate::store::{MetaKey, Op};
+use edgehub::sorted_json;
 
 /// The group metamanager handles; the others belong to modules we do not run.
 pub(crate) const RESOURCE_GROUP: &str = "resource";
@@ -87,7 +87,7 @@ pub(crate) fn plan(msg: &Message) -> Plan {
         op::INSERT | op::UPDATE | op::RESPONSE => match &msg.content {
             Value::Object(_) => Op::PutObject {
                 rv: resource_version(msg),
-                json: to_sorted_string(&msg.content),
+                json: sorted_json(&msg.content),
                 key,
             },
             _ => return Plan::Reject("content is not an object"),
@@ -99,7 +99,7 @@ pub(crate) fn plan(msg: &Message) -> Plan {
             },
             Value::Object(_) => Op::PutRaw {
                 key,
-                value: to_sorted_string(&msg.content),
+                value: sorted_json(&msg.content),
             },
             _ => return Plan::Reject("patch content is neither a string nor an object"),
         },
@@ -133,7 +133,7 @@ fn plan_answer(msg: &Message) -> Plan {
     {
         ops.push(Op::PutObject {
             key,
-            json: to_sorted_string(object),
+            json: sorted_json(object),
             rv: resource_version(msg),
         });
     }
