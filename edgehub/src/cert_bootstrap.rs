@@ -186,24 +186,13 @@ async fn bootstrap_once(settings: &CertSettings) -> Result<CertInfo, CertError> 
     parse_cert(&ca_der, "CA certificate", &server.url("/ca.crt"))?;
     let ca = vec![CertificateDer::from(ca_der.clone())];
     let issued = issue(settings, &server, &ca, Credential::Token(token.jwt())).await?;
-    replace_files(vec![
-        NewFile {
-            path: settings.ca_file.clone(),
-            contents: pem("CERTIFICATE", &ca_der).into_bytes(),
-            mode: CERT_MODE,
-        },
-        NewFile {
-            path: settings.key_file.clone(),
-            contents: pem("EC PRIVATE KEY", &issued.key_sec1).into_bytes(),
-            mode: KEY_MODE,
-        },
-        NewFile {
-            path: settings.cert_file.clone(),
-            contents: pem("CERTIFICATE", &issued.cert_der).into_bytes(),
-            mode: CERT_MODE,
-        },
-    ])
-    .await?;
+    let mut files = vec![NewFile {
+        path: settings.ca_file.clone(),
+        contents: pem("CERTIFICATE", &ca_der).into_bytes(),
+        mode: CERT_MODE,
+    }];
+    files.extend(issued.files(settings));
+    replace_files(files).await?;
     info!(
         cert_file = %settings.cert_file.display(),
         serial = %issued.info.serial,
@@ -227,6 +216,25 @@ pub(crate) struct Issued {
     pub(crate) key_sec1: Vec<u8>,
     pub(crate) cert_der: Vec<u8>,
     pub(crate) info: CertInfo,
+}
+
+impl Issued {
+    /// The new key and certificate as the files they replace: key `EC PRIVATE KEY` 0600,
+    /// certificate PEM 0644. Bootstrap adds the CA; rotation writes just these two.
+    pub(crate) fn files(&self, settings: &CertSettings) -> [NewFile; 2] {
+        [
+            NewFile {
+                path: settings.key_file.clone(),
+                contents: pem("EC PRIVATE KEY", &self.key_sec1).into_bytes(),
+                mode: KEY_MODE,
+            },
+            NewFile {
+                path: settings.cert_file.clone(),
+                contents: pem("CERTIFICATE", &self.cert_der).into_bytes(),
+                mode: CERT_MODE,
+            },
+        ]
+    }
 }
 
 /// A new P-256 key and CSR (CN `system:node:<node>`, O `system:nodes`), sent to `/edge.crt`;

@@ -14,9 +14,7 @@ use tracing::{Instrument as _, error, info, info_span};
 
 use crate::cert_bootstrap::{CertSettings, issue, unix, with_retry};
 use crate::cert_error::{CertError, Chain};
-use crate::cert_files::{
-    CERT_MODE, CertInfo, KEY_MODE, NewFile, load_ca, load_pair, pem, replace_files,
-};
+use crate::cert_files::{CertInfo, load_ca, load_pair, replace_files};
 use crate::cert_http::{CertServer, Credential};
 
 /// The longest single sleep before the wall clock is looked at again (suspend, clock steps).
@@ -152,19 +150,7 @@ async fn rotate_once(settings: &CertSettings, server: &CertServer) -> Result<Cer
         },
     )
     .await?;
-    replace_files(vec![
-        NewFile {
-            path: settings.key_file.clone(),
-            contents: pem("EC PRIVATE KEY", &issued.key_sec1).into_bytes(),
-            mode: KEY_MODE,
-        },
-        NewFile {
-            path: settings.cert_file.clone(),
-            contents: pem("CERTIFICATE", &issued.cert_der).into_bytes(),
-            mode: CERT_MODE,
-        },
-    ])
-    .await?;
+    replace_files(issued.files(settings).into()).await?;
     Ok(issued.info)
 }
 
