@@ -33,6 +33,17 @@ impl PkiOptions {
     }
 }
 
+/// A further edge's certificate and key (PEM), signed by the same CA.
+#[derive(Debug, Clone)]
+pub struct ExtraEdge {
+    /// Node name (CN `system:node:NODE`).
+    pub node: String,
+    /// Certificate.
+    pub crt: String,
+    /// Key, `EC PRIVATE KEY`.
+    pub key: String,
+}
+
 /// PEM text of every file.
 #[derive(Debug, Clone)]
 pub struct Pki {
@@ -84,6 +95,16 @@ impl PkiPaths {
 impl Pki {
     /// Generates a CA, a server certificate and an edge certificate.
     pub fn generate(opts: &PkiOptions) -> Result<Self> {
+        Ok(Self::generate_with_extra_edges(opts, &[])?.0)
+    }
+
+    /// As [`Pki::generate`], plus an edge certificate and key (PEM) for each further node,
+    /// signed by the same CA: several edges of one cloud each need their own, since edgecore
+    /// checks the certificate's CN against its node name.
+    pub fn generate_with_extra_edges(
+        opts: &PkiOptions,
+        extra_nodes: &[String],
+    ) -> Result<(Self, Vec<ExtraEdge>)> {
         let ca_key = KeyPair::generate().context("ca key")?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
@@ -120,16 +141,7 @@ impl Pki {
         ];
 
         let edge_key = KeyPair::generate().context("edge key")?;
-        let mut edge_params = CertificateParams::new(Vec::<String>::new())?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("system:node:{}", opts.node));
-        dn.push(DnType::OrganizationName, "system:nodes");
-        edge_params.distinguished_name = dn;
-        edge_params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        edge_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let edge_params = edge_params_for(&opts.node)?;
 
         let ca_key_pem = sec1_pem(&ca_key)?;
         let issuer = Issuer::new(ca_params, ca_key);
@@ -139,15 +151,28 @@ impl Pki {
         let edge_cert = edge_params
             .signed_by(&edge_key, &issuer)
             .context("edge certificate")?;
+        let mut extras = Vec::with_capacity(extra_nodes.len());
+        for node in extra_nodes {
+            let key = KeyPair::generate().context("edge key")?;
+            let cert = edge_params_for(node)?
+                .signed_by(&key, &issuer)
+                .context("edge certificate")?;
+            extras.push(ExtraEdge {
+                node: node.clone(),
+                crt: cert.pem(),
+                key: sec1_pem(&key)?,
+            });
+        }
 
-        Ok(Self {
+        let pki = Self {
             ca_crt: ca_cert.pem(),
             ca_key: ca_key_pem,
             server_crt: server_cert.pem(),
             server_key: sec1_pem(&server_key)?,
             edge_crt: edge_cert.pem(),
             edge_key: sec1_pem(&edge_key)?,
-        })
+        };
+        Ok((pki, extras))
     }
 
     /// Writes the six PEM files into `dir` (created if missing).
@@ -294,6 +319,21 @@ fn base64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Subject and usages of an edge certificate as CloudHub issues it.
+fn edge_params_for(node: &str) -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("system:node:{node}"));
+    dn.push(DnType::OrganizationName, "system:nodes");
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
 }
 
 #[cfg(test)]

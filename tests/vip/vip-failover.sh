@@ -406,7 +406,9 @@ cmd_run() {
   make_topology
   bad="$(root_ns_ours)"; [ -z "$bad" ] || die "SAFETY: root namespace has: $bad"
   if [ "$REAL" = 1 ]; then
-    timeout 30 "$CLOUDSIM_BIN" pki --dir "$STATE/pki" --node "$(node_of edge1)" --san "$VIP" > "$STATE/log/pki.log" 2>&1 ||
+    local pki_nodes=() e
+    for e in $(edges); do pki_nodes+=(--extra-node "$(node_of "$e")"); done
+    timeout 30 "$CLOUDSIM_BIN" pki --dir "$STATE/pki" --node "$(node_of edge1)" --san "$VIP" "${pki_nodes[@]}" > "$STATE/log/pki.log" 2>&1 ||
       die "cloudsim pki failed: $(tail -n 5 "$STATE/log/pki.log")"
   fi
   start_clouds

@@ -34,6 +34,9 @@ enum Cmd {
         /// Also put an empty DNS SAN in the server certificate (CloudCore's default).
         #[arg(long)]
         empty_dns_san: bool,
+        /// Another edge to certify with the same CA: writes DIR/edge-NAME.crt and .key. Repeatable.
+        #[arg(long = "extra-node")]
+        extra_nodes: Vec<String>,
     },
     /// Runs one CloudHub replica until SIGTERM/SIGINT.
     Serve {
@@ -112,13 +115,19 @@ fn run(cli: Cli) -> Result<i32> {
             node,
             sans,
             empty_dns_san,
+            extra_nodes,
         } => {
             let mut opts = PkiOptions::new(&node);
             if !sans.is_empty() {
                 opts.sans = sans;
             }
             opts.empty_dns_san = empty_dns_san;
-            let paths = Pki::generate(&opts)?.write(&dir)?;
+            let (pki, extras) = Pki::generate_with_extra_edges(&opts, &extra_nodes)?;
+            let paths = pki.write(&dir)?;
+            for e in extras {
+                std::fs::write(dir.join(format!("edge-{}.crt", e.node)), e.crt)?;
+                std::fs::write(dir.join(format!("edge-{}.key", e.node)), e.key)?;
+            }
             println!("{}", paths.ca_crt.parent().unwrap_or(&dir).display());
             Ok(0)
         }
