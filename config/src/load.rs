@@ -64,38 +64,52 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 }
 
 fn parse(s: &str, path: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let parse_error = |key_path: String, message: String| ConfigError::Parse {
+        path: path.map(Path::to_owned),
+        key_path,
+        message,
+    };
+    // KubeEdge reads the file through JSON, where `key: null` (or `key:` with nothing after
+    // it) leaves the key's default in place. Dropping such entries first gives every key that
+    // rule, whatever its type.
+    let mut tree: Value = match serde_yaml_ng::from_str(s) {
+        Ok(tree) => tree,
+        Err(e) => return Err(parse_error(String::new(), e.to_string())),
+    };
+    if tree.is_null() {
+        return Err(parse_error(
+            String::new(),
+            "the document is empty: expected an EdgeCore configuration \
+             (`edgecore --defaultconfig` prints one)"
+                .to_owned(),
+        ));
+    }
+    drop_nulls(&mut tree);
     let mut ignored: Vec<Vec<String>> = Vec::new();
     let mut on_ignored = |p: serde_ignored::Path<'_>| {
         let mut segments = Vec::new();
         segments_of(&p, &mut segments);
         ignored.push(segments);
     };
-    let de = serde_yaml_ng::Deserializer::from_str(s);
-    let parsed: Result<Option<EdgeCoreConfig>, _> =
-        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(de, &mut on_ignored));
-    let parse_error = |key_path: String, message: String| ConfigError::Parse {
-        path: path.map(Path::to_owned),
-        key_path,
-        message,
-    };
+    let parsed: Result<EdgeCoreConfig, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(tree, &mut on_ignored));
     let config = match parsed {
-        Ok(Some(config)) => config,
-        Ok(None) => {
-            return Err(parse_error(
-                String::new(),
-                "the document is empty: expected an EdgeCore configuration \
-                 (`edgecore --defaultconfig` prints one)"
-                    .to_owned(),
-            ));
-        }
+        Ok(config) => config,
         Err(e) => {
-            let key_path = e.path().to_string();
+            // The tree has no positions; the text parser reports the same key with its line
+            // and column, so prefer its message when it fails too.
+            let from_text = serde_path_to_error::deserialize::<_, Option<EdgeCoreConfig>>(
+                serde_yaml_ng::Deserializer::from_str(s),
+            );
+            let (key_path, message) = match from_text {
+                Err(t) => (t.path().to_string(), t.into_inner().to_string()),
+                Ok(_) => (e.path().to_string(), e.into_inner().to_string()),
+            };
             let key_path = if key_path == "." {
                 String::new()
             } else {
                 key_path
             };
-            let message = e.into_inner().to_string();
             // serde_yaml_ng names the key path itself; say it once.
             let message = match message.strip_prefix(&format!("{key_path}: ")) {
                 Some(rest) if !key_path.is_empty() => rest.to_owned(),
@@ -113,6 +127,21 @@ fn parse(s: &str, path: Option<&Path>) -> Result<Loaded, ConfigError> {
         })
         .collect();
     Ok(Loaded { config, warnings })
+}
+
+/// Removes every mapping entry whose value is `null`, at any depth.
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Mapping(m) => {
+            m.retain(|_, v| !v.is_null());
+            for (_, v) in m.iter_mut() {
+                drop_nulls(v);
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(drop_nulls),
+        Value::Tagged(t) => drop_nulls(&mut t.value),
+        _ => {}
+    }
 }
 
 /// The path segments of an ignored key (map keys and sequence indices).

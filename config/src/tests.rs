@@ -351,6 +351,29 @@ fn load_reads_a_file_and_names_it_in_errors() {
 }
 
 #[test]
+fn a_key_with_no_value_keeps_its_default_as_in_kubeedge() {
+    let text = KUBEEDGE_DEFAULT
+        .replace("clusterDomain: cluster.local", "clusterDomain:")
+        .replace("dataSource: /var/lib/kubeedge/edgecore.db", "dataSource: null")
+        .replace("heartbeat: 15", "heartbeat: ~");
+    let loaded = from_yaml(&text).unwrap();
+    assert_eq!(loaded.warnings, vec![]);
+    let expected = from_yaml(KUBEEDGE_DEFAULT).unwrap().config;
+    assert_eq!(loaded.config, expected);
+    assert_eq!(
+        loaded.config.modules.edged.tailored_kubelet_config.cluster_domain,
+        "cluster.local"
+    );
+
+    // A wrong type is still reported with its key path and where it is in the file.
+    let err = from_yaml(&KUBEEDGE_DEFAULT.replace("heartbeat: 15", "heartbeat: [1]"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("modules.edgeHub.heartbeat"), "{err}");
+    assert!(err.contains("line "), "{err}");
+}
+
+#[test]
 fn validation_errors_convert_into_config_error() {
     fn check(c: &EdgeCoreConfig) -> Result<(), ConfigError> {
         c.validate()?;
