@@ -13,6 +13,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = loaded.config.validate();
     if let Ok(printed) = config::to_yaml(&loaded.config) {
         let back = config::from_yaml(&printed).map(|l| l.config);
-        assert_eq!(back.ok().as_ref(), Some(&loaded.config), "printed config did not load back");
+        assert_eq!(
+            back.ok().as_ref(),
+            Some(&loaded.config),
+            "printed config did not load back"
+        );
     }
 });
