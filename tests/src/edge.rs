@@ -40,6 +40,36 @@ pub struct EdgeOptions {
     pub backoff_max_ms: u64,
     /// `modules.edgeHub.messageQPS` (KubeEdge default 30, acks included; ≤ 0 = unlimited).
     pub message_qps: i32,
+    /// `modules.edged`: disabled when `None`.
+    pub edged: Option<EdgedOptions>,
+}
+
+/// `modules.edged` when enabled: where the runtime is and where pods leave files.
+#[derive(Debug, Clone)]
+pub struct EdgedOptions {
+    /// `tailoredKubeletConfig.containerRuntimeEndpoint`, e.g. `unix:///run/containerd.sock`.
+    pub runtime_endpoint: String,
+    /// `rootDirectory`: pod volumes.
+    pub root_directory: PathBuf,
+    /// `tailoredKubeletConfig.podLogsDir`: container logs.
+    pub pod_logs_dir: PathBuf,
+    /// `tailoredKubeletConfig.runtimeRequestTimeout` in seconds.
+    pub runtime_request_timeout_secs: u32,
+    /// `tailoredKubeletConfig.nodeStatusUpdateFrequency` in seconds.
+    pub node_status_update_secs: u32,
+}
+
+impl EdgedOptions {
+    /// A runtime at `endpoint`; volumes and logs under `dir`.
+    pub fn new(endpoint: &str, dir: &Path) -> Self {
+        Self {
+            runtime_endpoint: endpoint.to_owned(),
+            root_directory: dir.join("edged"),
+            pod_logs_dir: dir.join("pods"),
+            runtime_request_timeout_secs: 30,
+            node_status_update_secs: 2,
+        }
+    }
 }
 
 impl EdgeOptions {
@@ -56,6 +86,7 @@ impl EdgeOptions {
             connect_timeout_ms: 2_000,
             backoff_max_ms: 1_000,
             message_qps: 30,
+            edged: None,
         }
     }
 
@@ -72,6 +103,33 @@ impl EdgeOptions {
     /// edgecore.yaml text.
     pub fn config_yaml(&self) -> String {
         let q = |p: &Path| serde_json::to_string(&p.display().to_string()).unwrap_or_default();
+        let edged = match &self.edged {
+            None => format!(
+                "  edged:
+    enable: false
+    hostnameOverride: {node}
+",
+                node = self.node
+            ),
+            Some(e) => format!(
+                "  edged:
+    enable: true
+    hostnameOverride: {node}
+    rootDirectory: {root}
+    tailoredKubeletConfig:
+      containerRuntimeEndpoint: {endpoint}
+      podLogsDir: {logs}
+      runtimeRequestTimeout: {timeout}s
+      nodeStatusUpdateFrequency: {status}s
+",
+                node = self.node,
+                root = q(&e.root_directory),
+                endpoint = serde_json::to_string(&e.runtime_endpoint).unwrap_or_default(),
+                logs = q(&e.pod_logs_dir),
+                timeout = e.runtime_request_timeout_secs,
+                status = e.node_status_update_secs,
+            ),
+        };
         format!(
             "apiVersion: edgecore.config.kubeedge.io/v1alpha2
 kind: EdgeCore
@@ -99,10 +157,7 @@ modules:
   health:
     enable: true
     address: 127.0.0.1:0
-  edged:
-    enable: false
-    hostnameOverride: {node}
-",
+{edged}",
             db = q(&self.db_path()),
             heartbeat = self.heartbeat,
             qps = self.message_qps,
@@ -114,7 +169,6 @@ modules:
             pt = self.ping_timeout_ms,
             ct = self.connect_timeout_ms,
             bm = self.backoff_max_ms,
-            node = self.node,
         )
     }
 }
@@ -138,7 +192,30 @@ fn build_edgecore() -> Result<PathBuf> {
         .parent()
         .context("workspace root")?
         .to_owned();
-    let out = std::process::Command::new(cargo)
+    let mut cmd = std::process::Command::new(cargo);
+    // `cargo test` runs this with the variables it sets for the test (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_NAME, ...). Build scripts that rerun when those change (ring's) would then be
+    // rebuilt here, and again by the next `cargo test`: keep them out of the child's way.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    let out = cmd
         .args([
             "build",
             "-p",
@@ -222,6 +299,19 @@ impl EdgeCore {
         Ok(())
     }
 
+    /// The address of its health endpoint (`modules.health`, port 0 in the generated config),
+    /// from the last "health endpoint listening" line of its log; `None` before that line.
+    pub fn health_addr(&self) -> Option<std::net::SocketAddr> {
+        let text = std::fs::read_to_string(self.opts.dir.join("edgecore.log")).ok()?;
+        text.lines()
+            .rev()
+            .find(|l| l.contains("health endpoint listening"))?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))?
+            .parse()
+            .ok()
+    }
+
     /// The last `lines` lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.opts.dir.join("edgecore.log")).unwrap_or_default();
@@ -284,6 +374,36 @@ pub fn read_meta(db: &Path) -> Result<BTreeMap<String, MetaRow>> {
         ))
     })?;
     rows.map(|r| r.map_err(Into::into)).collect()
+}
+
+/// The edge's durable outbox (`edgecore_outbox`): key → the queued message's JSON, for status
+/// it could not send yet. A missing table reads as empty.
+pub fn read_outbox(db: &Path) -> Result<BTreeMap<String, Value>> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("open {}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "query_only", true)?;
+    let exists: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type='table' AND name='edgecore_outbox'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(BTreeMap::new());
+    }
+    let mut st = conn.prepare("SELECT key, message FROM edgecore_outbox")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (key, message) = row?;
+        let message = serde_json::from_str(&message)
+            .with_context(|| format!("outbox row {key} is not JSON"))?;
+        out.insert(key, message);
+    }
+    Ok(out)
 }
 
 /// Differences between the live objects and the edge's rows of [`PUSHED_TYPES`]; empty = equal.

@@ -497,6 +497,7 @@ impl Session {
         let mut queued = 0usize;
         for item in plan {
             let out = match item {
+                ResyncItem::Update(obj) if !self.shared.cfg.pushes(&obj.kind) => continue,
                 ResyncItem::Update(obj) => messages::object_message(op::UPDATE, &obj),
                 ResyncItem::Delete {
                     resource,

@@ -56,6 +56,10 @@ pub struct SimConfig {
     pub poll_interval: Duration,
     /// Time allowed for one WebSocket write.
     pub write_timeout: Duration,
+    /// Resource types edgecontroller pushes to nodes (change log and resync); `None` pushes
+    /// every type. Objects of other types reach a node only as answers to its queries, the way
+    /// a configmap can be fetched by an edge that was never sent it.
+    pub pushed_kinds: Option<Vec<String>>,
 }
 
 impl SimConfig {
@@ -72,7 +76,15 @@ impl SimConfig {
             resync_interval: Duration::from_secs(5),
             poll_interval: Duration::from_millis(25),
             write_timeout: Duration::from_secs(10),
+            pushed_kinds: None,
         }
+    }
+
+    /// Whether objects of `kind` are pushed to nodes.
+    pub(crate) fn pushes(&self, kind: &str) -> bool {
+        self.pushed_kinds
+            .as_ref()
+            .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
     }
 }
 
@@ -470,6 +482,9 @@ async fn tail_loop(shared: Arc<Shared>, cancel: CancellationToken) {
         let last = changes.last().map_or(cursor, |c| c.seq);
         for change in changes {
             cursor = cursor.max(change.seq);
+            if !shared.cfg.pushes(&change.object.kind) {
+                continue;
+            }
             let Some(out) = messages::for_change(change.op, &change.object) else {
                 continue;
             };
