@@ -1,8 +1,10 @@
 //! The end-to-end suite, one binary: the simulator's CloudHub behaviour against a scripted edge,
-//! the real `edgecore` binary against the simulator, and failover behind the loopback VIP.
+//! the real `edgecore` binary against the simulator (with a container runtime in `cri`), and
+//! failover behind the loopback VIP.
 
 mod e2e {
     pub(crate) mod common;
+    mod cri;
     mod edgecore;
     mod failover;
     mod simulator;

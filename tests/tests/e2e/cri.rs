@@ -1,0 +1,520 @@
+//! The real `edgecore` with edged enabled, against the simulator and a container runtime.
+//!
+//! The `cri_` tests need the private containerd of `tests/cri/setup.sh` and are ignored by
+//! default: `tests/cri/setup.sh up && eval "$(tests/cri/setup.sh env)"`, then
+//! `cargo test -p edgecore-tests -- --ignored cri_` (`tests/run.sh` does this). The test
+//! without a runtime at the socket runs everywhere.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use cloudsim::edge::{self, EdgeCore, EdgeOptions, EdgedOptions};
+use cloudsim::{CloudSim, Event, EventStream, eventually};
+use edged_shim::{CriRuntime, Runtime};
+use edgehub::Message;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::common::{Lab, NODE, SERIAL, connected};
+
+const NS: &str = "default";
+const POD: &str = "printer";
+/// Starting a pod on a loaded 2-core machine: pause image, sandbox, container.
+const POD_START: Duration = Duration::from_secs(90);
+/// The log line the container prints from its environment.
+const VALUES: &str = "cm=hello-from-configmap env-from-cm=blue secret=s3cret-from-secret \
+                      env-from-secret=admin";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run tests/cri/setup.sh up && eval \"$(tests/cri/setup.sh env)\"")
+    })
+}
+
+/// A simulator that pushes pods only: configmaps and secrets reach the edge as answers to its
+/// queries.
+async fn pods_only_replica(lab: &Lab, listen: SocketAddr) -> Result<CloudSim> {
+    let mut cfg = lab.sim_config("cloud1");
+    cfg.listen = listen;
+    cfg.pushed_kinds = Some(vec!["pod".to_owned()]);
+    CloudSim::start(cfg).await
+}
+
+fn edge_options(lab: &Lab, server: SocketAddr, endpoint: &str) -> EdgeOptions {
+    let dir = lab.dir.path().join("edge");
+    let mut opts = EdgeOptions::new(NODE, &server.to_string(), lab.paths.clone(), &dir);
+    opts.edged = Some(EdgedOptions::new(endpoint, &dir));
+    opts
+}
+
+/// A configmap and a secret in the cluster, then the pod that reads both through `env` and
+/// `envFrom`. Returns the pod's uid.
+async fn create_pod(lab: &Lab, image: &str) -> Result<String> {
+    let image = image.to_owned();
+    lab.with_cluster(move |c| {
+        c.upsert(
+            "configmap",
+            NS,
+            "app-config",
+            json!({"data": {"greeting": "hello-from-configmap", "COLOR": "blue"}}),
+        )?;
+        // "s3cret-from-secret", "admin"
+        c.upsert(
+            "secret",
+            NS,
+            "app-secret",
+            json!({"type": "Opaque", "data": {"password": "czNjcmV0LWZyb20tc2VjcmV0", "USER": "YWRtaW4="}}),
+        )?;
+        let (uid, _) = c.upsert(
+            "pod",
+            NS,
+            POD,
+            json!({"spec": {
+                "nodeName": NODE,
+                "hostNetwork": true,
+                "restartPolicy": "Always",
+                "terminationGracePeriodSeconds": 2,
+                "containers": [{
+                    "name": "app",
+                    "image": image,
+                    "command": ["/bin/sh", "-c",
+                        "echo \"cm=$GREETING env-from-cm=$COLOR secret=$PASSWORD env-from-secret=$USER\"; exec sleep 3600"],
+                    "env": [
+                        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "greeting"}}},
+                        {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "password"}}}
+                    ],
+                    "envFrom": [
+                        {"configMapRef": {"name": "app-config"}},
+                        {"secretRef": {"name": "app-secret"}}
+                    ]
+                }]
+            }}),
+        )?;
+        Ok(uid)
+    })
+    .await
+}
+
+/// The status in a `podpatch` for [`POD`], if `msg` is one.
+fn pod_patch(msg: &Message) -> Option<Value> {
+    if msg.route.operation != "patch" || msg.route.resource != format!("{NS}/podpatch/{POD}") {
+        return None;
+    }
+    let patch: Value = serde_json::from_str(msg.content.as_str()?).ok()?;
+    Some(patch["status"].clone())
+}
+
+/// Waits for a `podpatch` of [`POD`] whose status satisfies `pred`; returns it and the
+/// upstream messages seen before it.
+async fn pod_status(
+    events: &mut EventStream,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<(Value, Vec<Message>)> {
+    let mut found = None;
+    let mut seen = Vec::new();
+    events
+        .wait_for(within, what, |e| match e {
+            Event::Upstream { msg, .. } => match pod_patch(msg) {
+                Some(status) if pred(&status) => {
+                    found = Some(status);
+                    true
+                }
+                _ => {
+                    seen.push(msg.clone());
+                    false
+                }
+            },
+            _ => false,
+        })
+        .await?;
+    Ok((
+        found.context("the matching event carried the status")?,
+        seen,
+    ))
+}
+
+fn running(status: &Value) -> bool {
+    status["phase"] == "Running" && status["containerStatuses"][0]["state"]["running"].is_object()
+}
+
+/// The container's log file under the edge's pod log directory.
+fn log_file(opts: &EdgeOptions, uid: &str) -> Result<PathBuf> {
+    let logs = &opts.edged.as_ref().context("edged options")?.pod_logs_dir;
+    Ok(logs.join(format!("{NS}_{POD}_{uid}")).join("app"))
+}
+
+/// Waits until a log file of the container holds the values line.
+async fn logged_values(dir: &Path) -> Result<String> {
+    eventually(
+        "the container's log line with the configmap and secret values",
+        Duration::from_secs(30),
+        || async move {
+            let mut text = String::new();
+            let mut entries = tokio::fs::read_dir(dir).await?;
+            while let Some(e) = entries.next_entry().await? {
+                text.push_str(&tokio::fs::read_to_string(e.path()).await?);
+            }
+            ensure!(text.contains(VALUES), "log so far: {text:?}");
+            Ok(text)
+        },
+    )
+    .await
+}
+
+/// The managed sandboxes of pod `uid` in the runtime.
+async fn sandboxes_of(runtime: &CriRuntime, uid: &str) -> Result<Vec<String>> {
+    Ok(runtime
+        .list_sandboxes()
+        .await?
+        .into_iter()
+        .filter(|s| s.uid == uid)
+        .map(|s| s.id)
+        .collect())
+}
+
+fn container_id(status: &Value) -> Result<String> {
+    let id = status["containerStatuses"][0]["containerID"]
+        .as_str()
+        .context("containerID in the status")?;
+    id.strip_prefix("containerd://")
+        .map(str::to_owned)
+        .with_context(|| format!("containerID {id:?} is not containerd's"))
+}
+
+/// Waits until no podpatch is left in the outbox: the cloud answered what was queued.
+async fn outbox_drained(db: &Path) -> Result<()> {
+    let db = db.to_owned();
+    eventually(
+        "the outbox to drain after reconnect",
+        Duration::from_secs(60),
+        || {
+            let db = db.clone();
+            async move {
+                let outbox = tokio::task::spawn_blocking(move || edge::read_outbox(&db)).await??;
+                ensure!(
+                    !outbox.keys().any(|k| k.contains("podpatch")),
+                    "outbox: {:?}",
+                    outbox.keys().collect::<Vec<_>>()
+                );
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+/// Whether `msg` queries `<ns>/<kind>/<name>`.
+fn is_query(msg: &Message, kind: &str, name: &str) -> bool {
+    msg.route.operation == "query" && msg.route.resource == format!("{NS}/{kind}/{name}")
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Result<u16> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line in {text:?}"))?;
+    Ok(code)
+}
+
+/// Fails with the edge's log tail when `res` is an error.
+fn with_log<T>(res: Result<T>, edge: &EdgeCore) -> Result<T> {
+    res.map_err(|e| anyhow::anyhow!("{e:#}\nedgecore log tail:\n{}", edge.log_tail(40)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tests/cri/setup.sh up"]
+async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let endpoint = env("EDGECORE_CRI_SOCKET");
+    let image = std::env::var("EDGECORE_CRI_APP_IMAGE").unwrap_or("localhost/app:local".into());
+    let runtime = CriRuntime::new(&endpoint, Duration::from_secs(30))?;
+    let lab = Lab::new()?;
+    let sim = pods_only_replica(&lab, "127.0.0.1:0".parse()?).await?;
+    let mut events = sim.events();
+    let opts = edge_options(&lab, sim.addr(), &endpoint);
+    let mut edge = EdgeCore::spawn(opts.clone()).await?;
+    connected(&mut events, Duration::from_secs(30)).await?;
+
+    let uid = create_pod(&lab, &image).await?;
+    let (status, seen) = with_log(
+        pod_status(&mut events, POD_START, "the pod Running", |s| {
+            let state = &s["containerStatuses"][0]["state"];
+            assert!(state.get("terminated").is_none(), "container ended: {s}");
+            running(s)
+        })
+        .await,
+        &edge,
+    )?;
+    // Neither was pushed: the edge asked the cloud for both.
+    assert!(
+        seen.iter().any(|m| is_query(m, "configmap", "app-config")),
+        "no configmap query"
+    );
+    assert!(
+        seen.iter().any(|m| is_query(m, "secret", "app-secret")),
+        "no secret query"
+    );
+    let id = container_id(&status)?;
+    assert_eq!(status["containerStatuses"][0]["ready"], true, "{status}");
+    assert!(
+        status["conditions"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")),
+        "{status}"
+    );
+
+    let text = logged_values(&log_file(&opts, &uid)?).await?;
+    assert!(text.contains(&format!("stdout F {VALUES}")), "log: {text}");
+    assert_eq!(sandboxes_of(&runtime, &uid).await?.len(), 1);
+    edge.check_running()?;
+
+    // Deleted in the cloud: the container stops and goes, and so does the sandbox.
+    lab.with_cluster(|c| c.delete("pod", NS, POD).map(drop))
+        .await?;
+    let gone = eventually("the pod's sandbox removed", Duration::from_secs(60), || {
+        let (runtime, uid) = (&runtime, &uid);
+        async move {
+            let left = sandboxes_of(runtime, uid).await?;
+            ensure!(left.is_empty(), "sandboxes left: {left:?}");
+            Ok(())
+        }
+    })
+    .await;
+    with_log(gone, &edge)?;
+    match runtime.container_status(&id).await {
+        Err(edged_shim::RuntimeError::NotFound { .. }) => {}
+        other => bail!("container {id} still known to the runtime: {other:?}"),
+    }
+    edge.check_running()?;
+    edge.terminate(Duration::from_secs(15)).await?;
+    sim.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tests/cri/setup.sh up"]
+async fn cri_edgecore_restarted_offline_brings_the_pod_back_and_reports_after_reconnect()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let endpoint = env("EDGECORE_CRI_SOCKET");
+    let image = std::env::var("EDGECORE_CRI_APP_IMAGE").unwrap_or("localhost/app:local".into());
+    let runtime = CriRuntime::new(&endpoint, Duration::from_secs(30))?;
+    let lab = Lab::new()?;
+    let sim = pods_only_replica(&lab, "127.0.0.1:0".parse()?).await?;
+    let addr = sim.addr();
+    let mut events = sim.events();
+    let opts = edge_options(&lab, addr, &endpoint);
+    let edge = EdgeCore::spawn(opts.clone()).await?;
+    connected(&mut events, Duration::from_secs(30)).await?;
+    let uid = create_pod(&lab, &image).await?;
+    let (status, _) = with_log(
+        pod_status(&mut events, POD_START, "the pod Running", running).await,
+        &edge,
+    )?;
+    let first = container_id(&status)?;
+    let logs = log_file(&opts, &uid)?;
+    logged_values(&logs).await?;
+
+    // edgecore stops, the cloud goes away, and the node loses its containers (a reboot).
+    let exit = edge.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.is_some_and(|s| s.success()), "edgecore exit: {exit:?}");
+    sim.stop().await;
+    for id in sandboxes_of(&runtime, &uid).await? {
+        runtime.stop_sandbox(&id).await?;
+        runtime.remove_sandbox(&id).await?;
+    }
+    tokio::fs::remove_dir_all(&logs).await?;
+
+    // Offline: the pod comes back from the store, with the stored configmap and secret.
+    let mut edge = EdgeCore::spawn(opts.clone()).await?;
+    let back = eventually("a new sandbox with a running container", POD_START, || {
+        let (runtime, uid) = (&runtime, &uid);
+        let alive = edge.check_running();
+        async move {
+            alive?;
+            let sandboxes = sandboxes_of(runtime, uid).await?;
+            let [sandbox] = sandboxes.as_slice() else {
+                bail!("sandboxes: {sandboxes:?}");
+            };
+            let containers = runtime.list_containers(sandbox).await?;
+            containers
+                .iter()
+                .find(|c| c.name == "app" && c.state == edged_shim::ContainerState::Running)
+                .map(|c| c.id.clone())
+                .with_context(|| format!("containers: {containers:?}"))
+        }
+    })
+    .await;
+    let second = with_log(back, &edge)?;
+    assert_ne!(first, second, "a new container");
+    with_log(logged_values(&logs).await, &edge)?;
+
+    // Its Running status could not be sent: it waits in the outbox.
+    let db = opts.db_path();
+    let queued = eventually(
+        "the Running podpatch in the outbox",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            let second = second.clone();
+            async move {
+                let outbox = tokio::task::spawn_blocking(move || edge::read_outbox(&db)).await??;
+                let msg = outbox
+                    .iter()
+                    .find(|(k, _)| k.contains(&format!("podpatch/{POD}")))
+                    .map(|(_, m)| m)
+                    .with_context(|| format!("outbox keys: {:?}", outbox.keys()))?;
+                let patch: Value = serde_json::from_str(
+                    msg["content"]
+                        .as_str()
+                        .context("patch content is a string")?,
+                )?;
+                let status = &patch["status"];
+                ensure!(
+                    running(status) && container_id(status)? == second,
+                    "queued status: {status}"
+                );
+                Ok(())
+            }
+        },
+    )
+    .await;
+    with_log(queued, &edge)?;
+    edge.check_running()?;
+
+    // The cloud comes back at the same address: the queued status is delivered.
+    let sim = pods_only_replica(&lab, addr).await?;
+    let mut events = sim.events();
+    let (status, _) = with_log(
+        pod_status(
+            &mut events,
+            Duration::from_secs(60),
+            "the queued Running status after reconnect",
+            |s| running(s) && container_id(s).is_ok_and(|id| id == second),
+        )
+        .await,
+        &edge,
+    )?;
+    assert_eq!(status["containerStatuses"][0]["ready"], true, "{status}");
+    with_log(outbox_drained(&db).await, &edge)?;
+
+    // Clean up through the product: deleted in the cloud, gone from the runtime.
+    lab.with_cluster(|c| c.delete("pod", NS, POD).map(drop))
+        .await?;
+    let gone = eventually("the pod's sandbox removed", Duration::from_secs(60), || {
+        let (runtime, uid) = (&runtime, &uid);
+        async move {
+            let left = sandboxes_of(runtime, uid).await?;
+            ensure!(left.is_empty(), "sandboxes left: {left:?}");
+            Ok(())
+        }
+    })
+    .await;
+    with_log(gone, &edge)?;
+    edge.terminate(Duration::from_secs(15)).await?;
+    sim.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgecore_without_a_runtime_reports_the_pod_and_keeps_serving() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::new()?;
+    let sim = pods_only_replica(&lab, "127.0.0.1:0".parse()?).await?;
+    let mut events = sim.events();
+    let socket = lab.dir.path().join("no-runtime/containerd.sock");
+    let opts = edge_options(&lab, sim.addr(), &format!("unix://{}", socket.display()));
+    let mut edge = EdgeCore::spawn(opts.clone()).await?;
+    connected(&mut events, Duration::from_secs(30)).await?;
+    create_pod(&lab, "localhost/app:local").await?;
+
+    let (status, _) = with_log(
+        pod_status(
+            &mut events,
+            Duration::from_secs(60),
+            "the pod reported waiting for the runtime",
+            |s| s["containerStatuses"][0]["state"]["waiting"]["reason"] == "RuntimeUnavailable",
+        )
+        .await,
+        &edge,
+    )?;
+    let message = status["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("containerd.sock"), "{status}");
+    assert_eq!(status["phase"], "Pending", "{status}");
+
+    // The node keeps reporting itself not ready because of the runtime: the loop retries.
+    for n in 1..=2 {
+        with_log(
+            events
+                .wait_for(
+                    Duration::from_secs(30),
+                    &format!("node status #{n} with Ready=False"),
+                    |e| {
+                        let Event::Upstream { msg, .. } = e else {
+                            return false;
+                        };
+                        msg.route.resource == format!("default/nodepatch/{NODE}")
+                            && msg
+                                .content
+                                .as_str()
+                                .is_some_and(|p| p.contains("\"KubeletNotReady\""))
+                    },
+                )
+                .await
+                .map(drop),
+            &edge,
+        )?;
+    }
+
+    // Hub and store work: a pushed pod is stored and acked, and /readyz says ready.
+    let (uid, rv) = lab
+        .with_cluster(|c| {
+            c.upsert(
+                "pod",
+                NS,
+                "second",
+                json!({"spec": {"containers": [{"name": "c", "image": "localhost/app:local"}]}}),
+            )
+        })
+        .await?;
+    with_log(
+        events
+            .wait_for(
+                Duration::from_secs(30),
+                "the ack of a new pod",
+                |e| matches!(e, Event::Acked { uid: u, rv: r, .. } if *u == uid && *r == rv),
+            )
+            .await
+            .map(drop),
+        &edge,
+    )?;
+    let ready = eventually("/readyz 200", Duration::from_secs(30), || {
+        let addr = edge.health_addr();
+        async move {
+            let addr = addr.context("no health address in the log yet")?;
+            let code = http_get(addr, "/readyz").await?;
+            ensure!(code == 200, "/readyz answered {code}");
+            Ok(())
+        }
+    })
+    .await;
+    with_log(ready, &edge)?;
+    edge.check_running()?;
+    edge.terminate(Duration::from_secs(15)).await?;
+    sim.stop().await;
+    Ok(())
+}
