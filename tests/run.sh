@@ -16,6 +16,18 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "unit, integration and end-to-end tests"
 cargo test --workspace --locked
 
+step "pods on a real containerd (tests/cri: the ignored cri_ tests)"
+cri_started=$(date +%s)
+trap 'tests/cri/setup.sh down || true' EXIT
+tests/cri/setup.sh up
+eval "$(tests/cri/setup.sh env)"
+# --workspace --tests reuses the build of the stage above; --ignored cri_ selects the CRI tests
+# of edged-shim and of the end-to-end suite only.
+cargo test --workspace --locked --tests -- --ignored cri_
+tests/cri/setup.sh down
+trap - EXIT
+echo "containerd stage took $(( $(date +%s) - cri_started ))s"
+
 if [ -x tests/vip/vip-failover.sh ] || [ -f tests/vip/vip-failover.sh ]; then
   step "keepalived + haproxy failover in network namespaces"
   bash tests/vip/vip-failover.sh
