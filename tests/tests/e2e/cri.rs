@@ -185,11 +185,42 @@ fn container_id(status: &Value) -> Result<String> {
         .with_context(|| format!("containerID {id:?} is not containerd's"))
 }
 
+/// Waits until the outbox holds a Running podpatch of [`POD`] naming container `id`.
+async fn queued_running(db: &Path, id: &str) -> Result<()> {
+    eventually(
+        "the Running podpatch in the outbox",
+        Duration::from_secs(30),
+        || {
+            let db = db.to_owned();
+            async move {
+                let outbox = tokio::task::spawn_blocking(move || edge::read_outbox(&db)).await??;
+                let msg = outbox
+                    .iter()
+                    .find(|(k, _)| k.contains(&format!("podpatch/{POD}")))
+                    .map(|(_, m)| m)
+                    .with_context(|| format!("outbox keys: {:?}", outbox.keys()))?;
+                let patch: Value = serde_json::from_str(
+                    msg["content"]
+                        .as_str()
+                        .context("patch content is a string")?,
+                )?;
+                let status = &patch["status"];
+                ensure!(
+                    running(status) && container_id(status)? == id,
+                    "queued status: {status}"
+                );
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
 /// Waits until no podpatch is left in the outbox: the cloud answered what was queued.
 async fn outbox_drained(db: &Path) -> Result<()> {
     let db = db.to_owned();
     eventually(
-        "the outbox to drain after reconnect",
+        "no podpatch left in the outbox",
         Duration::from_secs(60),
         || {
             let db = db.clone();
@@ -327,10 +358,32 @@ async fn cri_edgecore_restarted_offline_brings_the_pod_back_and_reports_after_re
     let logs = log_file(&opts, &uid)?;
     logged_values(&logs).await?;
 
-    // edgecore stops, the cloud goes away, and the node loses its containers (a reboot).
+    // edgecore stops and the cloud goes away. Restarted offline, edgecore adopts the running
+    // container and queues its status (the outbox is empty before: the cloud answered all).
+    with_log(outbox_drained(&opts.db_path()).await, &edge)?;
     let exit = edge.terminate(Duration::from_secs(15)).await?;
     assert!(exit.is_some_and(|s| s.success()), "edgecore exit: {exit:?}");
     sim.stop().await;
+    let sandbox = sandboxes_of(&runtime, &uid).await?;
+    let edge = EdgeCore::spawn(opts.clone()).await?;
+    with_log(queued_running(&opts.db_path(), &first).await, &edge)?;
+    assert_eq!(
+        sandboxes_of(&runtime, &uid).await?,
+        sandbox,
+        "sandbox adopted"
+    );
+    let containers = runtime
+        .list_containers(sandbox.first().context("the pod's sandbox")?)
+        .await?;
+    assert!(
+        matches!(containers.as_slice(), [c] if c.id == first
+            && c.state == edged_shim::ContainerState::Running),
+        "container adopted, not recreated: {containers:?}"
+    );
+
+    // Stopped again, and the node loses its containers (a reboot).
+    let exit = edge.terminate(Duration::from_secs(15)).await?;
+    assert!(exit.is_some_and(|s| s.success()), "edgecore exit: {exit:?}");
     for id in sandboxes_of(&runtime, &uid).await? {
         runtime.stop_sandbox(&id).await?;
         runtime.remove_sandbox(&id).await?;
@@ -363,35 +416,7 @@ async fn cri_edgecore_restarted_offline_brings_the_pod_back_and_reports_after_re
 
     // Its Running status could not be sent: it waits in the outbox.
     let db = opts.db_path();
-    let queued = eventually(
-        "the Running podpatch in the outbox",
-        Duration::from_secs(30),
-        || {
-            let db = db.clone();
-            let second = second.clone();
-            async move {
-                let outbox = tokio::task::spawn_blocking(move || edge::read_outbox(&db)).await??;
-                let msg = outbox
-                    .iter()
-                    .find(|(k, _)| k.contains(&format!("podpatch/{POD}")))
-                    .map(|(_, m)| m)
-                    .with_context(|| format!("outbox keys: {:?}", outbox.keys()))?;
-                let patch: Value = serde_json::from_str(
-                    msg["content"]
-                        .as_str()
-                        .context("patch content is a string")?,
-                )?;
-                let status = &patch["status"];
-                ensure!(
-                    running(status) && container_id(status)? == second,
-                    "queued status: {status}"
-                );
-                Ok(())
-            }
-        },
-    )
-    .await;
-    with_log(queued, &edge)?;
+    with_log(queued_running(&db, &second).await, &edge)?;
     edge.check_running()?;
 
     // The cloud comes back at the same address: the queued status is delivered.
