@@ -3,7 +3,8 @@
 //! The `cri_` tests need the private containerd of `tests/cri/setup.sh` and are ignored by
 //! default: `tests/cri/setup.sh up && eval "$(tests/cri/setup.sh env)"`, then
 //! `cargo test -p edgecore-tests -- --ignored cri_` (`tests/run.sh` does this). The test
-//! without a runtime at the socket runs everywhere.
+//! without a runtime at the socket runs everywhere; the one whose runtime appears later checks
+//! that edgecore's retry finds it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -176,6 +177,20 @@ async fn sandboxes_of(runtime: &CriRuntime, uid: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Waits until the runtime holds no sandbox of pod `uid`.
+async fn sandboxes_removed(runtime: &CriRuntime, uid: &str) -> Result<()> {
+    eventually(
+        "the pod's sandbox removed",
+        Duration::from_secs(60),
+        || async move {
+            let left = sandboxes_of(runtime, uid).await?;
+            ensure!(left.is_empty(), "sandboxes left: {left:?}");
+            Ok(())
+        },
+    )
+    .await
+}
+
 fn container_id(status: &Value) -> Result<String> {
     let id = status["containerStatuses"][0]["containerID"]
         .as_str()
@@ -314,16 +329,7 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
     // Deleted in the cloud: the container stops and goes, and so does the sandbox.
     lab.with_cluster(|c| c.delete("pod", NS, POD).map(drop))
         .await?;
-    let gone = eventually("the pod's sandbox removed", Duration::from_secs(60), || {
-        let (runtime, uid) = (&runtime, &uid);
-        async move {
-            let left = sandboxes_of(runtime, uid).await?;
-            ensure!(left.is_empty(), "sandboxes left: {left:?}");
-            Ok(())
-        }
-    })
-    .await;
-    with_log(gone, &edge)?;
+    with_log(sandboxes_removed(&runtime, &uid).await, &edge)?;
     match runtime.container_status(&id).await {
         Err(edged_shim::RuntimeError::NotFound { .. }) => {}
         other => bail!("container {id} still known to the runtime: {other:?}"),
@@ -438,16 +444,7 @@ async fn cri_edgecore_restarted_offline_brings_the_pod_back_and_reports_after_re
     // Clean up through the product: deleted in the cloud, gone from the runtime.
     lab.with_cluster(|c| c.delete("pod", NS, POD).map(drop))
         .await?;
-    let gone = eventually("the pod's sandbox removed", Duration::from_secs(60), || {
-        let (runtime, uid) = (&runtime, &uid);
-        async move {
-            let left = sandboxes_of(runtime, uid).await?;
-            ensure!(left.is_empty(), "sandboxes left: {left:?}");
-            Ok(())
-        }
-    })
-    .await;
-    with_log(gone, &edge)?;
+    with_log(sandboxes_removed(&runtime, &uid).await, &edge)?;
     edge.terminate(Duration::from_secs(15)).await?;
     sim.stop().await;
     Ok(())
@@ -539,6 +536,59 @@ async fn edgecore_without_a_runtime_reports_the_pod_and_keeps_serving() -> Resul
     .await;
     with_log(ready, &edge)?;
     edge.check_running()?;
+    edge.terminate(Duration::from_secs(15)).await?;
+    sim.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tests/cri/setup.sh up"]
+async fn cri_edgecore_starts_the_pod_once_the_runtime_appears() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let endpoint = env("EDGECORE_CRI_SOCKET");
+    let socket = endpoint
+        .strip_prefix("unix://")
+        .context("EDGECORE_CRI_SOCKET is unix://")?;
+    let image = std::env::var("EDGECORE_CRI_APP_IMAGE").unwrap_or("localhost/app:local".into());
+    let runtime = CriRuntime::new(&endpoint, Duration::from_secs(30))?;
+    let lab = Lab::new()?;
+    let sim = pods_only_replica(&lab, "127.0.0.1:0".parse()?).await?;
+    let mut events = sim.events();
+    // edgecore dials a link that points nowhere until the runtime "starts".
+    let link = lab.dir.path().join("runtime/containerd.sock");
+    std::fs::create_dir_all(link.parent().context("link dir")?)?;
+    let opts = edge_options(&lab, sim.addr(), &format!("unix://{}", link.display()));
+    let edge = EdgeCore::spawn(opts.clone()).await?;
+    connected(&mut events, Duration::from_secs(30)).await?;
+    let uid = create_pod(&lab, &image).await?;
+    with_log(
+        pod_status(
+            &mut events,
+            Duration::from_secs(60),
+            "the pod reported waiting for the runtime",
+            |s| s["containerStatuses"][0]["state"]["waiting"]["reason"] == "RuntimeUnavailable",
+        )
+        .await,
+        &edge,
+    )?;
+
+    std::os::unix::fs::symlink(socket, &link)?;
+    // The runtime probe backs off up to 30 s between tries.
+    with_log(
+        pod_status(
+            &mut events,
+            POD_START,
+            "the pod Running once the runtime answers",
+            running,
+        )
+        .await,
+        &edge,
+    )?;
+    with_log(logged_values(&log_file(&opts, &uid)?).await, &edge)?;
+
+    lab.with_cluster(|c| c.delete("pod", NS, POD).map(drop))
+        .await?;
+    with_log(sandboxes_removed(&runtime, &uid).await, &edge)?;
     edge.terminate(Duration::from_secs(15)).await?;
     sim.stop().await;
     Ok(())
