@@ -104,9 +104,14 @@ pub(crate) fn plan(msg: &Message) -> Plan {
             _ => return Plan::Reject("patch content is neither a string nor an object"),
         },
         op::DELETE => {
-            let uid = (key.kind() == "pod")
-                .then(|| msg.content.pointer("/metadata/uid").and_then(Value::as_str))
-                .flatten()
+            // Every kind, not only pods as in KubeEdge: a name can be reused with a new uid, and
+            // the old incarnation's delete (synccontroller resends it after a reconnect) may
+            // arrive after the new one is stored and acked. Deleting by key alone would lose
+            // the new object for good, since the cloud never resends an acked version.
+            let uid = msg
+                .content
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
                 .filter(|u| !u.is_empty())
                 .map(str::to_owned);
             Op::Delete { key, uid }
@@ -237,7 +242,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let (op, _) = single_op(plan(&vector("secret-delete.json")));
-        assert!(matches!(op, Op::Delete { uid: None, .. }));
+        assert!(
+            matches!(&op, Op::Delete { uid: Some(u), .. } if u == "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"),
+            "{op:?}"
+        );
     }
 
     #[test]

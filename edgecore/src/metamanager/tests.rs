@@ -246,6 +246,35 @@ async fn pod_delete_removes_the_row_then_acks() {
     h.stop().await;
 }
 
+/// Found by `bench chaos-kill` / `chaos-vip`: a name deleted and created again (new uid), and
+/// the old incarnation's delete (synccontroller's orphan delete, no resourceversion) arrives
+/// after the new object was stored and acked. Deleting by key lost the new object for good.
+#[tokio::test]
+async fn a_late_delete_of_an_older_uid_is_acked_and_spares_the_new_object() {
+    let mut h = harness();
+    let key = "default/configmap/app";
+    h.push(cloud_msg(op::INSERT, key, "30", configmap("30", "new")))
+        .await;
+    h.next("insert ack").await;
+    let mut old = configmap("20", "old");
+    old["metadata"]["uid"] = json!("old-uid");
+    let late = cloud_msg(op::DELETE, key, "", old);
+    h.push(late.clone()).await;
+    let sent = h.next("ack of the late delete").await;
+    assert_eq!(sent.msg.header.parent_msg_id, late.header.msg_id);
+    assert!(
+        sent.row_at_send
+            .expect("new object kept")
+            .contains("cm-uid")
+    );
+    let del = cloud_msg(op::DELETE, key, "40", configmap("30", "new"));
+    h.push(del.clone()).await;
+    let sent = h.next("ack of the delete").await;
+    assert_eq!(sent.msg.header.parent_msg_id, del.header.msg_id);
+    assert_eq!(sent.row_at_send, None);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn remote_query_is_answered_stored_and_acked() {
     let mut h = harness();

@@ -296,7 +296,8 @@ fn stored_rv(tx: &Transaction<'_>, key: &MetaKey) -> rusqlite::Result<Option<u64
     })
 }
 
-/// KubeEdge's pod delete: only the row holding this uid goes, and then its podpatch row.
+/// A delete with a uid removes only the row holding that uid (KubeEdge does this for pods only;
+/// we do it for every kind, see `plan`), and for a pod then its podpatch row. Without a uid: by key.
 fn delete(tx: &Transaction<'_>, key: &MetaKey, uid: Option<&str>) -> rusqlite::Result<Outcome> {
     let Some(uid) = uid else {
         let n = tx.execute("DELETE FROM meta WHERE key = ?1", [key.as_str()])?;
