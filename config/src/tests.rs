@@ -354,14 +354,22 @@ fn load_reads_a_file_and_names_it_in_errors() {
 fn a_key_with_no_value_keeps_its_default_as_in_kubeedge() {
     let text = KUBEEDGE_DEFAULT
         .replace("clusterDomain: cluster.local", "clusterDomain:")
-        .replace("dataSource: /var/lib/kubeedge/edgecore.db", "dataSource: null")
+        .replace(
+            "dataSource: /var/lib/kubeedge/edgecore.db",
+            "dataSource: null",
+        )
         .replace("heartbeat: 15", "heartbeat: ~");
     let loaded = from_yaml(&text).unwrap();
     assert_eq!(loaded.warnings, vec![]);
     let expected = from_yaml(KUBEEDGE_DEFAULT).unwrap().config;
     assert_eq!(loaded.config, expected);
     assert_eq!(
-        loaded.config.modules.edged.tailored_kubelet_config.cluster_domain,
+        loaded
+            .config
+            .modules
+            .edged
+            .tailored_kubelet_config
+            .cluster_domain,
         "cluster.local"
     );
 
