@@ -150,6 +150,29 @@ pub struct DeliveryStats {
     pub unacked: u64,
 }
 
+/// What the cloud has recorded as acked by one node: the bar the edge's store must meet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckedState {
+    /// ObjectSyncs: objects whose (non-delete) version `rv` the node acked. `deleted` tells
+    /// whether the object is gone from the cluster by now (its delete may not be acked yet).
+    pub objects: Vec<AckedObject>,
+    /// Deleted objects whose delete the node acked (the ObjectSync is gone with it).
+    pub deletes: Vec<AckedObject>,
+}
+
+/// One acked object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckedObject {
+    /// metadata.uid
+    pub uid: String,
+    /// `<namespace>/<type>/<name>`: the edge's `meta` key.
+    pub resource: String,
+    /// The acked resourceVersion (for `deletes`, the deletion's).
+    pub rv: u64,
+    /// The object is deleted in the cluster.
+    pub deleted: bool,
+}
+
 /// Handle on the shared state file.
 #[derive(Debug)]
 pub struct Cluster {
@@ -361,6 +384,36 @@ impl Cluster {
                 out.insert(uid, u64::try_from(rv).unwrap_or(0));
             }
             Ok(out)
+        })
+    }
+
+    /// Everything `node` has acked, per [`AckedState`].
+    pub fn acked(&self, node: &str) -> Result<AckedState> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let read = |sql: &str| -> Result<Vec<AckedObject>> {
+                let mut st = tx.prepare(sql)?;
+                let rows = st.query_map(params![node], |r| {
+                    Ok(AckedObject {
+                        uid: r.get(0)?,
+                        resource: r.get(1)?,
+                        rv: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        deleted: r.get::<_, i64>(3)? != 0,
+                    })
+                })?;
+                rows.map(|r| r.map_err(Into::into)).collect()
+            };
+            let objects = read(
+                "SELECT s.uid, o.namespace || '/' || o.kind || '/' || o.name, s.rv, o.deleted
+                 FROM object_syncs s JOIN objects o ON o.uid = s.uid WHERE s.node=?1",
+            )?;
+            // A delete goes out at the deletion's RV, or at 0 from synccontroller (orphan).
+            let deletes = read(
+                "SELECT DISTINCT o.uid, o.namespace || '/' || o.kind || '/' || o.name, o.rv, 1
+                 FROM objects o JOIN deliveries d ON d.uid = o.uid AND d.node=?1
+                 WHERE o.deleted=1 AND d.acks>0 AND (d.rv = o.rv OR d.rv = 0)",
+            )?;
+            Ok(AckedState { objects, deletes })
         })
     }
 

@@ -312,6 +312,55 @@ impl EdgeCore {
             .ok()
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// `kill -9`: no shutdown path runs. Waits for the exit and returns the options, so the
+    /// same edge can be started again on the same data.
+    pub async fn kill(mut self) -> Result<EdgeOptions> {
+        self.child
+            .start_kill()
+            .context("send SIGKILL to edgecore")?;
+        self.child
+            .wait()
+            .await
+            .context("wait for the killed edgecore")?;
+        Ok(self.opts.clone())
+    }
+
+    /// Length of its log so far: a mark for [`EdgeCore::wait_log`].
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(self.opts.dir.join("edgecore.log")).map_or(0, |m| m.len())
+    }
+
+    /// When its log, past byte `from`, first contains `needle` (polled every 10 ms, so the
+    /// instant is that precise); fails after `within`.
+    pub async fn wait_log(
+        &self,
+        from: u64,
+        needle: &str,
+        within: Duration,
+    ) -> Result<std::time::Instant> {
+        let path = self.opts.dir.join("edgecore.log");
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            let mut bytes = Vec::new();
+            if let Ok(mut f) = std::fs::File::open(&path) {
+                use std::io::{Read, Seek, SeekFrom};
+                if f.seek(SeekFrom::Start(from)).is_ok() {
+                    let _ = f.read_to_end(&mut bytes);
+                }
+            }
+            if String::from_utf8_lossy(&bytes).contains(needle) {
+                return Ok(std::time::Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        bail!("edgecore did not log {needle:?} within {within:?}")
+    }
+
     /// The last `lines` lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.opts.dir.join("edgecore.log")).unwrap_or_default();

@@ -3,6 +3,7 @@
 //! failover behind the loopback VIP.
 
 mod e2e {
+    mod chaos;
     pub(crate) mod common;
     mod cri;
     mod edgecore;

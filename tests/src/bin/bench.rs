@@ -1,5 +1,5 @@
 //! Benchmark of the real `edgecore` against the simulator: failover times, memory, startup and
-//! binary size. Prints numbers; asserts nothing about them.
+//! binary size (prints numbers, asserts nothing about them); chaos and flood runs (which do).
 //!
 //! `EDGECORE_BIN=target/release/edgecore cargo run --release -p edgecore-tests --bin bench -- <all|failover|memory|startup> [--runs N]`
 //!
@@ -12,6 +12,10 @@
 //!   objects, then after 10,000 mixed objects are synced (the edge store equals the cluster).
 //! * startup: process spawn to the simulator's `Connected` event.
 //! * size: the binary that ran, on disk and stripped.
+//! * chaos-vip [--moves N] [--seed S], chaos-kill [--kills N] [--seed S]: issue #8's chaos runs
+//!   ([`cloudsim::chaos`]); print PASS/FAIL and exit non-zero on a violated invariant.
+//! * flood [--messages N]: [`cloudsim::flood`]; peak and final memory, every message acked and
+//!   stored.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
@@ -21,8 +25,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use cloudsim::chaos::{self, ChaosOptions, ChaosReport, Rng};
 use cloudsim::edge::{EdgeCore, EdgeOptions, diff, edgecore_binary, read_meta};
 use cloudsim::feed::{self, FeedKind};
+use cloudsim::flood::{Mem, kib};
 use cloudsim::{CloudSim, Cluster, Event, EventStream, Mode, Pki, PkiOptions, SimConfig, VipProxy};
 
 const NODE: &str = "bench-node";
@@ -49,11 +55,35 @@ enum What {
     Failover,
     Memory,
     Startup,
+    ChaosVip,
+    ChaosKill,
+    Flood,
+}
+
+/// Default VIP moves of `chaos-vip` and kills of `chaos-kill` (issue #8's full counts).
+const CHAOS_MOVES: usize = 100;
+const CHAOS_KILLS: usize = 200;
+/// Default messages of `flood`.
+const FLOOD_MESSAGES: u64 = 100_000;
+/// Bound on the last flood ack after the last send.
+const FLOOD_ACKED_WITHIN: Duration = Duration::from_secs(900);
+
+const USAGE: &str = "usage: bench [all|failover|memory|startup] [--runs N] | chaos-vip [--moves N] [--seed S] | chaos-kill [--kills N] [--seed S] | flood [--messages N]";
+
+#[derive(Debug)]
+struct Args {
+    what: What,
+    runs: usize,
+    /// Moves or kills; `None` = the default of the run.
+    steps: Option<usize>,
+    seed: Option<u64>,
+    messages: u64,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let (what, runs) = parse_args(std::env::args().skip(1))?;
+    let args = parse_args(std::env::args().skip(1))?;
+    let what = args.what;
     let bin = tokio::task::spawn_blocking(edgecore_binary)
         .await
         .context("resolve the edgecore binary")??;
@@ -64,44 +94,192 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average()
     );
+    match what {
+        What::ChaosVip | What::ChaosKill => return chaos_run(&args).await,
+        What::Flood => return flood(args.messages).await,
+        _ => {}
+    }
     size(&bin).await;
     if matches!(what, What::All | What::Startup) {
-        startup(runs).await?;
+        startup(args.runs).await?;
     }
     if matches!(what, What::All | What::Memory) {
         memory().await?;
     }
     if matches!(what, What::All | What::Failover) {
-        failover(runs).await?;
+        failover(args.runs).await?;
     }
     println!("\nload average at the end: {}", load_average());
     Ok(())
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(What, usize)> {
-    let mut what = What::All;
-    let mut runs = 20usize;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "all" => what = What::All,
-            "failover" => what = What::Failover,
-            "memory" => what = What::Memory,
-            "startup" => what = What::Startup,
+fn number<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
+    let v = v.with_context(|| format!("{flag} needs a number"))?;
+    v.parse()
+        .map_err(|_| anyhow::anyhow!("{flag} {v:?} is not a number"))
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
+    let mut a = Args {
+        what: What::All,
+        runs: 20,
+        steps: None,
+        seed: None,
+        messages: FLOOD_MESSAGES,
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "all" => a.what = What::All,
+            "failover" => a.what = What::Failover,
+            "memory" => a.what = What::Memory,
+            "startup" => a.what = What::Startup,
+            "chaos-vip" => a.what = What::ChaosVip,
+            "chaos-kill" => a.what = What::ChaosKill,
+            "flood" => a.what = What::Flood,
             "--runs" => {
-                let n = args.next().context("--runs needs a number")?;
-                runs = n
-                    .parse()
-                    .with_context(|| format!("--runs {n:?} is not a number"))?;
-                if runs == 0 {
+                a.runs = number("--runs", args.next())?;
+                if a.runs == 0 {
                     bail!("--runs must be at least 1");
                 }
             }
-            other => bail!(
-                "unknown argument {other:?}; usage: bench [all|failover|memory|startup] [--runs N]"
-            ),
+            "--moves" | "--kills" => a.steps = Some(number(&arg, args.next())?),
+            "--seed" => a.seed = Some(number("--seed", args.next())?),
+            "--messages" => a.messages = number("--messages", args.next())?,
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
-    Ok((what, runs))
+    Ok(a)
+}
+
+// ---------------------------------------------------------------- chaos
+
+async fn chaos_run(args: &Args) -> Result<()> {
+    let vip = args.what == What::ChaosVip;
+    let steps = args
+        .steps
+        .unwrap_or(if vip { CHAOS_MOVES } else { CHAOS_KILLS });
+    let seed = args.seed.unwrap_or_else(Rng::clock_seed);
+    let opts = ChaosOptions::new(steps, seed);
+    let name = if vip { "chaos-vip" } else { "chaos-kill" };
+    println!(
+        "\n{name}: {steps} {} during a write storm (one write every {} ms over {} names: inserts, updates, 15 % deletes), seed {seed}",
+        if vip {
+            "VIP moves (reset or silent at random)"
+        } else {
+            "kill -9 of edgecore, each followed by a restart"
+        },
+        opts.write_period.as_millis(),
+        opts.pool
+    );
+    println!(
+        "  pauses {}–{} ms before each step; resync every {} s; edge: pings 500 ms, 2 s silence limit, backoff cap 1 s, messageQPS {}",
+        opts.pause_ms.0,
+        opts.pause_ms.1,
+        opts.resync_interval.as_secs(),
+        opts.message_qps
+    );
+    println!(
+        "  repeat with: bench {name} --{} {steps} --seed {seed}",
+        if vip { "moves" } else { "kills" }
+    );
+    let progress = |line: &str| println!("  {line}");
+    let report = if vip {
+        chaos::vip(&opts, &progress).await?
+    } else {
+        chaos::kill(&opts, &progress).await?
+    };
+    print_chaos(name, &report);
+    if !report.passed() {
+        bail!("{name} FAILED with seed {seed}");
+    }
+    Ok(())
+}
+
+fn print_chaos(name: &str, r: &ChaosReport) {
+    println!();
+    if !r.moves.is_empty() {
+        for (mode, label) in [(Mode::Rst, "reset"), (Mode::Silent, "silent")] {
+            let mut detected: Vec<Duration> = r
+                .moves
+                .iter()
+                .filter(|m| m.mode == mode)
+                .map(|m| m.detected)
+                .collect();
+            let mut connected: Vec<Duration> = r
+                .moves
+                .iter()
+                .filter(|m| m.mode == mode)
+                .map(|m| m.connected)
+                .collect();
+            summary(&format!("{label} move → \"session lost\""), &mut detected);
+            summary(&format!("{label} move → connected"), &mut connected);
+        }
+    }
+    println!(
+        "  storm: {} writes ({} inserts, {} updates, {} deletes); {} objects live at the end",
+        r.storm.total(),
+        r.storm.inserts,
+        r.storm.updates,
+        r.storm.deletes,
+        r.objects
+    );
+    println!(
+        "  sessions {}, checks (integrity_check + acked versions) {}, deliveries {} (duplicates {}, acks {}, never acked {})",
+        r.sessions,
+        r.checks,
+        r.deliveries.delivered,
+        r.deliveries.duplicates,
+        r.deliveries.acks,
+        r.deliveries.unacked
+    );
+    println!(
+        "  converged {:.1} s after the storm stopped; {:.1} s in all",
+        r.converged_after.as_secs_f64(),
+        r.duration.as_secs_f64()
+    );
+    if r.passed() {
+        println!("{name}: PASS ({} steps, seed {})", r.steps, r.seed);
+    } else {
+        println!(
+            "{name}: FAIL ({} problems, seed {}):",
+            r.problems.len(),
+            r.seed
+        );
+        for p in r.problems.iter().take(50) {
+            println!("  - {p}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- flood
+
+async fn flood(messages: u64) -> Result<()> {
+    println!(
+        "\nflood: {messages} configmap updates written straight into the session (no one-in-flight pacing), 200-byte payloads, distinct names; memory from /proc/<pid>/status every 100 ms"
+    );
+    let progress = |line: &str| println!("{line}");
+    let r = cloudsim::flood::run(messages, FLOOD_ACKED_WITHIN, &progress).await?;
+    println!("  idle, connected: {}", r.idle);
+    println!(
+        "  peak during the flood ({} samples): {}",
+        r.samples, r.peak
+    );
+    println!("  after the last ack: {}", r.after);
+    println!(
+        "  sent in {:.1} s, all acked in {:.1} s ({:.0} messages/s); acks {}, stored at their rv {}, sessions {}",
+        r.sent_in.as_secs_f64(),
+        r.acked_in.as_secs_f64(),
+        r.messages as f64 / r.acked_in.as_secs_f64().max(1e-9),
+        r.acks,
+        r.stored,
+        r.sessions
+    );
+    let ok = r.acks >= messages && r.stored == messages && r.sessions == 1;
+    println!("flood: {}", if ok { "PASS" } else { "FAIL" });
+    if !ok {
+        bail!("flood: not every message was acked and stored on one session");
+    }
+    Ok(())
 }
 
 /// A temp dir with certificates and a cluster state file.
@@ -196,10 +374,10 @@ async fn memory() -> Result<()> {
     // Idle: sample across a few pings after the session is up, report the last and the peak.
     let mut peak = Mem::default();
     let until = Instant::now() + IDLE_WINDOW;
-    let mut idle = read_mem(pid)?;
+    let mut idle = Mem::read(pid)?;
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        idle = read_mem(pid)?;
+        idle = Mem::read(pid)?;
         peak = peak.max(idle);
     }
     println!("  idle, connected, no objects (after {IDLE_WINDOW:?}): {idle}");
@@ -222,7 +400,7 @@ async fn memory() -> Result<()> {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         edge.check_running()?;
-        peak = peak.max(read_mem(pid)?);
+        peak = peak.max(Mem::read(pid)?);
         if let Some(w) = writer.take_if(|w| w.is_finished()) {
             w.await.context("feed task")??;
             println!(
@@ -242,7 +420,7 @@ async fn memory() -> Result<()> {
         }
     }
     let synced_after = t0.elapsed();
-    let after = read_mem(pid)?;
+    let after = Mem::read(pid)?;
     println!(
         "  synced: edge store equals the cluster's {MEMORY_OBJECTS} objects {:.1} s after the first write",
         synced_after.as_secs_f64()
@@ -271,55 +449,6 @@ async fn synced(cluster: &Arc<Cluster>, db: &Path) -> Result<bool> {
     })
     .await
     .context("compare task")?
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Mem {
-    rss_kib: u64,
-    anon_kib: u64,
-    hwm_kib: u64,
-}
-
-impl Mem {
-    fn max(self, o: Mem) -> Mem {
-        Mem {
-            rss_kib: self.rss_kib.max(o.rss_kib),
-            anon_kib: self.anon_kib.max(o.anon_kib),
-            hwm_kib: self.hwm_kib.max(o.hwm_kib),
-        }
-    }
-}
-
-impl std::fmt::Display for Mem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "VmRSS {}, RssAnon {}, VmHWM {}",
-            kib(self.rss_kib),
-            kib(self.anon_kib),
-            kib(self.hwm_kib)
-        )
-    }
-}
-
-fn kib(k: u64) -> String {
-    format!("{k} kB ({:.2} MiB)", k as f64 / 1024.0)
-}
-
-fn read_mem(pid: u32) -> Result<Mem> {
-    let path = format!("/proc/{pid}/status");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let field = |name: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no {name} in {path}"))
-    };
-    Ok(Mem {
-        rss_kib: field("VmRSS:")?,
-        anon_kib: field("RssAnon:")?,
-        hwm_kib: field("VmHWM:")?,
-    })
 }
 
 /// The pid of the edgecore running with `config` (the harness does not expose its child's pid).
@@ -387,10 +516,10 @@ async fn failover(runs: usize) -> Result<()> {
             n += 1;
             let next = setup.replica(&format!("cloud-{n}")).await?;
             let mut events = next.events();
-            let mark = log_len(&edge);
+            let mark = edge.log_len();
             let moved = Instant::now();
             vip.move_to(next.addr(), mode);
-            let lost = wait_log(&edge, mark, "session lost").await?;
+            let lost = edge.wait_log(mark, "session lost", FAILOVER_WITHIN).await?;
             events
                 .wait_for(
                     FAILOVER_WITHIN,
@@ -431,25 +560,6 @@ async fn failover(runs: usize) -> Result<()> {
     current.stop().await;
     vip.stop().await;
     Ok(())
-}
-
-fn log_len(edge: &EdgeCore) -> u64 {
-    std::fs::metadata(edge.options().dir.join("edgecore.log")).map_or(0, |m| m.len())
-}
-
-/// When the edgecore log, past byte `from`, first contains `needle` (polled every 10 ms).
-async fn wait_log(edge: &EdgeCore, from: u64, needle: &str) -> Result<Instant> {
-    let path = edge.options().dir.join("edgecore.log");
-    let deadline = Instant::now() + FAILOVER_WITHIN;
-    while Instant::now() < deadline {
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        let start = usize::try_from(from).unwrap_or(usize::MAX).min(bytes.len());
-        if String::from_utf8_lossy(bytes.get(start..).unwrap_or_default()).contains(needle) {
-            return Ok(Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("edgecore did not log {needle:?} within {FAILOVER_WITHIN:?}")
 }
 
 // ---------------------------------------------------------------- size and helpers
