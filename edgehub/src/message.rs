@@ -415,6 +415,21 @@ mod tests {
     }
 
     #[test]
+    fn floats_decode_exactly_and_survive_a_round_trip() {
+        // Found by the from_wire fuzz target: without serde_json's `float_roundtrip`,
+        // "5.3e+115" decoded 1 ULP off (5.3000000000000005e+115), so the content stored
+        // differed from what the cloud sent, and decode(encode(m)) != m.
+        let raw = br#"{"header":{"msg_id":"a"},"content":{"kind":53000E111,"x":5.3e+115}}"#;
+        let m = Message::from_wire(raw).unwrap();
+        assert_eq!(m.content["kind"].as_f64(), Some(5.3e115));
+        assert_eq!(m.content["x"].as_f64(), Some(5.3e115));
+        let back = Message::from_wire(m.to_wire().as_bytes()).unwrap();
+        assert_eq!(back, m);
+        let stored: Value = serde_json::from_str(&sorted_json(&m.content)).unwrap();
+        assert_eq!(stored, m.content);
+    }
+
+    #[test]
     fn resource_strings() {
         let r = Resource::parse("default/pod/nginx").unwrap();
         assert_eq!(
