@@ -8,5 +8,6 @@ mod e2e {
     mod cri;
     mod edgecore;
     mod failover;
+    mod flood;
     mod simulator;
 }
