@@ -443,3 +443,13 @@ async fn concurrent_batches_all_commit_with_their_own_results() {
     store.shutdown().await;
     assert_eq!(rows(&path).len(), 100);
 }
+
+#[test]
+fn connection_page_cache_is_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = super::writer::open(&dir.path().join("edgecore.db")).unwrap();
+    let kib: i64 = conn
+        .query_row("PRAGMA cache_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kib, -256);
+}

@@ -25,6 +25,16 @@ use crate::error::StoreError;
 /// How long a statement waits for a lock held by another process (e.g. a KubeEdge tool).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `PRAGMA cache_size` of the connection: negative means KiB, here at most 64 pages of 4 KiB.
+///
+/// SQLite's default (−2000, about 2 MiB) is kept for the connection's whole life and, in an
+/// edgecore that otherwise needs about 1 MiB of heap, was most of the memory growth after a sync:
+/// 10,000 objects (a 4 MB database) took RssAnon from 1.2 to 3.4 MiB (glibc release build); with
+/// 256 KiB it ends at 1.5 MiB, and 1,000 acked writes take as long. Lookups are by primary key,
+/// so the B-tree interior pages, which fit, are the only pages reused; a miss is a read from the
+/// OS page cache, small next to the fsync of every commit.
+const CACHE_SIZE_KIB: i64 = -256;
+
 /// Most batches merged into one transaction.
 const MAX_GROUP: usize = 64;
 
@@ -60,6 +70,8 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
         tracing::warn!(path = %path.display(), mode, "database does not support WAL; using its journal mode");
     }
     conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)
         .map_err(open_err)?;
     conn.execute_batch(SCHEMA).map_err(|e| StoreError::Schema {
         path: path.to_owned(),
