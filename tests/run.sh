@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 started=$(date +%s)
 
+# Incremental artifacts are of no use to a one-shot run and doubled the build dir's size.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# The build needs about 1 GB for the workspace tests and about 2 GB more for the cross stage.
+free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
+echo "disk: ${free_mb} MB free at $(pwd)"
+if [ "${free_mb:-0}" -lt 3072 ]; then
+  echo "warning: less than 3 GB free; the build may run out of space (free some, or set CARGO_TARGET_DIR to a bigger disk)" >&2
+fi
+
 step "format"
 cargo fmt --all -- --check
 
