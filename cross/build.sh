@@ -37,11 +37,13 @@ want_locked() {
 
 build_cloudsim() {
   # The host toolchain (rust-toolchain.toml) and the host target/ dir: the same
-  # artifacts the workspace tests use, so CI builds it once.
+  # artifacts the workspace tests use, so CI builds it once. --workspace, not -p: cargo unifies
+  # dependency features over the packages it is asked for, and `-p edgecore-tests` alone
+  # resolved them differently and rebuilt half the tree (77 s in CI).
   local t0; t0="$(now)"
-  log "building cloudsim for the host (cargo build -p edgecore-tests --bin cloudsim)"
+  log "building cloudsim for the host (cargo build --workspace --bin cloudsim)"
   local locked=(); want_locked && locked=(--locked)
-  ( cd "$REPO_DIR" && PATH="${PATH//$TOOLBIN:/}" cargo build "${locked[@]}" -q -p edgecore-tests --bin cloudsim ) \
+  ( cd "$REPO_DIR" && PATH="${PATH//$TOOLBIN:/}" cargo build "${locked[@]}" -q --workspace --bin cloudsim ) \
     || die "host build of cloudsim failed (package edgecore-tests, bin cloudsim)"
   local exe="${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/cloudsim"
   [ -x "$exe" ] || die "cloudsim built but $exe is missing"
