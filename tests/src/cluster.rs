@@ -153,7 +153,8 @@ pub struct DeliveryStats {
 /// What the cloud has recorded as acked by one node: the bar the edge's store must meet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AckedState {
-    /// ObjectSyncs: objects whose (non-delete) version `rv` the node acked. `deleted` tells
+    /// ObjectSyncs: objects whose (non-delete) version `rv` the node acked (the RV 0 ones that a
+    /// send creates before any ack are left out). `deleted` tells
     /// whether the object is gone from the cluster by now (its delete may not be acked yet).
     pub objects: Vec<AckedObject>,
     /// Deleted objects whose delete the node acked (the ObjectSync is gone with it).
@@ -405,7 +406,7 @@ impl Cluster {
             };
             let objects = read(
                 "SELECT s.uid, o.namespace || '/' || o.kind || '/' || o.name, s.rv, o.deleted
-                 FROM object_syncs s JOIN objects o ON o.uid = s.uid WHERE s.node=?1",
+                 FROM object_syncs s JOIN objects o ON o.uid = s.uid WHERE s.node=?1 AND s.rv > 0",
             )?;
             // A delete goes out at the deletion's RV, or at 0 from synccontroller (orphan).
             let deletes = read(
@@ -446,14 +447,27 @@ impl Cluster {
 
     /// Records the first send of (uid, rv) by one session; returns how many sessions have sent
     /// it so far (more than 1 = a duplicate delivery).
-    pub fn record_delivery(&self, node: &str, uid: &str, rv: u64) -> Result<u64> {
+    ///
+    /// As CloudCore's dispatcher does for an object message (not a delete) when the node has
+    /// no ObjectSync for it yet (`enqueueNamespacedResource`), this creates one at RV 0. So if
+    /// the edge stores the object but its ack is lost with the link, and the object is deleted
+    /// before it is sent again, synccontroller still finds the ObjectSync and sends the delete.
+    pub fn record_delivery(&self, node: &str, uid: &str, rv: u64, is_delete: bool) -> Result<u64> {
         self.with(|conn| {
-            let sends: i64 = conn.query_row(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !is_delete {
+                tx.execute(
+                    "INSERT OR IGNORE INTO object_syncs(node, uid, rv) VALUES (?1, ?2, 0)",
+                    params![node, uid],
+                )?;
+            }
+            let sends: i64 = tx.query_row(
                 "INSERT INTO deliveries(node, uid, rv, sends, acks) VALUES (?1, ?2, ?3, 1, 0)
                  ON CONFLICT(node, uid, rv) DO UPDATE SET sends=sends+1 RETURNING sends",
                 params![node, uid, rv as i64],
                 |r| r.get(0),
             )?;
+            tx.commit()?;
             Ok(u64::try_from(sends).unwrap_or(0))
         })
     }
@@ -724,11 +738,36 @@ mod tests {
         assert_eq!(c.object_syncs("n1").unwrap().len(), 1);
     }
 
+    /// Found by chaos-vip: the edge stored an object, its ack was lost with the link, and the
+    /// object was deleted before the next session. Without CloudCore's RV 0 ObjectSync from the
+    /// send, nothing would ever tell the edge to delete it.
+    #[test]
+    fn a_send_without_an_ack_still_gets_its_delete_from_resync() {
+        let (_d, c) = open();
+        let (u, rv) = c.upsert("secret", "default", "s", json!({})).unwrap();
+        c.record_delivery("n1", &u, rv, false).unwrap();
+        assert!(
+            c.acked("n1").unwrap().objects.is_empty(),
+            "a send is no ack"
+        );
+        c.delete("secret", "default", "s").unwrap();
+        let plan = c.resync_plan("n1").unwrap();
+        assert!(
+            matches!(plan.as_slice(), [ResyncItem::Delete { uid, .. }] if *uid == u),
+            "{plan:?}"
+        );
+        // A delete's send creates nothing.
+        let (u2, rv2) = c.upsert("secret", "default", "t", json!({})).unwrap();
+        c.delete("secret", "default", "t").unwrap();
+        c.record_delivery("n1", &u2, rv2 + 1, true).unwrap();
+        assert!(!c.object_syncs("n1").unwrap().contains_key(&u2));
+    }
+
     #[test]
     fn deliveries_count_duplicates_and_acks() {
         let (_d, c) = open();
-        assert_eq!(c.record_delivery("n", "u", 5).unwrap(), 1);
-        assert_eq!(c.record_delivery("n", "u", 5).unwrap(), 2);
+        assert_eq!(c.record_delivery("n", "u", 5, false).unwrap(), 1);
+        assert_eq!(c.record_delivery("n", "u", 5, false).unwrap(), 2);
         c.record_ack("n", "u", 5, false).unwrap();
         let s = c.delivery_stats("n").unwrap();
         assert_eq!(

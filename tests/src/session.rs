@@ -232,17 +232,22 @@ impl Session {
             }
             let duplicate = match &out.uid {
                 Some(uid) if !is_response => {
-                    let (cluster, node, uid, rv) = (
+                    let (cluster, node, uid2, rv, del) = (
                         self.shared.cluster.clone(),
                         self.node.clone(),
                         uid.clone(),
                         out.rv,
+                        out.is_delete,
                     );
-                    match tokio::task::spawn_blocking(move || {
-                        cluster.record_delivery(&node, &uid, rv)
+                    let sent = tokio::task::spawn_blocking(move || {
+                        cluster.record_delivery(&node, &uid2, rv, del)
                     })
-                    .await
-                    {
+                    .await;
+                    if !out.is_delete {
+                        // The ObjectSync that record_delivery created, if there was none.
+                        self.synced.entry(uid.clone()).or_insert(0);
+                    }
+                    match sent {
                         Ok(Ok(n)) => n > 1,
                         other => {
                             warn!(?other, "recording a delivery failed");
