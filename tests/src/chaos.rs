@@ -29,7 +29,6 @@ use crate::events::{Event, EventStream};
 use crate::pki::{Pki, PkiOptions, PkiPaths};
 use crate::proxy::{Mode, VipProxy};
 use crate::sim::{CloudSim, SimConfig};
-use crate::wait::eventually;
 
 /// The node the chaos edge runs as.
 pub const NODE: &str = "chaos-node";
@@ -235,7 +234,7 @@ impl Lab {
     ) -> Result<()> {
         report.storm = storm.stop().await?;
         let stopped = Instant::now();
-        if let Err(e) = converged(&self.cluster, edge, opts.converge_within).await {
+        if let Err(e) = edge::converged(&self.cluster, NODE, edge, opts.converge_within).await {
             report.problems.push(format!("final convergence: {e:#}"));
         }
         report.converged_after = stopped.elapsed();
@@ -252,48 +251,6 @@ impl Lab {
         report.deliveries = deliveries;
         Ok(())
     }
-}
-
-/// Waits until the edge's store equals the live objects and every current version is acked.
-async fn converged(cluster: &Arc<Cluster>, edge: &mut EdgeCore, within: Duration) -> Result<()> {
-    let db = edge.db_path();
-    let res = eventually(
-        "edge store equal to the cluster, all current versions acked",
-        within,
-        || {
-            let (db, cluster) = (db.clone(), Arc::clone(cluster));
-            let running = edge.check_running();
-            async move {
-                running?;
-                tokio::task::spawn_blocking(move || -> Result<()> {
-                    let objects = cluster.objects()?;
-                    let meta = if db.exists() {
-                        edge::read_meta(&db)?
-                    } else {
-                        Default::default()
-                    };
-                    let diffs = edge::diff(&objects, &meta);
-                    anyhow::ensure!(
-                        diffs.is_empty(),
-                        "{} differences, first: {:?}",
-                        diffs.len(),
-                        diffs.iter().take(3).collect::<Vec<_>>()
-                    );
-                    let unacked = cluster.unacked_current(NODE)?;
-                    anyhow::ensure!(
-                        unacked.is_empty(),
-                        "{} current versions not acked, first: {:?}",
-                        unacked.len(),
-                        unacked.first()
-                    );
-                    Ok(())
-                })
-                .await?
-            }
-        },
-    )
-    .await;
-    res.map_err(|e| anyhow::anyhow!("{e:#}\nedgecore log tail:\n{}", edge.log_tail(20)))
 }
 
 async fn session_up(events: &mut EventStream, what: &str) -> Result<()> {

@@ -4,15 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
-use crate::cluster::Object;
+use crate::cluster::{Cluster, Object};
 use crate::pki::PkiPaths;
+use crate::wait::eventually;
 
 /// Resource types the simulator pushes; other `meta` rows (node, patches, leases) are ignored.
 pub const PUSHED_TYPES: [&str; 3] = ["configmap", "pod", "secret"];
@@ -88,6 +89,17 @@ impl EdgeOptions {
             message_qps: 30,
             edged: None,
         }
+    }
+
+    /// The product's link defaults (edgecore.yaml's heartbeat, ping interval and timeout, and
+    /// backoff cap) in place of the fast ones of [`EdgeOptions::new`].
+    pub fn with_product_link_defaults(mut self) -> Self {
+        let hub = config::EdgeCoreConfig::default().modules.edge_hub;
+        self.heartbeat = hub.heartbeat;
+        self.ping_interval_ms = hub.failover.ping_interval_ms;
+        self.ping_timeout_ms = hub.failover.ping_timeout_ms;
+        self.backoff_max_ms = hub.failover.backoff_max_ms;
+        self
     }
 
     /// The SQLite file.
@@ -397,21 +409,9 @@ pub struct MetaRow {
 
 /// The `meta` table of an edge database, key → row. A missing table reads as empty.
 pub fn read_meta(db: &Path) -> Result<BTreeMap<String, MetaRow>> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("open {}", db.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "query_only", true)?;
-    let exists: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type='table' AND name='meta'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    let Some(conn) = open_table(db, "meta")? else {
         return Ok(BTreeMap::new());
-    }
+    };
     let mut st = conn.prepare("SELECT key, type, COALESCE(value, '') FROM meta")?;
     let rows = st.query_map([], |r| {
         Ok((
@@ -428,21 +428,9 @@ pub fn read_meta(db: &Path) -> Result<BTreeMap<String, MetaRow>> {
 /// The edge's durable outbox (`edgecore_outbox`): key → the queued message's JSON, for status
 /// it could not send yet. A missing table reads as empty.
 pub fn read_outbox(db: &Path) -> Result<BTreeMap<String, Value>> {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("open {}", db.display()))?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "query_only", true)?;
-    let exists: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type='table' AND name='edgecore_outbox'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !exists {
+    let Some(conn) = open_table(db, "edgecore_outbox")? else {
         return Ok(BTreeMap::new());
-    }
+    };
     let mut st = conn.prepare("SELECT key, message FROM edgecore_outbox")?;
     let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     let mut out = BTreeMap::new();
@@ -453,6 +441,73 @@ pub fn read_outbox(db: &Path) -> Result<BTreeMap<String, Value>> {
         out.insert(key, message);
     }
     Ok(out)
+}
+
+/// Waits until the edge's store equals the cluster's live objects and every current version
+/// sent to `node` was acked; the error carries the tail of edgecore's log.
+pub async fn converged(
+    cluster: &Arc<Cluster>,
+    node: &str,
+    edge: &mut EdgeCore,
+    within: Duration,
+) -> Result<()> {
+    let db = edge.db_path();
+    let res = eventually(
+        "edge store equal to the cluster, all current versions acked",
+        within,
+        || {
+            let running = edge.check_running();
+            let (db, cluster, node) = (db.clone(), Arc::clone(cluster), node.to_owned());
+            async move {
+                running?;
+                // SQLite reads block: off the runtime's workers.
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    let objects = cluster.objects()?;
+                    let meta = if db.exists() {
+                        read_meta(&db)?
+                    } else {
+                        BTreeMap::new()
+                    };
+                    let diffs = diff(&objects, &meta);
+                    anyhow::ensure!(
+                        diffs.is_empty(),
+                        "{} differences, first: {:?}",
+                        diffs.len(),
+                        &diffs[..diffs.len().min(3)]
+                    );
+                    let unacked = cluster.unacked_current(&node)?;
+                    anyhow::ensure!(
+                        unacked.is_empty(),
+                        "{} current versions not acked, first: {:?}",
+                        unacked.len(),
+                        unacked.first()
+                    );
+                    Ok(())
+                })
+                .await?
+            }
+        },
+    )
+    .await;
+    res.map_err(|e| anyhow::anyhow!("{e:#}\nedgecore log tail:\n{}", edge.log_tail(30)))
+}
+
+/// Opens an edge database for reading beside a running edgecore (read-write open, so the WAL
+/// is shared, but `query_only`); `None` when `table` does not exist yet.
+fn open_table(db: &Path, table: &str) -> Result<Option<Connection>> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("open {}", db.display()))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "query_only", true)?;
+    let exists: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type='table' AND name=?1",
+        [table],
+        |r| r.get(0),
+    )?;
+    Ok(exists.then_some(conn))
 }
 
 /// Differences between the live objects and the edge's rows of [`PUSHED_TYPES`]; empty = equal.

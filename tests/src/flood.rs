@@ -164,16 +164,13 @@ pub async fn run(
         pki,
     ))
     .await?;
-    let mut opts = EdgeOptions::new(
+    let opts = EdgeOptions::new(
         NODE,
         &sim.addr().to_string(),
         paths,
         &dir.path().join("edge"),
-    );
-    opts.heartbeat = 15;
-    opts.ping_interval_ms = 2_000;
-    opts.ping_timeout_ms = 5_000;
-    opts.backoff_max_ms = 3_000;
+    )
+    .with_product_link_defaults();
     let db = opts.db_path();
     let mut events = sim.events();
     let mut edge = EdgeCore::spawn(opts).await?;

@@ -311,13 +311,10 @@ impl Setup {
     /// Options with the product's link defaults, in a fresh sub-directory `sub`.
     fn edge_options(&self, server: SocketAddr, sub: &str) -> Result<EdgeOptions> {
         let paths = self.pki.write(&self.dir.path().join("pki"))?;
-        let mut opts =
-            EdgeOptions::new(NODE, &server.to_string(), paths, &self.dir.path().join(sub));
-        opts.heartbeat = 15;
-        opts.ping_interval_ms = 2_000;
-        opts.ping_timeout_ms = 5_000;
-        opts.backoff_max_ms = 3_000;
-        Ok(opts)
+        Ok(
+            EdgeOptions::new(NODE, &server.to_string(), paths, &self.dir.path().join(sub))
+                .with_product_link_defaults(),
+        )
     }
 }
 

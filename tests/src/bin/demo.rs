@@ -53,16 +53,13 @@ async fn main() -> Result<()> {
     ));
 
     // Product defaults for the link: 2 s pings, 5 s silence limit, 3 s backoff cap.
-    let mut opts = EdgeOptions::new(
+    let opts = EdgeOptions::new(
         NODE,
         &vip.addr().to_string(),
         paths,
         &dir.path().join("edge"),
-    );
-    opts.heartbeat = 15;
-    opts.ping_interval_ms = 2_000;
-    opts.ping_timeout_ms = 5_000;
-    opts.backoff_max_ms = 3_000;
+    )
+    .with_product_link_defaults();
     println!("  (building and starting edgecore; its log is kept in the temp dir)");
     let mut edge = EdgeCore::spawn(opts).await?;
     let mut events_a = cloud_a.events();

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use cloudsim::edge::{self, EdgeCore, EdgeOptions};
-use cloudsim::{
-    CloudSim, Cluster, Event, EventStream, Pki, PkiOptions, PkiPaths, SimConfig, eventually,
-};
+use cloudsim::{CloudSim, Cluster, Event, EventStream, Pki, PkiOptions, PkiPaths, SimConfig};
 
 /// Heavy tests (real edgecore, hundreds of objects) run one at a time: 2 cores are shared.
 pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -104,48 +102,5 @@ pub(crate) async fn connected(events: &mut EventStream, within: Duration) -> Res
 /// Waits until the edge's meta table equals the live objects and every current version sent
 /// to the node was acked.
 pub(crate) async fn converged(lab: &Lab, edge: &mut EdgeCore, within: Duration) -> Result<()> {
-    let db = edge.db_path();
-    let cluster = lab.cluster.clone();
-    let res = eventually(
-        "edge database equal to the cluster state, all acked",
-        within,
-        || {
-            let (db, cluster) = (db.clone(), cluster.clone());
-            let running = edge.check_running();
-            async move {
-                running?;
-                tokio::task::spawn_blocking(move || {
-                    let objects = cluster.objects()?;
-                    let meta = if db.exists() {
-                        edge::read_meta(&db)?
-                    } else {
-                        Default::default()
-                    };
-                    let diffs = edge::diff(&objects, &meta);
-                    if !diffs.is_empty() {
-                        bail!(
-                            "{} differences, first: {:?}",
-                            diffs.len(),
-                            &diffs[..diffs.len().min(3)]
-                        );
-                    }
-                    let unacked = cluster.unacked_current(NODE)?;
-                    if !unacked.is_empty() {
-                        bail!(
-                            "{} current versions not acked, first: {:?}",
-                            unacked.len(),
-                            unacked.first()
-                        );
-                    }
-                    Ok(())
-                })
-                .await?
-            }
-        },
-    )
-    .await;
-    if let Err(e) = res {
-        bail!("{e:#}\nedgecore log tail:\n{}", edge.log_tail(30));
-    }
-    Ok(())
+    edge::converged(&lab.cluster, NODE, edge, within).await
 }

@@ -138,6 +138,21 @@ async fn pod_status(
     ))
 }
 
+/// Waits for the pod's status to say it waits for the runtime (`RuntimeUnavailable`).
+async fn waiting_for_runtime(events: &mut EventStream, edge: &EdgeCore) -> Result<Value> {
+    let (status, _) = with_log(
+        pod_status(
+            events,
+            Duration::from_secs(60),
+            "the pod reported waiting for the runtime",
+            |s| s["containerStatuses"][0]["state"]["waiting"]["reason"] == "RuntimeUnavailable",
+        )
+        .await,
+        edge,
+    )?;
+    Ok(status)
+}
+
 fn running(status: &Value) -> bool {
     status["phase"] == "Running" && status["containerStatuses"][0]["state"]["running"].is_object()
 }
@@ -462,16 +477,7 @@ async fn edgecore_without_a_runtime_reports_the_pod_and_keeps_serving() -> Resul
     connected(&mut events, Duration::from_secs(30)).await?;
     create_pod(&lab, "localhost/app:local").await?;
 
-    let (status, _) = with_log(
-        pod_status(
-            &mut events,
-            Duration::from_secs(60),
-            "the pod reported waiting for the runtime",
-            |s| s["containerStatuses"][0]["state"]["waiting"]["reason"] == "RuntimeUnavailable",
-        )
-        .await,
-        &edge,
-    )?;
+    let status = waiting_for_runtime(&mut events, &edge).await?;
     let message = status["containerStatuses"][0]["state"]["waiting"]["message"]
         .as_str()
         .unwrap_or_default();
@@ -561,16 +567,7 @@ async fn cri_edgecore_starts_the_pod_once_the_runtime_appears() -> Result<()> {
     let edge = EdgeCore::spawn(opts.clone()).await?;
     connected(&mut events, Duration::from_secs(30)).await?;
     let uid = create_pod(&lab, &image).await?;
-    with_log(
-        pod_status(
-            &mut events,
-            Duration::from_secs(60),
-            "the pod reported waiting for the runtime",
-            |s| s["containerStatuses"][0]["state"]["waiting"]["reason"] == "RuntimeUnavailable",
-        )
-        .await,
-        &edge,
-    )?;
+    waiting_for_runtime(&mut events, &edge).await?;
 
     std::os::unix::fs::symlink(socket, &link)?;
     // The runtime probe backs off up to 30 s between tries.
