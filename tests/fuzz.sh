@@ -25,7 +25,10 @@
 #
 # Env: FUZZ_RUNS (default 10000000; 0 = until FUZZ_SECONDS), FUZZ_SECONDS (libFuzzer's
 #      -max_total_time, default 0 = no limit), FUZZ_DIR (default <repo>/target-fuzz, also the
-#      cargo target dir), FUZZ_ARGS (extra libFuzzer arguments), FUZZ_NICE (default 15).
+#      cargo target dir), FUZZ_ARGS (extra libFuzzer arguments), FUZZ_NICE (default 15),
+#      FUZZ_JOBS (parallel workers sharing the corpus, each running FUZZ_RUNS/FUZZ_JOBS;
+#      default 1), FUZZ_SANITIZER (cargo fuzz -s: address (default) or none, which
+#      runs faster; our crates forbid unsafe code, so ASan watches only dependencies).
 set -euo pipefail
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FUZZ_DIR="${FUZZ_DIR:-$REPO_DIR/target-fuzz}"
@@ -57,26 +60,42 @@ crate_of() {
 }
 
 run_target() {
-  local t="$1" dir corpus logf extra=()
+  local t="$1" dir corpus extra=() jobs="${FUZZ_JOBS:-1}" san="${FUZZ_SANITIZER:-address}"
   dir="$(crate_of "$t")"
   corpus="$FUZZ_DIR/corpus/$t"
-  logf="$FUZZ_DIR/logs/$t.log"
   mkdir -p "$corpus" "$FUZZ_DIR/logs"
   read -r -a extra <<< "${FUZZ_ARGS:-}"
-  log "$t: $RUNS runs (max ${SECONDS_LIMIT}s), corpus $corpus + seeds $dir/seeds/$t, log $logf"
+  [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die "FUZZ_JOBS must be a positive number, not '$jobs'"
+  # Each worker runs its share of the executions; they share the corpus directory, so what
+  # one finds the others pick up when they next read it (at their start).
+  local per=$(( RUNS / jobs ))
+  [ "$RUNS" -eq 0 ] && per=-1  # libFuzzer: -runs=-1 is no limit
+  log "$t: $RUNS runs in $jobs worker(s) (max ${SECONDS_LIMIT}s), sanitizer $san, corpus $corpus + seeds $dir/seeds/$t, logs $FUZZ_DIR/logs/$t.*"
   local t0 rc=0; t0=$(date +%s)
   # cargo-fuzz's defaults: release with debug assertions and overflow checks, AddressSanitizer.
-  ( cd "$dir" && nice -n "$NICE" \
-      cargo +nightly fuzz run --target-dir "$FUZZ_DIR" "$t" "$corpus" "seeds/$t" -- \
-      -runs="$RUNS" -max_total_time="$SECONDS_LIMIT" -print_final_stats=1 \
-      "${extra[@]+"${extra[@]}"}" ) > "$logf" 2>&1 || rc=$?
-  local last
-  last="$(grep -E '^#[0-9]+' "$logf" | tail -n 1 || true)"
-  log "$t: exit $rc after $(( $(date +%s) - t0 ))s; last status: ${last:-none}"
+  ( cd "$dir" && nice -n "$NICE" cargo +nightly fuzz build -s "$san" --target-dir "$FUZZ_DIR" "$t" ) \
+    > "$FUZZ_DIR/logs/$t.build.log" 2>&1 || { tail -n 40 "$FUZZ_DIR/logs/$t.build.log" >&2; die "$t: build failed"; }
+  local pids=() w
+  for w in $(seq 1 "$jobs"); do
+    ( cd "$dir" && exec nice -n "$NICE" \
+        cargo +nightly fuzz run -s "$san" --target-dir "$FUZZ_DIR" "$t" "$corpus" "seeds/$t" -- \
+        -runs="$per" -max_total_time="$SECONDS_LIMIT" -print_final_stats=1 -seed="$w$t0" \
+        "${extra[@]+"${extra[@]}"}" ) > "$FUZZ_DIR/logs/$t.$w.log" 2>&1 &
+    pids+=($!)
+  done
+  for w in "${!pids[@]}"; do wait "${pids[$w]}" || rc=$?; done
+  local total=0 n logf
+  for w in $(seq 1 "$jobs"); do
+    logf="$FUZZ_DIR/logs/$t.$w.log"
+    n="$(sed -n 's/^stat::number_of_executed_units: *//p' "$logf" | tail -n 1)"
+    total=$(( total + ${n:-0} ))
+    log "$t worker $w: ${n:-?} executions; last status: $(grep -E '^#[0-9]+' "$logf" | tail -n 1 || echo none)"
+  done
+  log "$t: exit $rc after $(( $(date +%s) - t0 ))s; $total executions in all"
   log "$t: corpus $(find "$corpus" -type f | wc -l) files, $(du -sh "$corpus" | cut -f1)"
   if [ $rc -ne 0 ]; then
-    tail -n 40 "$logf" >&2
-    die "$t failed (crash or build error); see $logf and $dir/artifacts/$t/"
+    for w in $(seq 1 "$jobs"); do tail -n 20 "$FUZZ_DIR/logs/$t.$w.log" >&2; done
+    die "$t failed (crash or build error); see $FUZZ_DIR/logs/$t.*.log and $dir/artifacts/$t/"
   fi
 }
 
@@ -84,7 +103,7 @@ main() {
   local targets=()
   for a in "$@"; do
     case "$a" in
-      -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
+      -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0;;
       --install) install_cargo_fuzz; exit 0;;
       *) crate_of "$a" >/dev/null; targets+=("$a");;
     esac
