@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Where KubeEdge keeps edgecore.yaml.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/kubeedge/config/edgecore.yaml";
@@ -122,6 +124,20 @@ fn node_name() -> String {
         .unwrap_or_else(|| "edge-node".to_owned())
 }
 
+/// The log filter: RUST_LOG's `level` and `target=level` directives when it is set and valid
+/// (an invalid one is reported and ignored), else `default_level`. `Targets`, not EnvFilter:
+/// EnvFilter's span and field filters bring a regex engine into the binary.
+fn log_filter(rust_log: Option<&str>, default_level: &str) -> Targets {
+    let default_filter = || default_level.parse::<Targets>().unwrap_or_default();
+    match rust_log {
+        Some(spec) if !spec.trim().is_empty() => spec.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("edgecore: ignoring RUST_LOG={spec:?}: {e}");
+            default_filter()
+        }),
+        _ => default_filter(),
+    }
+}
+
 /// Logs to stderr: no colours unless stderr is a terminal, and no timestamps under journald
 /// (which stamps lines itself).
 fn init_tracing(verbose: u8) {
@@ -130,21 +146,15 @@ fn init_tracing(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
-            eprintln!("edgecore: ignoring RUST_LOG={spec:?}: {e}");
-            EnvFilter::new(default_level)
-        }),
-        _ => EnvFilter::new(default_level),
-    };
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), default_level);
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(LevelFilter::TRACE)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let installed = if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().try_init()
+        builder.without_time().finish().with(filter).try_init()
     } else {
-        builder.try_init()
+        builder.finish().with(filter).try_init()
     };
     if let Err(e) = installed {
         eprintln!("edgecore: logging is not available: {e}");
@@ -155,6 +165,22 @@ fn init_tracing(verbose: u8) {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn rust_log_sets_levels_per_module_and_a_bad_one_falls_back() {
+        use tracing::Level;
+        let f = log_filter(Some("warn,edgehub=debug"), "info");
+        assert!(f.would_enable("edgehub::link", &Level::DEBUG));
+        assert!(!f.would_enable("edgehub::link", &Level::TRACE));
+        assert!(!f.would_enable("edgecore::metamanager", &Level::INFO));
+        assert!(f.would_enable("edgecore::metamanager", &Level::WARN));
+        let f = log_filter(Some("edgehub=lots"), "info");
+        assert!(f.would_enable("edgecore", &Level::INFO));
+        assert!(!f.would_enable("edgecore", &Level::DEBUG));
+        let f = log_filter(None, "debug");
+        assert!(f.would_enable("edgecore", &Level::DEBUG));
+        assert!(!f.would_enable("edgecore", &Level::TRACE));
+    }
 
     #[test]
     fn flags_parse() {
