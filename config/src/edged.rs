@@ -86,7 +86,7 @@ pub struct TailoredKubeletConfig {
     /// CRI socket, `unix:///run/containerd/containerd.sock`.
     pub container_runtime_endpoint: String,
     /// CRI image service socket; empty = `containerRuntimeEndpoint`.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    // Printed even when empty: the default is not, so leaving "" out would load it back.
     pub image_service_endpoint: String,
     /// How often the node status is computed (and posted).
     pub node_status_update_frequency: GoDuration,
@@ -102,7 +102,7 @@ pub struct TailoredKubeletConfig {
     /// `cgroupfs` or `systemd`.
     pub cgroup_driver: String,
     /// Cluster DNS domain added to pods' search list.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    // Printed even when empty: the default is not, so leaving "" out would load it back.
     pub cluster_domain: String,
     /// Cluster DNS servers for pods.
     #[serde(
@@ -112,10 +112,10 @@ pub struct TailoredKubeletConfig {
     )]
     pub cluster_dns: Vec<String>,
     /// Directory of static pod manifests.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    // Printed even when empty: the default is not, so leaving "" out would load it back.
     pub static_pod_path: String,
     /// Directory of pod log files.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    // Printed even when empty: the default is not, so leaving "" out would load it back.
     pub pod_logs_dir: String,
     /// Register the node with the API server.
     pub register_node: bool,

@@ -470,3 +470,60 @@ proptest! {
         prop_assert_eq!(back.config, c);
     }
 }
+
+/// Found by the from_yaml fuzz target: `staticPodPath: ""` loaded as "", but printing left the
+/// empty string out, so the printed file loaded back with the default path. Every key of the
+/// printed default file, set to its zero value ("", false, 0, empty list or map), must print
+/// back to a file that loads equal.
+#[test]
+fn every_key_set_to_its_zero_value_prints_back_equal() {
+    fn leaves(v: &Value, path: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
+        match v {
+            Value::Mapping(m) => {
+                for (k, child) in m {
+                    path.push(k.clone());
+                    leaves(child, path, out);
+                    path.pop();
+                }
+            }
+            _ => out.push(path.clone()),
+        }
+    }
+    fn zero(v: &Value) -> Value {
+        match v {
+            Value::String(_) => Value::String(String::new()),
+            Value::Bool(_) => Value::Bool(false),
+            Value::Number(_) => Value::from(0),
+            Value::Sequence(_) => Value::Sequence(Vec::new()),
+            other => other.clone(),
+        }
+    }
+    let printed: Value = yaml(&to_yaml(&default_config("edge-node-1")).unwrap());
+    let mut paths = Vec::new();
+    leaves(&printed, &mut Vec::new(), &mut paths);
+    assert!(paths.len() > 100, "{} keys", paths.len());
+    let mut broken = Vec::new();
+    for path in &paths {
+        let mut doc = printed.clone();
+        let mut at = &mut doc;
+        for k in path {
+            at = at.get_mut(k).unwrap();
+        }
+        *at = zero(at);
+        let text = serde_yaml_ng::to_string(&doc).unwrap();
+        // A zero that does not load (wrong type for the key) is not this test's business.
+        let Ok(loaded) = from_yaml(&text) else {
+            continue;
+        };
+        let back = from_yaml(&to_yaml(&loaded.config).unwrap()).map(|l| l.config);
+        if back.as_ref().ok() != Some(&loaded.config) {
+            let name: Vec<_> = path.iter().filter_map(Value::as_str).collect();
+            broken.push(name.join("."));
+        }
+    }
+    assert_eq!(
+        broken,
+        Vec::<String>::new(),
+        "keys whose zero value is lost in printing"
+    );
+}
