@@ -80,13 +80,16 @@ pub struct Edged {
 /// `modules.edged.tailoredKubeletConfig`: the keys we use are typed; every other kubelet key is
 /// kept as written in [`rest`](Self::rest) (KubeEdge's defaults fill the ones left out), printed
 /// back and never warned about.
+///
+/// String keys whose default is not empty (`imageServiceEndpoint`, `clusterDomain`,
+/// `staticPodPath`, `podLogsDir`) are printed even when empty: left out, an explicit "" would
+/// load back as the default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct TailoredKubeletConfig {
     /// CRI socket, `unix:///run/containerd/containerd.sock`.
     pub container_runtime_endpoint: String,
     /// CRI image service socket; empty = `containerRuntimeEndpoint`.
-    // Printed even when empty: the default is not, so leaving "" out would load it back.
     pub image_service_endpoint: String,
     /// How often the node status is computed (and posted).
     pub node_status_update_frequency: GoDuration,
@@ -102,7 +105,6 @@ pub struct TailoredKubeletConfig {
     /// `cgroupfs` or `systemd`.
     pub cgroup_driver: String,
     /// Cluster DNS domain added to pods' search list.
-    // Printed even when empty: the default is not, so leaving "" out would load it back.
     pub cluster_domain: String,
     /// Cluster DNS servers for pods.
     #[serde(
@@ -112,10 +114,8 @@ pub struct TailoredKubeletConfig {
     )]
     pub cluster_dns: Vec<String>,
     /// Directory of static pod manifests.
-    // Printed even when empty: the default is not, so leaving "" out would load it back.
     pub static_pod_path: String,
     /// Directory of pod log files.
-    // Printed even when empty: the default is not, so leaving "" out would load it back.
     pub pod_logs_dir: String,
     /// Register the node with the API server.
     pub register_node: bool,

@@ -243,12 +243,15 @@ impl Session {
                         cluster.record_delivery(&node, &uid2, rv, del)
                     })
                     .await;
-                    if !out.is_delete {
-                        // The ObjectSync that record_delivery created, if there was none.
-                        self.synced.entry(uid.clone()).or_insert(0);
-                    }
                     match sent {
-                        Ok(Ok(n)) => n > 1,
+                        Ok(Ok(n)) => {
+                            if !out.is_delete {
+                                // The RV 0 ObjectSync record_delivery created, if there was none:
+                                // the cache follows the file, never leads it.
+                                self.synced.entry(uid.clone()).or_insert(0);
+                            }
+                            n > 1
+                        }
                         other => {
                             warn!(?other, "recording a delivery failed");
                             false
