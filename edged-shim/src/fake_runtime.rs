@@ -27,6 +27,8 @@ pub(crate) struct FakeState {
     pub(crate) sandboxes: HashMap<String, SandboxConfig>,
     pub(crate) containers: HashMap<String, FakeContainer>,
     pub(crate) calls: Vec<String>,
+    /// The grace period of every StopContainer, in call order.
+    pub(crate) stop_graces: Vec<Duration>,
     next_id: u64,
 }
 
@@ -245,8 +247,9 @@ impl Runtime for FakeRuntime {
         Box::pin(async move { r })
     }
 
-    fn stop_container<'a>(&'a self, id: &'a str, _grace: Duration) -> RuntimeFuture<'a, ()> {
+    fn stop_container<'a>(&'a self, id: &'a str, grace: Duration) -> RuntimeFuture<'a, ()> {
         let r = self.op("StopContainer", |s| {
+            s.stop_graces.push(grace);
             let c = s
                 .containers
                 .get_mut(id)

@@ -1,6 +1,7 @@
 //! The subset of a Pod edged-shim acts on, parsed leniently from the cloud's Pod JSON.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -31,6 +32,8 @@ pub(crate) struct ObjectMeta {
     pub(crate) uid: String,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) deletion_timestamp: Option<String>,
+    /// The grace period the deletion asked for (`kubectl delete --grace-period`).
+    pub(crate) deletion_grace_period_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
@@ -198,11 +201,69 @@ impl Pod {
     pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.metadata.namespace, self.metadata.name)
     }
+
+    /// How long a container may take to stop, as the kubelet reckons it: the deletion's grace
+    /// period once the pod is being deleted, else the spec's, else `default`; never under
+    /// [`MIN_GRACE`].
+    pub(crate) fn termination_grace(&self, default: Duration) -> Duration {
+        let asked = match (
+            &self.metadata.deletion_timestamp,
+            self.metadata.deletion_grace_period_seconds,
+        ) {
+            (Some(_), Some(secs)) => Some(secs),
+            _ => self.spec.termination_grace_period_seconds,
+        };
+        asked.map_or(default, Duration::from_secs).max(MIN_GRACE)
+    }
 }
+
+/// The kubelet's shortest stop window: even a zero grace period gets it before SIGKILL.
+pub(crate) const MIN_GRACE: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grace_period_is_the_deletions_then_the_specs_and_at_least_two_seconds() {
+        let default = Duration::from_secs(30);
+        let pod = |meta: Value, spec: Value| {
+            let mut m = serde_json::json!({"name": "p", "namespace": "ns", "uid": "u"});
+            if let (Some(m), Value::Object(extra)) = (m.as_object_mut(), meta) {
+                m.extend(extra);
+            }
+            Pod::from_json(&serde_json::json!({"metadata": m, "spec": spec})).unwrap()
+        };
+        let secs = Duration::from_secs;
+        let none = serde_json::json!({});
+        let spec10 = serde_json::json!({"terminationGracePeriodSeconds": 10});
+        assert_eq!(
+            pod(none.clone(), none.clone()).termination_grace(default),
+            secs(30)
+        );
+        assert_eq!(
+            pod(none.clone(), spec10.clone()).termination_grace(default),
+            secs(10)
+        );
+        let deleting = |g: u64| serde_json::json!({"deletionTimestamp": "2026-01-01T00:00:00Z", "deletionGracePeriodSeconds": g});
+        assert_eq!(
+            pod(deleting(5), spec10.clone()).termination_grace(default),
+            secs(5)
+        );
+        // Without a deletionTimestamp the deletion's period means nothing.
+        let stray = serde_json::json!({"deletionGracePeriodSeconds": 5});
+        assert_eq!(
+            pod(stray, spec10.clone()).termination_grace(default),
+            secs(10)
+        );
+        // --grace-period=0 (or a 0 in the spec) still gives the containers the kubelet's minimum.
+        assert_eq!(
+            pod(deleting(0), spec10).termination_grace(default),
+            MIN_GRACE
+        );
+        let spec0 = serde_json::json!({"terminationGracePeriodSeconds": 0});
+        assert_eq!(pod(none, spec0).termination_grace(default), MIN_GRACE);
+    }
 
     #[test]
     fn parses_the_insert_vector() {

@@ -114,27 +114,9 @@ impl PodWorker {
         if c.replace
             && let Some(id) = c.id.clone()
         {
-            let grace = rec
-                .pod
-                .spec
-                .termination_grace_period_seconds
-                .map_or(DEFAULT_GRACE, Duration::from_secs);
-            let stop = self.runtime.stop_container(&id, grace);
-            let stopped = timeout(grace + self.settings.runtime_request_timeout, stop)
-                .await
-                .unwrap_or(Err(RuntimeError::Timeout {
-                    call: "StopContainer",
-                    timeout: grace,
-                }));
-            let removed = match stopped {
-                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
-                    self.call("RemoveContainer", self.runtime.remove_container(&id))
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match removed {
-                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+            let grace = rec.pod.termination_grace(DEFAULT_GRACE);
+            match self.stop_and_remove(&id, grace).await {
+                Ok(()) => {
                     c.last_terminated = c.status.take().map(|mut st| {
                         st.state = ContainerState::Exited;
                         api_state(&st)
@@ -328,32 +310,37 @@ impl PodWorker {
         }
     }
 
+    /// Stops container `id` (SIGKILL after `grace`) and removes it; a container the runtime no
+    /// longer knows counts as removed.
+    async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let stop = self.runtime.stop_container(id, grace);
+        let stopped = timeout(grace + self.settings.runtime_request_timeout, stop)
+            .await
+            .unwrap_or(Err(RuntimeError::Timeout {
+                call: "StopContainer",
+                timeout: grace,
+            }));
+        let removed = match stopped {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                self.call("RemoveContainer", self.runtime.remove_container(id))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match removed {
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Stops and removes everything of the pod; true when done.
     pub(super) async fn teardown(&mut self, rec: &mut PodRecord, notify_cloud: bool) -> bool {
         let key = rec.pod.key();
-        let grace = rec
-            .pod
-            .spec
-            .termination_grace_period_seconds
-            .map_or(DEFAULT_GRACE, Duration::from_secs);
+        let grace = rec.pod.termination_grace(DEFAULT_GRACE);
         for c in &mut rec.containers {
             let Some(id) = c.id.clone() else { continue };
-            let stop = self.runtime.stop_container(&id, grace);
-            let stopped = timeout(grace + self.settings.runtime_request_timeout, stop)
-                .await
-                .unwrap_or(Err(RuntimeError::Timeout {
-                    call: "StopContainer",
-                    timeout: grace,
-                }));
-            let removed = match stopped {
-                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
-                    self.call("RemoveContainer", self.runtime.remove_container(&id))
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match removed {
-                Ok(()) | Err(RuntimeError::NotFound { .. }) => c.id = None,
+            match self.stop_and_remove(&id, grace).await {
+                Ok(()) => c.id = None,
                 Err(error) => {
                     warn!(pod = %key, container = %c.name, %error, "container not removed; retrying");
                     self.failed(&error);

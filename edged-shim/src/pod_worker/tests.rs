@@ -334,6 +334,8 @@ async fn graceful_deletion_tears_down_then_tells_the_cloud() {
     h.status("web", "running status", running).await;
     let mut deleting = pod("web", "Always", json!({}));
     deleting["metadata"]["deletionTimestamp"] = json!("2025-06-01T08:10:00Z");
+    // `kubectl delete --grace-period=7` overrides the spec's 1 s.
+    deleting["metadata"]["deletionGracePeriodSeconds"] = json!(7);
     h.events.send(PodEvent::Upsert(deleting)).await.unwrap();
     let call = h
         .next("pod delete to the cloud", |c| {
@@ -352,6 +354,7 @@ async fn graceful_deletion_tears_down_then_tells_the_cloud() {
         let st = h.rt.state();
         assert!(st.sandboxes.is_empty());
         assert!(st.containers.is_empty());
+        assert_eq!(st.stop_graces, [Duration::from_secs(7)]);
     }
     h.stop().await;
 }
