@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -260,6 +260,16 @@ impl Cluster {
 
     /// Deletes `<ns>/<kind>/<name>`; returns (uid, rv of the deletion), or None if absent.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<Option<(String, u64)>> {
+        self.delete_matching(kind, namespace, name, None)
+    }
+
+    fn delete_matching(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        want_uid: Option<&str>,
+    ) -> Result<Option<(String, u64)>> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let uid: Option<String> = tx
@@ -269,7 +279,7 @@ impl Cluster {
                     |r| r.get(0),
                 )
                 .optional()?;
-            let Some(uid) = uid else {
+            let Some(uid) = uid.filter(|u| want_uid.is_none_or(|w| w == u)) else {
                 return Ok(None);
             };
             tx.execute(
@@ -284,6 +294,73 @@ impl Cluster {
             tx.commit()?;
             Ok(Some((uid, rv)))
         })
+    }
+
+    /// The API server's answer to a DELETE with a grace period (`kubectl delete pod`): the object
+    /// stays, marked with `metadata.deletionTimestamp` (now + `grace`) and
+    /// `deletionGracePeriodSeconds`, as a new version (an `update` to the node). The node's
+    /// agent then stops the pod and asks for the final delete ([`Cluster::delete_if_uid`]).
+    /// Returns (uid, rv of the marked version), the current one if it was marked already, or
+    /// None if absent.
+    pub fn delete_gracefully(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        grace: Duration,
+    ) -> Result<Option<(String, u64)>> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let live: Option<(String, i64, String)> = tx
+                .query_row(
+                    "SELECT uid, rv, body FROM objects WHERE kind=?1 AND namespace=?2 AND name=?3 AND deleted=0",
+                    params![kind, namespace, name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((uid, rv, body)) = live else {
+                return Ok(None);
+            };
+            let mut body: Value = serde_json::from_str(&body).context("stored body")?;
+            let meta = body
+                .get_mut("metadata")
+                .and_then(Value::as_object_mut)
+                .context("stored body without metadata")?;
+            if meta.contains_key("deletionTimestamp") {
+                return Ok(Some((uid, u64::try_from(rv).context("negative rv")?)));
+            }
+            tx.execute(
+                "INSERT INTO changes(uid, op) VALUES (?1, ?2)",
+                params![uid, ChangeOp::Modified.as_str()],
+            )?;
+            let rv = u64::try_from(tx.last_insert_rowid()).context("negative seq")?;
+            meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            meta.insert(
+                "deletionTimestamp".into(),
+                Value::String(rfc3339_at(SystemTime::now() + grace)),
+            );
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace.as_secs()));
+            tx.execute(
+                "UPDATE objects SET rv=?2, body=?3 WHERE uid=?1",
+                params![uid, rv as i64, body.to_string()],
+            )?;
+            tx.commit()?;
+            Ok(Some((uid, rv)))
+        })
+    }
+
+    /// A DELETE with a UID precondition, as edgecontroller makes for the node's final pod
+    /// delete: removes `<ns>/<kind>/<name>` only if its uid is `uid`. Returns (uid, rv of the
+    /// deletion), or None if absent or another object by now (both count as done for the
+    /// caller, as they do for CloudCore).
+    pub fn delete_if_uid(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<Option<(String, u64)>> {
+        self.delete_matching(kind, namespace, name, Some(uid))
     }
 
     /// Every live object, ordered by resource string.
@@ -631,7 +708,11 @@ fn build_body(
 }
 
 fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
+    rfc3339_at(SystemTime::now())
+}
+
+fn rfc3339_at(t: SystemTime) -> String {
+    let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
@@ -761,6 +842,61 @@ mod tests {
         c.delete("secret", "default", "t").unwrap();
         c.record_delivery("n1", &u2, rv2 + 1, true).unwrap();
         assert!(!c.object_syncs("n1").unwrap().contains_key(&u2));
+    }
+
+    #[test]
+    fn a_graceful_delete_marks_a_new_version_and_the_uid_precondition_guards_the_final_one() {
+        let (_d, c) = open();
+        let (uid, rv) = c
+            .upsert("pod", "default", "p", json!({"spec": {"nodeName": "n1"}}))
+            .unwrap();
+        let grace = Duration::from_secs(30);
+        let (u, marked) = c
+            .delete_gracefully("pod", "default", "p", grace)
+            .unwrap()
+            .unwrap();
+        assert_eq!(u, uid);
+        assert!(marked > rv);
+        let o = c.object("pod", "default", "p").unwrap().unwrap();
+        assert_eq!(o.rv, marked);
+        assert_eq!(
+            o.body["metadata"]["resourceVersion"],
+            json!(marked.to_string())
+        );
+        assert_eq!(o.body["metadata"]["deletionGracePeriodSeconds"], json!(30));
+        let ts = o.body["metadata"]["deletionTimestamp"].as_str().unwrap();
+        assert!(ts > rfc3339_now().as_str(), "{ts} is not in the future");
+        assert_eq!(o.body["spec"]["nodeName"], json!("n1"), "the rest is kept");
+        let changes = c.changes_after(rv, 10).unwrap();
+        assert!(
+            matches!(changes.as_slice(), [ch] if ch.op == ChangeOp::Modified && ch.seq == marked),
+            "{changes:?}"
+        );
+        // Marking again is no new version.
+        assert_eq!(
+            c.delete_gracefully("pod", "default", "p", grace).unwrap(),
+            Some((uid.clone(), marked))
+        );
+        assert_eq!(c.last_seq().unwrap(), marked);
+
+        // The final delete names a uid: another one leaves the pod alone.
+        assert_eq!(
+            c.delete_if_uid("pod", "default", "p", "other").unwrap(),
+            None
+        );
+        assert!(c.object("pod", "default", "p").unwrap().is_some());
+        let (u, gone) = c
+            .delete_if_uid("pod", "default", "p", &uid)
+            .unwrap()
+            .unwrap();
+        assert_eq!(u, uid);
+        assert!(gone > marked);
+        assert!(c.object("pod", "default", "p").unwrap().is_none());
+        assert_eq!(c.delete_if_uid("pod", "default", "p", &uid).unwrap(), None);
+        assert_eq!(
+            c.delete_gracefully("pod", "default", "p", grace).unwrap(),
+            None
+        );
     }
 
     #[test]

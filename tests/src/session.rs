@@ -473,8 +473,32 @@ impl Session {
                 self.write_msg(ws, &answer(m, object_resp(object))).await
             }
             (op::DELETE, "pod") => {
-                self.write_msg(ws, &answer(m, Value::String("OK".into())))
-                    .await
+                // edgecontroller's deletePod: DeleteOptions (or, from old edges, the bare uid)
+                // with a uid precondition; gone or replaced counts as done.
+                let uid = match &m.content {
+                    Value::String(uid) => Some(uid.clone()),
+                    c => c
+                        .pointer("/preconditions/uid")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                };
+                let (cluster, name) = (self.shared.cluster.clone(), name.unwrap_or_default());
+                let deleted = tokio::task::spawn_blocking(move || match uid {
+                    Some(uid) => cluster.delete_if_uid("pod", &ns, &name, &uid),
+                    None => cluster.delete("pod", &ns, &name),
+                })
+                .await;
+                match deleted {
+                    Ok(Ok(_)) => {
+                        self.write_msg(ws, &answer(m, Value::String("OK".into())))
+                            .await
+                    }
+                    // CloudCore answers nothing when the API server fails.
+                    other => {
+                        warn!(?other, resource = %m.route.resource, "deleting a pod failed");
+                        Ok(())
+                    }
+                }
             }
             _ => {
                 debug!(node = %self.node, operation = %m.route.operation, resource = %m.route.resource,

@@ -296,7 +296,8 @@ fn with_log<T>(res: Result<T>, edge: &EdgeCore) -> Result<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs tests/cri/setup.sh up"]
-async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it() -> Result<()> {
+async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it_gracefully()
+-> Result<()> {
     let _serial = SERIAL.lock().await;
     let endpoint = env("EDGECORE_CRI_SOCKET");
     let image = std::env::var("EDGECORE_CRI_APP_IMAGE").unwrap_or("localhost/app:local".into());
@@ -341,14 +342,61 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
     assert_eq!(sandboxes_of(&runtime, &uid).await?.len(), 1);
     edge.check_running()?;
 
-    // Deleted in the cloud: the container stops and goes, and so does the sandbox.
-    lab.with_cluster(|c| c.delete("pod", NS, POD).map(drop))
-        .await?;
-    with_log(sandboxes_removed(&runtime, &uid).await, &edge)?;
+    // `kubectl delete pod`: the API server marks the pod with a grace period. The edge stops
+    // and removes the container and the sandbox, and only then asks the cloud for the final
+    // delete, which edgecontroller carries out (the restart test below force-deletes instead).
+    lab.with_cluster(|c| c.delete_gracefully("pod", NS, POD, Duration::from_secs(3)))
+        .await?
+        .context("the pod to delete")?;
+    let request = with_log(
+        events
+            .wait_for(Duration::from_secs(60), "the edge's pod delete", |e| {
+                matches!(e, Event::Upstream { msg, .. }
+                    if msg.route.operation == "delete"
+                        && msg.route.resource == format!("{NS}/pod/{POD}"))
+            })
+            .await,
+        &edge,
+    )?;
+    let Event::Upstream { msg, .. } = request else {
+        bail!("not an upstream message: {request:?}");
+    };
+    assert_eq!(
+        msg.content,
+        json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})
+    );
+    assert!(
+        sandboxes_of(&runtime, &uid).await?.is_empty(),
+        "the cloud was asked to forget a pod whose sandbox is still there"
+    );
     match runtime.container_status(&id).await {
         Err(edged_shim::RuntimeError::NotFound { .. }) => {}
         other => bail!("container {id} still known to the runtime: {other:?}"),
     }
+    // The cloud deletes it and tells the edge, which forgets it too.
+    eventually(
+        "the pod gone from the edge's store",
+        Duration::from_secs(30),
+        || {
+            let db = opts.db_path();
+            async move {
+                let rows = tokio::task::spawn_blocking(move || edge::read_meta(&db)).await??;
+                ensure!(
+                    !rows.keys().any(|k| k.ends_with(&format!("/pod/{POD}"))),
+                    "meta keys: {:?}",
+                    rows.keys().collect::<Vec<_>>()
+                );
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        lab.with_cluster(|c| c.object("pod", NS, POD))
+            .await?
+            .is_none(),
+        "the pod is still in the cluster"
+    );
     edge.check_running()?;
     edge.terminate(Duration::from_secs(15)).await?;
     sim.stop().await;

@@ -335,6 +335,84 @@ async fn edge_requests_are_answered_like_edgecontroller() -> Result<()> {
     Ok(())
 }
 
+/// `kubectl delete pod`: the API server marks the pod (an `update` with deletionTimestamp); the
+/// node stops it and asks for the final delete with a uid precondition; edgecontroller deletes
+/// it, answers "OK", and the pod's `delete` follows.
+#[tokio::test]
+async fn a_graceful_pod_delete_ends_with_the_edges_delete_request() -> Result<()> {
+    let lab = Lab::new()?;
+    let sim = sim_with(&lab, |c| c.resend_interval = Duration::from_millis(200)).await?;
+    let mut edge = connect(&sim, &lab).await?;
+    let (uid, _) = lab.cluster.upsert(
+        "pod",
+        "default",
+        "web",
+        json!({"spec": {"nodeName": NODE, "containers": []}}),
+    )?;
+    let m = edge.recv(T, "the pod insert").await?;
+    edge.send(&Message::ack_of(&m)).await?;
+
+    let (_, marked) = lab
+        .cluster
+        .delete_gracefully("pod", "default", "web", Duration::from_secs(30))?
+        .expect("the pod is there");
+    let m = edge.recv(T, "the deletionTimestamp update").await?;
+    assert_eq!(m.route.operation, "update");
+    assert_eq!(m.header.resourceversion, marked.to_string());
+    assert!(
+        m.content["metadata"]["deletionTimestamp"].is_string(),
+        "{m:?}"
+    );
+    edge.send(&Message::ack_of(&m)).await?;
+
+    let delete = |uid: &str| {
+        Message::new(
+            Route::new("edged", "meta", "delete", "default/pod/web"),
+            json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}),
+        )
+    };
+    // Another pod by that name by now: left alone, and still "OK".
+    let stale = delete("not-this-one");
+    edge.send(&stale).await?;
+    let ok = edge.recv(T, "the answer to a stale delete").await?;
+    assert_eq!(ok.header.parent_msg_id, stale.header.msg_id);
+    assert_eq!(ok.content, json!("OK"));
+    assert!(lab.cluster.object("pod", "default", "web")?.is_some());
+
+    let del = delete(&uid);
+    edge.send(&del).await?;
+    let ok = edge.recv(T, "the answer to the delete").await?;
+    assert_eq!(ok.header.parent_msg_id, del.header.msg_id);
+    assert_eq!(ok.content, json!("OK"));
+    assert!(lab.cluster.object("pod", "default", "web")?.is_none());
+    let gone = edge.recv(T, "the pod delete").await?;
+    assert_eq!(gone.route.operation, "delete");
+    assert_eq!(gone.route.resource, "default/pod/web");
+    assert_eq!(gone.content["metadata"]["uid"], json!(uid));
+    edge.send(&Message::ack_of(&gone)).await?;
+    eventually("the delete acked", T, || async {
+        anyhow::ensure!(!lab.cluster.object_syncs(NODE)?.contains_key(&uid));
+        Ok(())
+    })
+    .await?;
+
+    // An old edge sends the bare uid.
+    let (uid2, _) = lab
+        .cluster
+        .upsert("pod", "default", "old", json!({"spec": {}}))?;
+    let m = edge.recv(T, "the second pod insert").await?;
+    edge.send(&Message::ack_of(&m)).await?;
+    let bare = Message::new(
+        Route::new("edged", "meta", "delete", "default/pod/old"),
+        Value::String(uid2),
+    );
+    edge.send(&bare).await?;
+    let ok = edge.recv(T, "the answer to the bare-uid delete").await?;
+    assert_eq!(ok.header.parent_msg_id, bare.header.msg_id);
+    assert!(lab.cluster.object("pod", "default", "old")?.is_none());
+    Ok(())
+}
+
 #[tokio::test]
 async fn vip_proxy_resets_or_black_holes_on_a_move() -> Result<()> {
     let lab = Lab::new()?;
