@@ -435,12 +435,12 @@ impl Runtime for CriRuntime {
                 timeout: secs,
             });
             // The runtime itself waits `grace` before killing.
-            match tokio::time::timeout(self.timeout + grace, call).await {
+            match tokio::time::timeout(self.timeout.saturating_add(grace), call).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(status)) => Err(self.error("StopContainer", status)),
                 Err(_) => Err(RuntimeError::Timeout {
                     call: "StopContainer",
-                    timeout: self.timeout + grace,
+                    timeout: self.timeout.saturating_add(grace),
                 }),
             }
         })

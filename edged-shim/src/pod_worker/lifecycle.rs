@@ -314,12 +314,15 @@ impl PodWorker {
     /// longer knows counts as removed.
     async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         let stop = self.runtime.stop_container(id, grace);
-        let stopped = timeout(grace + self.settings.runtime_request_timeout, stop)
-            .await
-            .unwrap_or(Err(RuntimeError::Timeout {
-                call: "StopContainer",
-                timeout: grace,
-            }));
+        let stopped = timeout(
+            grace.saturating_add(self.settings.runtime_request_timeout),
+            stop,
+        )
+        .await
+        .unwrap_or(Err(RuntimeError::Timeout {
+            call: "StopContainer",
+            timeout: grace,
+        }));
         let removed = match stopped {
             Ok(()) | Err(RuntimeError::NotFound { .. }) => {
                 self.call("RemoveContainer", self.runtime.remove_container(id))

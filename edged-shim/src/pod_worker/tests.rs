@@ -359,6 +359,27 @@ async fn graceful_deletion_tears_down_then_tells_the_cloud() {
     h.stop().await;
 }
 
+/// A grace period from the cloud that no clock can add to is no panic.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_grace_period_still_tears_the_pod_down() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("web", "running status", running).await;
+    let mut deleting = pod("web", "Always", json!({}));
+    deleting["metadata"]["deletionTimestamp"] = json!("2025-06-01T08:10:00Z");
+    deleting["metadata"]["deletionGracePeriodSeconds"] = json!(u64::MAX);
+    h.events.send(PodEvent::Upsert(deleting)).await.unwrap();
+    h.next("pod delete to the cloud", |c| {
+        matches!(c, MetaCall::DeletePod { .. })
+    })
+    .await;
+    assert_eq!(h.rt.state().stop_graces, [Duration::from_secs(u64::MAX)]);
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn runtime_down_is_reported_then_recovered() {
     let rt = FakeRuntime::with_images(&[APP]);
