@@ -324,8 +324,9 @@ async fn cloud_delete_tears_down_without_notifying_the_cloud() {
     h.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn graceful_deletion_tears_down_then_tells_the_cloud() {
+/// Runs pod `web`, then sends it back marked for deletion with `deletionGracePeriodSeconds`
+/// `grace`; returns the harness and the worker's pod delete to the cloud.
+async fn delete_running_pod(grace: u64) -> (Harness, MetaCall) {
     let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
     h.events
         .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
@@ -334,14 +335,20 @@ async fn graceful_deletion_tears_down_then_tells_the_cloud() {
     h.status("web", "running status", running).await;
     let mut deleting = pod("web", "Always", json!({}));
     deleting["metadata"]["deletionTimestamp"] = json!("2025-06-01T08:10:00Z");
-    // `kubectl delete --grace-period=7` overrides the spec's 1 s.
-    deleting["metadata"]["deletionGracePeriodSeconds"] = json!(7);
+    deleting["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
     h.events.send(PodEvent::Upsert(deleting)).await.unwrap();
     let call = h
         .next("pod delete to the cloud", |c| {
             matches!(c, MetaCall::DeletePod { .. })
         })
         .await;
+    (h, call)
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_deletion_tears_down_then_tells_the_cloud() {
+    // `kubectl delete --grace-period=7` overrides the spec's 1 s.
+    let (h, call) = delete_running_pod(7).await;
     assert_eq!(
         call,
         MetaCall::DeletePod {
@@ -362,20 +369,7 @@ async fn graceful_deletion_tears_down_then_tells_the_cloud() {
 /// A grace period from the cloud that no clock can add to is no panic.
 #[tokio::test(start_paused = true)]
 async fn an_absurd_grace_period_still_tears_the_pod_down() {
-    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
-    h.events
-        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
-        .await
-        .unwrap();
-    h.status("web", "running status", running).await;
-    let mut deleting = pod("web", "Always", json!({}));
-    deleting["metadata"]["deletionTimestamp"] = json!("2025-06-01T08:10:00Z");
-    deleting["metadata"]["deletionGracePeriodSeconds"] = json!(u64::MAX);
-    h.events.send(PodEvent::Upsert(deleting)).await.unwrap();
-    h.next("pod delete to the cloud", |c| {
-        matches!(c, MetaCall::DeletePod { .. })
-    })
-    .await;
+    let (h, _) = delete_running_pod(u64::MAX).await;
     assert_eq!(h.rt.state().stop_graces, [Duration::from_secs(u64::MAX)]);
     h.stop().await;
 }
