@@ -115,7 +115,7 @@ impl PodWorker {
             && let Some(id) = c.id.clone()
         {
             let grace = rec.pod.termination_grace(DEFAULT_GRACE);
-            match self.stop_and_remove(&id, grace).await {
+            match self.stop_and_remove_container(&id, grace).await {
                 Ok(()) => {
                     c.last_terminated = c.status.take().map(|mut st| {
                         st.state = ContainerState::Exited;
@@ -312,7 +312,11 @@ impl PodWorker {
 
     /// Stops container `id` (SIGKILL after `grace`) and removes it; a container the runtime no
     /// longer knows counts as removed.
-    async fn stop_and_remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop_and_remove_container(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> Result<(), RuntimeError> {
         let stop = self.runtime.stop_container(id, grace);
         let stopped = timeout(
             grace.saturating_add(self.settings.runtime_request_timeout),
@@ -336,13 +340,32 @@ impl PodWorker {
         }
     }
 
+    /// Stops sandbox `id` and removes it; a sandbox the runtime no longer knows counts as
+    /// removed.
+    pub(super) async fn stop_and_remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let stopped = self
+            .call("StopPodSandbox", self.runtime.stop_sandbox(id))
+            .await;
+        let removed = match stopped {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {
+                self.call("RemovePodSandbox", self.runtime.remove_sandbox(id))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match removed {
+            Err(RuntimeError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Stops and removes everything of the pod; true when done.
     pub(super) async fn teardown(&mut self, rec: &mut PodRecord, notify_cloud: bool) -> bool {
         let key = rec.pod.key();
         let grace = rec.pod.termination_grace(DEFAULT_GRACE);
         for c in &mut rec.containers {
             let Some(id) = c.id.clone() else { continue };
-            match self.stop_and_remove(&id, grace).await {
+            match self.stop_and_remove_container(&id, grace).await {
                 Ok(()) => c.id = None,
                 Err(error) => {
                     warn!(pod = %key, container = %c.name, %error, "container not removed; retrying");
@@ -352,18 +375,8 @@ impl PodWorker {
             }
         }
         if let Some(id) = rec.sandbox_id.clone() {
-            let stopped = self
-                .call("StopPodSandbox", self.runtime.stop_sandbox(&id))
-                .await;
-            let removed = match stopped {
-                Ok(()) | Err(RuntimeError::NotFound { .. }) => {
-                    self.call("RemovePodSandbox", self.runtime.remove_sandbox(&id))
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match removed {
-                Ok(()) | Err(RuntimeError::NotFound { .. }) => rec.sandbox_id = None,
+            match self.stop_and_remove_sandbox(&id).await {
+                Ok(()) => rec.sandbox_id = None,
                 Err(error) => {
                     warn!(pod = %key, %error, "sandbox not removed; retrying");
                     self.failed(&error);

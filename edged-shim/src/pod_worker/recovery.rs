@@ -98,22 +98,9 @@ impl PodWorker {
 
     /// Stops and removes a sandbox, best effort.
     pub(super) async fn remove_sandbox(&mut self, id: &str) {
-        let stopped = self
-            .call("StopPodSandbox", self.runtime.stop_sandbox(id))
-            .await;
-        let result = match stopped {
-            Ok(()) | Err(RuntimeError::NotFound { .. }) => {
-                self.call("RemovePodSandbox", self.runtime.remove_sandbox(id))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
-            Err(error) => {
-                warn!(sandbox = %id, %error, "leftover sandbox not removed");
-                self.failed(&error);
-            }
+        if let Err(error) = self.stop_and_remove_sandbox(id).await {
+            warn!(sandbox = %id, %error, "leftover sandbox not removed");
+            self.failed(&error);
         }
     }
 
