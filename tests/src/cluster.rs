@@ -241,11 +241,7 @@ impl Cluster {
                     Value::String(rfc3339_now()),
                 ),
             };
-            tx.execute(
-                "INSERT INTO changes(uid, op) VALUES (?1, ?2)",
-                params![uid, op.as_str()],
-            )?;
-            let rv = u64::try_from(tx.last_insert_rowid()).context("negative seq")?;
+            let rv = log_change(&tx, &uid, op)?;
             let body = build_body(kind, namespace, name, &uid, rv, created, data);
             tx.execute(
                 "INSERT INTO objects(uid, namespace, kind, name, rv, body, deleted)
@@ -282,11 +278,7 @@ impl Cluster {
             let Some(uid) = uid.filter(|u| want_uid.is_none_or(|w| w == u)) else {
                 return Ok(None);
             };
-            tx.execute(
-                "INSERT INTO changes(uid, op) VALUES (?1, ?2)",
-                params![uid, ChangeOp::Deleted.as_str()],
-            )?;
-            let rv = u64::try_from(tx.last_insert_rowid()).context("negative seq")?;
+            let rv = log_change(&tx, &uid, ChangeOp::Deleted)?;
             tx.execute(
                 "UPDATE objects SET deleted=1, rv=?2 WHERE uid=?1",
                 params![uid, rv as i64],
@@ -329,11 +321,7 @@ impl Cluster {
             if meta.contains_key("deletionTimestamp") {
                 return Ok(Some((uid, u64::try_from(rv).context("negative rv")?)));
             }
-            tx.execute(
-                "INSERT INTO changes(uid, op) VALUES (?1, ?2)",
-                params![uid, ChangeOp::Modified.as_str()],
-            )?;
-            let rv = u64::try_from(tx.last_insert_rowid()).context("negative seq")?;
+            let rv = log_change(&tx, &uid, ChangeOp::Modified)?;
             meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
             meta.insert(
                 "deletionTimestamp".into(),
@@ -673,6 +661,15 @@ pub fn kind_name(kind: &str) -> String {
                 .unwrap_or_default()
         }
     }
+}
+
+/// Appends a change of `uid` to the log; its position is the change's resourceVersion.
+fn log_change(tx: &rusqlite::Transaction<'_>, uid: &str, op: ChangeOp) -> Result<u64> {
+    tx.execute(
+        "INSERT INTO changes(uid, op) VALUES (?1, ?2)",
+        params![uid, op.as_str()],
+    )?;
+    u64::try_from(tx.last_insert_rowid()).context("negative seq")
 }
 
 fn build_body(
