@@ -22,6 +22,37 @@ pub(crate) struct PodParseError {
 pub(crate) struct Pod {
     pub(crate) metadata: ObjectMeta,
     pub(crate) spec: PodSpec,
+    /// The status as the cloud last saw it; only what edged-shim keeps from it.
+    pub(crate) status: PodStatusIn,
+}
+
+impl Pod {
+    /// When the cloud marked the pod `PodScheduled=True` (a scheduler's time), if it did.
+    pub(crate) fn scheduled_at(&self) -> Option<&str> {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+            .and_then(|c| c.last_transition_time.as_deref())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// The part of the cloud's pod status edged-shim reads.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct PodStatusIn {
+    pub(crate) conditions: Vec<PodConditionIn>,
+}
+
+/// One condition of the cloud's pod status.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct PodConditionIn {
+    #[serde(rename = "type")]
+    pub(crate) type_: String,
+    pub(crate) status: String,
+    pub(crate) last_transition_time: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

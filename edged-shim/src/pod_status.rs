@@ -24,6 +24,15 @@ pub(crate) enum ApiState {
     },
 }
 
+/// A timestamp field: the time, or `null` when unknown (never the epoch).
+fn time(at: &str) -> Value {
+    if at.is_empty() {
+        Value::Null
+    } else {
+        json!(at)
+    }
+}
+
 impl ApiState {
     fn to_json(&self) -> Value {
         match self {
@@ -34,7 +43,7 @@ impl ApiState {
                 }
                 json!({"waiting": w})
             }
-            ApiState::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+            ApiState::Running { started_at } => json!({"running": {"startedAt": time(started_at)}}),
             ApiState::Terminated {
                 exit_code,
                 reason,
@@ -46,9 +55,9 @@ impl ApiState {
                 let mut t = json!({
                     "containerID": container_id,
                     "exitCode": exit_code,
-                    "finishedAt": finished_at,
+                    "finishedAt": time(finished_at),
                     "reason": reason,
-                    "startedAt": started_at,
+                    "startedAt": time(started_at),
                 });
                 if !message.is_empty() {
                     t["message"] = json!(message);
@@ -117,17 +126,22 @@ pub(crate) fn phase(policy: &RestartPolicy, containers: &[ContainerView]) -> &'s
     }
 }
 
-/// Pod condition types we own, in the order kubelet reports them (`PodScheduled` is the
-/// scheduler's and only appears in `$setElementOrder`).
-pub(crate) const CONDITIONS: [&str; 4] = [
+/// Pod condition types in the order the kubelet reports them. The kubelet sets all five:
+/// `PodScheduled` is the scheduler's, but the kubelet reports it `True` too (a pod bound with
+/// `nodeName` and no scheduler, as on most KubeEdge nodes, has it from no one else).
+pub(crate) const CONDITIONS: [&str; 5] = [
     "PodReadyToStartContainers",
     "Initialized",
     "Ready",
     "ContainersReady",
+    "PodScheduled",
 ];
 
-/// Each owned condition's status for `view`, with reason and message when false.
-pub(crate) fn condition_states(view: &PodView) -> [(bool, &'static str, String); 4] {
+/// Index of `PodScheduled` in [`CONDITIONS`].
+pub(crate) const POD_SCHEDULED: usize = 4;
+
+/// Each condition's status for `view`, with reason and message when false.
+pub(crate) fn condition_states(view: &PodView) -> [(bool, &'static str, String); 5] {
     let not_ready: Vec<&str> = view
         .containers
         .iter()
@@ -141,17 +155,22 @@ pub(crate) fn condition_states(view: &PodView) -> [(bool, &'static str, String);
         (true, "", String::new()),
         (ready, "ContainersNotReady", why.clone()),
         (ready, "ContainersNotReady", why),
+        (true, "", String::new()),
     ]
 }
 
+/// Conditions whose `False` carries a reason and message. When such a condition turns `True`
+/// the patch sends both as `null`: a strategic-merge patch keeps fields it does not name, so
+/// leaving them out would show `Ready=True reason=ContainersNotReady` (the kubelet's two-way
+/// patch has the same nulls).
+fn carries_reason(kind: &str) -> bool {
+    matches!(kind, "Initialized" | "Ready" | "ContainersReady")
+}
+
 /// The patch string; `transitions[i]` is the lastTransitionTime of `CONDITIONS[i]`.
-pub(crate) fn status_patch(view: &PodView, transitions: &[String; 4]) -> String {
+pub(crate) fn status_patch(view: &PodView, transitions: &[String; 5]) -> String {
     let states = condition_states(view);
-    let order: Vec<Value> = CONDITIONS
-        .iter()
-        .chain(std::iter::once(&"PodScheduled"))
-        .map(|t| json!({"type": t}))
-        .collect();
+    let order: Vec<Value> = CONDITIONS.iter().map(|t| json!({"type": t})).collect();
     let conditions: Vec<Value> = CONDITIONS
         .iter()
         .zip(states.iter())
@@ -166,6 +185,9 @@ pub(crate) fn status_patch(view: &PodView, transitions: &[String; 4]) -> String 
             if !*ok && !reason.is_empty() {
                 c["message"] = json!(message);
                 c["reason"] = json!(reason);
+            } else if *ok && carries_reason(kind) {
+                c["message"] = Value::Null;
+                c["reason"] = Value::Null;
             }
             c
         })
@@ -239,9 +261,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn running_pod_matches_the_vector() {
-        let view = PodView {
+    fn running_view() -> PodView {
+        PodView {
             uid: "8f0b7c2e-3d4a-4b9e-9a61-2f5c1e7d9a10".to_owned(),
             restart_policy: RestartPolicy::Always,
             sandbox_ready: true,
@@ -249,21 +270,102 @@ mod tests {
             pod_ip: "10.88.0.7".to_owned(),
             start_time: "2025-06-01T08:00:01Z".to_owned(),
             containers: vec![running("nginx")],
-        };
-        let transitions = [
+        }
+    }
+
+    fn vector_times() -> [String; 5] {
+        [
             "2025-06-01T08:00:03Z".to_owned(),
             "2025-06-01T08:00:01Z".to_owned(),
             "2025-06-01T08:00:04Z".to_owned(),
             "2025-06-01T08:00:04Z".to_owned(),
-        ];
-        let ours: Value = serde_json::from_str(&status_patch(&view, &transitions)).unwrap();
+            "2025-06-01T08:00:00Z".to_owned(),
+        ]
+    }
+
+    /// The vector is the kubelet's two-way patch against a pod the scheduler had already
+    /// marked `PodScheduled`, whose Ready conditions were never false. Ours states the whole
+    /// status: the same, plus `PodScheduled` and the `null` reason/message of conditions that
+    /// can carry one (docs/realcloud.md, "Pod status").
+    #[test]
+    fn running_pod_matches_the_vector_plus_the_documented_fields() {
+        let mut ours: Value =
+            serde_json::from_str(&status_patch(&running_view(), &vector_times())).unwrap();
         let path = format!(
             "{}/../tests/fixtures/vectors/pod-status-patch.json",
             env!("CARGO_MANIFEST_DIR")
         );
         let msg: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let theirs: Value = serde_json::from_str(msg["content"].as_str().unwrap()).unwrap();
+        let conditions = ours["status"]["conditions"].as_array_mut().unwrap();
+        let scheduled = conditions.pop().unwrap();
+        assert_eq!(
+            scheduled,
+            json!({"lastProbeTime": null, "lastTransitionTime": "2025-06-01T08:00:00Z",
+                   "status": "True", "type": "PodScheduled"})
+        );
+        for c in conditions.iter_mut() {
+            let c = c.as_object_mut().unwrap();
+            if carries_reason(c["type"].as_str().unwrap()) {
+                assert_eq!(c.remove("reason"), Some(Value::Null));
+                assert_eq!(c.remove("message"), Some(Value::Null));
+            }
+            assert!(!c.contains_key("reason"), "{c:?}");
+        }
         assert_eq!(ours, theirs);
+    }
+
+    /// A condition that turns true clears the reason and message it had while false (the
+    /// real cloud showed `Ready=True reason=ContainersNotReady` without the nulls).
+    #[test]
+    fn a_condition_that_turns_true_clears_its_reason_and_message() {
+        let mut view = running_view();
+        view.containers[0].state = ApiState::Waiting {
+            reason: "ContainerCreating".to_owned(),
+            message: String::new(),
+        };
+        let before: Value = serde_json::from_str(&status_patch(&view, &vector_times())).unwrap();
+        let ready = &before["status"]["conditions"][2];
+        assert_eq!(
+            (&ready["type"], &ready["status"]),
+            (&json!("Ready"), &json!("False"))
+        );
+        assert_eq!(ready["reason"], "ContainersNotReady");
+        let after: Value =
+            serde_json::from_str(&status_patch(&running_view(), &vector_times())).unwrap();
+        for i in [1, 2, 3] {
+            let c = after["status"]["conditions"][i].as_object().unwrap();
+            assert_eq!(c["status"], "True");
+            assert_eq!(c.get("reason"), Some(&Value::Null), "{c:?}");
+            assert_eq!(c.get("message"), Some(&Value::Null), "{c:?}");
+        }
+    }
+
+    /// The kubelet reports `PodScheduled=True`; a KubeEdge pod bound by `nodeName` has no
+    /// scheduler to set it. It stays true whatever the containers do.
+    #[test]
+    fn pod_scheduled_is_reported_true_in_the_kubelets_order() {
+        let mut view = running_view();
+        view.containers.clear();
+        view.sandbox_ready = false;
+        let v: Value = serde_json::from_str(&status_patch(&view, &vector_times())).unwrap();
+        let types: Vec<&str> = v["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, CONDITIONS);
+        assert_eq!(v["status"]["conditions"][POD_SCHEDULED]["status"], "True");
+        assert_eq!(
+            v["status"]["conditions"][POD_SCHEDULED]["lastTransitionTime"],
+            "2025-06-01T08:00:00Z"
+        );
+        assert!(
+            v["status"]["conditions"][POD_SCHEDULED]
+                .get("reason")
+                .is_none()
+        );
     }
 
     #[test]
@@ -317,7 +419,7 @@ mod tests {
             start_time: String::new(),
             containers: vec![c],
         };
-        let t: [String; 4] = Default::default();
+        let t: [String; 5] = Default::default();
         let v: Value = serde_json::from_str(&status_patch(&view, &t)).unwrap();
         assert_eq!(v["status"]["conditions"][2]["status"], "False");
         assert_eq!(

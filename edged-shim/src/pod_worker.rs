@@ -17,7 +17,7 @@ use crate::meta::{MetaClient, PodEvent};
 use crate::node_status::META_CALL_TIMEOUT;
 use crate::pod::{Pod, PullPolicy, RestartPolicy};
 use crate::pod_status::{
-    ApiState, CONDITIONS, ContainerView, PodView, condition_states, status_patch,
+    ApiState, CONDITIONS, ContainerView, POD_SCHEDULED, PodView, condition_states, status_patch,
 };
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,
@@ -26,6 +26,7 @@ use crate::runtime::{
 use crate::settings::EdgedSettings;
 use crate::time::rfc3339;
 use crate::volumes;
+use removed::RemovedPods;
 
 /// Kubelet's crash-loop backoff: 10 s doubling to 5 min.
 const CRASH_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -89,7 +90,7 @@ struct PodRecord {
     volumes: HashMap<String, PathBuf>,
     containers: Vec<ContainerRecord>,
     start_time: String,
-    transitions: [(Option<bool>, String); 4],
+    transitions: [(Option<bool>, String); CONDITIONS.len()],
     last_patch: Option<String>,
     /// The last patch failed (logged once until one succeeds).
     patch_failing: bool,
@@ -144,11 +145,26 @@ pub(crate) struct PodWorker {
     leftovers: Option<HashMap<String, Vec<SandboxInfo>>>,
     /// Leftovers no pod claimed by then are removed.
     gc_after: Instant,
+    /// UIDs of pods torn down for good: later events for them are stale.
+    removed: RemovedPods,
 }
 
+/// A runtime timestamp (nanoseconds since the epoch) as the API writes it; empty for the
+/// runtime's "never" (0 or less), which the patch sends as `null` like the kubelet's zero time.
 fn nanos_to_rfc3339(n: i64) -> String {
-    let secs = u64::try_from(n / 1_000_000_000).unwrap_or(0);
-    rfc3339(UNIX_EPOCH + Duration::from_secs(secs))
+    match u64::try_from(n / 1_000_000_000) {
+        Ok(secs) if secs > 0 => rfc3339(UNIX_EPOCH + Duration::from_secs(secs)),
+        _ => String::new(),
+    }
+}
+
+/// Now, in the runtime's nanoseconds.
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
 }
 
 fn api_state(s: &ContainerStatus) -> ApiState {
@@ -199,6 +215,7 @@ impl PodWorker {
             next_probe: Instant::now(),
             leftovers: None,
             gc_after: Instant::now() + ORPHAN_GRACE,
+            removed: RemovedPods::default(),
         }
     }
 
@@ -254,6 +271,13 @@ impl PodWorker {
                     }
                 };
                 let key = pod.key();
+                if self.removed.contains(&pod.metadata.uid) {
+                    // The cloud's copy of a pod this node already finished (an update that
+                    // was in flight when the pod went): starting it again would run it twice
+                    // and send a second delete.
+                    debug!(pod = %key, uid = %pod.metadata.uid, "event for a removed pod ignored");
+                    return None;
+                }
                 let deleting = pod.metadata.deletion_timestamp.is_some();
                 match self.pods.get_mut(&key) {
                     Some(rec) if rec.pod.metadata.uid == pod.metadata.uid => {
@@ -272,6 +296,7 @@ impl PodWorker {
                             rec.pod.spec.containers = pod.spec.containers;
                         }
                         rec.pod.metadata = pod.metadata;
+                        rec.pod.status = pod.status;
                     }
                     Some(rec) => {
                         // Same name, new UID: the old pod goes, the new one waits for it.
@@ -434,6 +459,7 @@ impl PodWorker {
 
 mod lifecycle;
 mod recovery;
+mod removed;
 mod report;
 #[cfg(test)]
 mod tests;

@@ -411,6 +411,7 @@ impl PodWorker {
                 }
             }
         }
+        self.removed.insert(&rec.pod.metadata.uid);
         info!(pod = %key, "pod removed");
         true
     }

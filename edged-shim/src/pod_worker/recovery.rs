@@ -38,8 +38,12 @@ impl PodWorker {
                         .await;
                     c.last_terminated = c.status.take().map(|mut s| {
                         if s.state != ContainerState::Exited {
+                            // It was running when last seen; it ended no later than now.
                             s.state = ContainerState::Exited;
                             s.reason = "SandboxGone".to_owned();
+                            if s.finished_at <= 0 {
+                                s.finished_at = now_nanos();
+                            }
                         }
                         api_state(&s)
                     });

@@ -83,13 +83,19 @@ impl PodWorker {
                 *slot = (Some(*ok), now.clone());
             }
         }
-        let times: [String; 4] = std::array::from_fn(|i| {
+        // A scheduler's PodScheduled time, when the pod has one, is kept as it is.
+        if let (Some(at), Some(slot)) = (
+            rec.pod.scheduled_at(),
+            rec.transitions.get_mut(POD_SCHEDULED),
+        ) {
+            slot.1 = at.to_owned();
+        }
+        let times: [String; CONDITIONS.len()] = std::array::from_fn(|i| {
             rec.transitions
                 .get(i)
                 .map(|t| t.1.clone())
                 .unwrap_or_default()
         });
-        debug_assert_eq!(CONDITIONS.len(), times.len());
         let patch = status_patch(&view, &times);
         if rec.last_patch.as_deref() == Some(patch.as_str()) {
             return;

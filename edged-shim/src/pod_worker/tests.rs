@@ -174,6 +174,34 @@ async fn runs_a_pod_with_env_and_volumes_and_reports_running() {
     h.stop().await;
 }
 
+/// `PodScheduled` goes up true; a scheduler's transition time on the cloud's pod is kept.
+#[tokio::test(start_paused = true)]
+async fn pod_scheduled_is_reported_keeping_a_schedulers_time() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    let mut scheduled = pod("web", "Always", json!({}));
+    scheduled["status"] = json!({"conditions": [
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2025-06-01T07:59:00Z"}
+    ]});
+    h.events.send(PodEvent::Upsert(scheduled)).await.unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("bare", "Always", json!({}))))
+        .await
+        .unwrap();
+    let web = h.status("web", "running status", running).await;
+    let bare = h.status("bare", "running status", running).await;
+    let cond = |p: &Value| p["status"]["conditions"][4].clone();
+    assert_eq!(cond(&web)["type"], "PodScheduled");
+    assert_eq!(cond(&web)["status"], "True");
+    assert_eq!(cond(&web)["lastTransitionTime"], "2025-06-01T07:59:00Z");
+    assert_eq!(cond(&bare)["status"], "True");
+    let at = cond(&bare)["lastTransitionTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(at.ends_with('Z') && at.len() == 20, "{at}");
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn pulls_missing_images_and_reports_pull_errors() {
     let rt = FakeRuntime::default();
@@ -366,6 +394,52 @@ async fn graceful_deletion_tears_down_then_tells_the_cloud() {
     h.stop().await;
 }
 
+/// The real cloud sends the status change of the stopped containers as an `update` that can
+/// arrive after edged's final delete: the pod must not come back, nor be deleted twice.
+#[tokio::test(start_paused = true)]
+async fn an_update_arriving_after_the_pod_was_removed_is_ignored() {
+    let (mut h, _) = delete_running_pod(1).await;
+    let mut late = pod("web", "Always", json!({}));
+    late["metadata"]["deletionTimestamp"] = json!("2025-06-01T08:10:00Z");
+    late["metadata"]["deletionGracePeriodSeconds"] = json!(1);
+    h.events.send(PodEvent::Upsert(late)).await.unwrap();
+    // A new pod of the same name (a new uid) then runs, and a stale update of the old uid
+    // still does not touch it.
+    let mut again = pod("web", "Always", json!({}));
+    again["metadata"]["uid"] = json!("uid-web-2");
+    h.events.send(PodEvent::Upsert(again)).await.unwrap();
+    let s = h
+        .status("web", "the new incarnation running", running)
+        .await;
+    assert_eq!(s["metadata"]["uid"], "uid-web-2");
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.events
+        .send(PodEvent::Upsert(pod("other", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("other", "a later pod running", running).await;
+    while let Ok(call) = h.calls.try_recv() {
+        assert!(
+            !matches!(call, MetaCall::DeletePod { .. }),
+            "second delete: {call:?}"
+        );
+    }
+    assert_eq!(
+        h.rt.calls_named("RunPodSandbox"),
+        3,
+        "old web, new web, other"
+    );
+    {
+        let st = h.rt.state();
+        assert_eq!(st.sandboxes.len(), 2, "web (new uid) and other");
+        assert!(st.sandboxes.values().all(|s| s.uid != "uid-web"));
+    }
+    h.stop().await;
+}
+
 /// A grace period from the cloud that no clock can add to is no panic.
 #[tokio::test(start_paused = true)]
 async fn an_absurd_grace_period_still_tears_the_pod_down() {
@@ -517,7 +591,11 @@ async fn a_vanished_sandbox_is_recreated_with_a_restart() {
             running(s) && s["containerStatuses"][0]["restartCount"] == 1
         })
         .await;
-    assert!(s["status"]["containerStatuses"][0]["lastState"]["terminated"].is_object());
+    let last = &s["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["reason"], "SandboxGone");
+    // It was running when last seen: it ended when the worker noticed, not at the epoch.
+    let finished = last["finishedAt"].as_str().unwrap();
+    assert!(finished > "2025", "finishedAt {finished}");
     assert_eq!(h.rt.calls_named("RunPodSandbox"), 2);
     assert_eq!(h.rt.state().sandboxes.len(), 1);
     h.stop().await;
