@@ -119,6 +119,9 @@ pub struct TailoredKubeletConfig {
     pub pod_logs_dir: String,
     /// Register the node with the API server.
     pub register_node: bool,
+    /// Lifetime of the node's Lease in `kube-node-lease`; it is renewed every quarter of it.
+    #[serde(deserialize_with = "de::int32")]
+    pub node_lease_duration_seconds: i32,
     /// Every other kubelet key, as written, over KubeEdge's defaults.
     #[serde(flatten, deserialize_with = "rest_over_defaults")]
     pub rest: BTreeMap<String, Value>,
@@ -210,7 +213,6 @@ maxOpenFiles: 1000000
 memoryManagerPolicy: None
 memorySwap: {}
 memoryThrottlingFactor: 0.9
-nodeLeaseDurationSeconds: 40
 nodeStatusMaxImages: 0
 oomScoreAdj: -999
 podPidsLimit: -1
@@ -261,6 +263,7 @@ impl Default for TailoredKubeletConfig {
             static_pod_path: "/etc/kubeedge/manifests".to_owned(),
             pod_logs_dir: "/var/log/pods".to_owned(),
             register_node: true,
+            node_lease_duration_seconds: 40,
             rest: default_rest(),
         }
     }
@@ -273,7 +276,7 @@ mod tests {
     #[test]
     fn default_rest_parses_and_holds_no_typed_key() {
         let rest: BTreeMap<String, Value> = serde_yaml_ng::from_str(DEFAULT_REST).unwrap();
-        assert_eq!(rest.len(), 57);
+        assert_eq!(rest.len(), 56);
         let typed = serde_yaml_ng::to_value(TailoredKubeletConfig {
             rest: BTreeMap::new(),
             ..TailoredKubeletConfig::default()
@@ -303,6 +306,6 @@ mod tests {
         assert_eq!(k.rest.get("readOnlyPort"), Some(&Value::from(10350)));
         let k: TailoredKubeletConfig = serde_yaml_ng::from_str("readOnlyPort: 0").unwrap();
         assert_eq!(k.rest.get("readOnlyPort"), Some(&Value::from(0)));
-        assert_eq!(k.rest.len(), 57);
+        assert_eq!(k.rest.len(), 56);
     }
 }

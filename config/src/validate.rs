@@ -237,6 +237,13 @@ fn edged(c: &EdgeCoreConfig, p: &mut Problems) {
              unix:///run/containerd/containerd.sock",
         );
     }
+    if k.node_lease_duration_seconds <= 0 {
+        p.push(
+            "modules.edged.tailoredKubeletConfig.nodeLeaseDurationSeconds",
+            k.node_lease_duration_seconds.to_string(),
+            "a positive number of seconds (KubeEdge's default is 40)",
+        );
+    }
     if k.cgroup_driver != "cgroupfs" && k.cgroup_driver != "systemd" {
         p.push(
             "modules.edged.tailoredKubeletConfig.cgroupDriver",
@@ -543,6 +550,10 @@ mod tests {
             .tailored_kubelet_config
             .image_service_endpoint = "x".to_owned();
         c.modules.edged.tailored_kubelet_config.cgroup_driver = "cgroup".to_owned();
+        c.modules
+            .edged
+            .tailored_kubelet_config
+            .node_lease_duration_seconds = 0;
         c.modules.event_bus.mqtt_mode = 3;
         let e = c.validate().unwrap_err();
         for path in [
@@ -554,11 +565,12 @@ mod tests {
             "modules.edged.tailoredKubeletConfig.containerRuntimeEndpoint",
             "modules.edged.tailoredKubeletConfig.imageServiceEndpoint",
             "modules.edged.tailoredKubeletConfig.cgroupDriver",
+            "modules.edged.tailoredKubeletConfig.nodeLeaseDurationSeconds",
             "modules.eventBus.mqttMode",
         ] {
             assert!(e.at(path).is_some(), "{path} not reported in {e}");
         }
-        assert_eq!(e.errors().len(), 9, "{e}");
+        assert_eq!(e.errors().len(), 10, "{e}");
 
         let mut c = default_config("n");
         c.modules.edge_hub.tls_server_name = "cloudcore.example.com".to_owned();

@@ -11,8 +11,10 @@ use crate::error::{MetaError, RemoteStatus};
 use crate::metamanager::MetaHandle;
 use crate::store::Store;
 
-/// Namespace of the Node's resources (`registerNodeNamespace`, KubeEdge's default).
-const NODE_NAMESPACE: &str = "default";
+/// Namespace segment of the Node's resources: KubeEdge's edged writes `null/node/<node>` and
+/// `null/nodepatch/<node>` whatever `registerNodeNamespace` says, and CloudCore pushes Node
+/// changes as `null/node/<node>` too, so the stored Node is one row.
+const NODE_NAMESPACE: &str = "null";
 const SOURCE: &str = "edged";
 const GROUP: &str = "meta";
 
@@ -136,6 +138,52 @@ impl MetaClient for EdgedMeta {
         name: &'a str,
     ) -> MetaFuture<'a, Option<Value>> {
         Box::pin(self.get("secret", namespace, name))
+    }
+
+    fn get_node<'a>(&'a self, name: &'a str) -> MetaFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            let key = format!("{NODE_NAMESPACE}/node/{name}");
+            match self.store.get(&key).await {
+                Ok(row) => Ok(row
+                    .and_then(|r| serde_json::from_str::<Value>(&r).ok())
+                    .filter(Value::is_object)),
+                Err(e) => Err(to_shim(MetaError::Store(e))),
+            }
+        })
+    }
+
+    fn get_lease<'a>(&'a self, namespace: &'a str, name: &'a str) -> MetaFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            match self.meta.query(&format!("{namespace}/lease/{name}")).await {
+                Ok(objects) => Ok(objects.into_iter().find(Value::is_object)),
+                Err(MetaError::Remote {
+                    status: RemoteStatus::NotFound,
+                    ..
+                }) => Ok(None),
+                Err(e) => Err(to_shim(e)),
+            }
+        })
+    }
+
+    fn put_lease(&self, lease: Value, create: bool) -> MetaFuture<'_, Value> {
+        Box::pin(async move {
+            let field = |f: &str| {
+                lease
+                    .pointer(&format!("/metadata/{f}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let resource = format!("{}/lease/{}", field("namespace"), field("name"));
+            let operation = if create { op::INSERT } else { op::UPDATE };
+            let msg = Message::new(Route::new(SOURCE, GROUP, operation, &resource), lease);
+            let answer = self.meta.request(msg).await.map_err(to_shim)?;
+            answer.into_iter().find(Value::is_object).ok_or_else(|| {
+                edged_shim::MetaError::Rejected(format!(
+                    "the cloud answered {resource} without a Lease"
+                ))
+            })
+        })
     }
 
     fn delete_pod<'a>(

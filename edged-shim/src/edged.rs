@@ -10,6 +10,7 @@ use tracing::{Instrument, info_span};
 use crate::host::{HostProbe, SysinfoProbe};
 use crate::meta::{MetaClient, PodEvent};
 use crate::node::internal_ip;
+use crate::node_lease;
 use crate::node_status;
 use crate::pod_worker::PodWorker;
 use crate::runtime::{Runtime, RuntimeState};
@@ -65,6 +66,7 @@ pub(crate) fn spawn_with_probe(
         .map(|ip| ip.to_string())
         .unwrap_or_default();
     let (state_tx, state_rx) = watch::channel(RuntimeState::Unknown);
+    let (registered_tx, registered_rx) = watch::channel(false);
     let span = info_span!("edged", node = %settings.node_name);
     tracker.spawn(
         node_status::run(
@@ -72,9 +74,19 @@ pub(crate) fn spawn_with_probe(
             meta.clone(),
             probe,
             state_rx.clone(),
+            registered_tx,
             cancel.clone(),
         )
         .instrument(info_span!(parent: &span, "node_status")),
+    );
+    tracker.spawn(
+        node_lease::run(
+            settings.clone(),
+            meta.clone(),
+            registered_rx,
+            cancel.clone(),
+        )
+        .instrument(info_span!(parent: &span, "node_lease")),
     );
     let worker = PodWorker::new(settings, meta, runtime, state_tx, host_ip);
     tracker.spawn(

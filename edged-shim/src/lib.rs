@@ -17,6 +17,7 @@ mod fake_runtime;
 mod host;
 mod meta;
 mod node;
+mod node_lease;
 mod node_status;
 mod pod;
 mod pod_status;

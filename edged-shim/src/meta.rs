@@ -15,9 +15,9 @@ pub type MetaFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, MetaError>> +
 /// Every method maps onto one edged message of the KubeEdge protocol (source `edged`, group
 /// `meta`). The implementation owns correlation with the cloud's answer and its timeout.
 pub trait MetaClient: Send + Sync + 'static {
-    /// `insert` on `default/node/<node>` with the Node object as content.
+    /// `insert` on `null/node/<node>` with the Node object as content.
     fn register_node(&self, node: Value) -> MetaFuture<'_, ()>;
-    /// `patch` on `default/nodepatch/<node>`; `patch` is the strategic-merge patch as a string.
+    /// `patch` on `null/nodepatch/<node>`; `patch` is the strategic-merge patch as a string.
     fn patch_node_status<'a>(&'a self, node: &'a str, patch: String) -> MetaFuture<'a, ()>;
     /// `patch` on `<ns>/podpatch/<name>`; `patch` is the strategic-merge patch as a string.
     fn patch_pod_status<'a>(
@@ -36,6 +36,15 @@ pub trait MetaClient: Send + Sync + 'static {
     /// Secret `<ns>/secret/<name>`, like [`MetaClient::get_configmap`].
     fn get_secret<'a>(&'a self, namespace: &'a str, name: &'a str)
     -> MetaFuture<'a, Option<Value>>;
+    /// The Node as this edge last stored it (`null/node/<node>`: the registration's answer or
+    /// the cloud's latest push), from the local store only. `Ok(None)` when there is none.
+    fn get_node<'a>(&'a self, name: &'a str) -> MetaFuture<'a, Option<Value>>;
+    /// `query` on `<ns>/lease/<name>`: the cloud while connected, the stored row otherwise.
+    /// `Ok(None)` when the Lease does not exist.
+    fn get_lease<'a>(&'a self, namespace: &'a str, name: &'a str) -> MetaFuture<'a, Option<Value>>;
+    /// `insert` (`create`) or `update` on `<ns>/lease/<name>` with the Lease as content;
+    /// answers the Lease the cloud stored. Fails with [`MetaError::NotConnected`] offline.
+    fn put_lease(&self, lease: Value, create: bool) -> MetaFuture<'_, Value>;
     /// `delete` on `<ns>/pod/<name>` with `{"gracePeriodSeconds":0,"preconditions":{"uid":..}}`:
     /// tells the cloud the pod is gone from this node after a graceful deletion.
     fn delete_pod<'a>(

@@ -65,12 +65,13 @@ pub(crate) fn conditions(
             format!("kubelet has sufficient {what}")
         },
     };
+    // KubeEdge's kubelet words a ready edge node this way (`kubectl describe node` shows it).
     let ready = match runtime {
         Ok(()) => Condition {
             kind: ConditionType::Ready,
             status: true,
-            reason: "KubeletReady",
-            message: "kubelet is posting ready status".to_owned(),
+            reason: "EdgeReady",
+            message: "edge is posting ready status".to_owned(),
         },
         Err(why) => Condition {
             kind: ConditionType::Ready,
@@ -142,7 +143,7 @@ fn node_info(settings: &EdgedSettings, facts: &HostFacts, runtime_version: &str)
     })
 }
 
-/// The Node object for `insert` on `default/node/<node>`.
+/// The Node object for `insert` on `null/node/<node>`.
 pub(crate) fn node_object(
     settings: &EdgedSettings,
     facts: &HostFacts,

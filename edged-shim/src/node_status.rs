@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
-use tokio::time::{MissedTickBehavior, sleep, timeout};
+use tokio::time::{Instant, MissedTickBehavior, sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -56,11 +56,15 @@ impl TransitionClock {
     }
 }
 
+/// Registers the Node (then sets `registered`), and computes its status every
+/// `nodeStatusUpdateFrequency`: a status that changed is patched at once, an unchanged one only
+/// every `nodeStatusReportFrequency` (the Lease is the heartbeat in between), as the kubelet does.
 pub(crate) async fn run(
     settings: EdgedSettings,
     meta: Arc<dyn MetaClient>,
     mut probe: Box<dyn HostProbe>,
     runtime: watch::Receiver<RuntimeState>,
+    registered: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
     let facts = probe.facts();
@@ -89,10 +93,13 @@ pub(crate) async fn run(
         }
     }
     info!(node = %settings.node_name, "node registered");
+    registered.send_replace(true);
 
     let mut clock = TransitionClock::default();
     let mut tick = tokio::time::interval(settings.node_status_update_frequency);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The last status sent (its heartbeat left out) and when.
+    let mut reported: Option<(String, Instant)> = None;
     loop {
         tokio::select! {
             biased;
@@ -104,6 +111,16 @@ pub(crate) async fn run(
         let current = conditions(&sample, &settings.thresholds, state.ready());
         let now = rfc3339(SystemTime::now());
         let timed = clock.update(&now, current);
+        let unchanged_form = status_patch(&settings, &facts, state.version(), timed, "");
+        let due = match &reported {
+            Some((last, at)) => {
+                *last != unchanged_form || at.elapsed() >= settings.node_status_report_frequency
+            }
+            None => true,
+        };
+        if !due {
+            continue;
+        }
         let patch = status_patch(&settings, &facts, state.version(), timed, &now);
         let result = tokio::select! {
             biased;
@@ -111,7 +128,10 @@ pub(crate) async fn run(
             r = timeout(META_CALL_TIMEOUT, meta.patch_node_status(&settings.node_name, patch)) => r,
         };
         match result {
-            Ok(Ok(())) => debug!("node status patched"),
+            Ok(Ok(())) => {
+                debug!("node status patched");
+                reported = Some((unchanged_form, Instant::now()));
+            }
             Ok(Err(error)) => warn!(%error, "node status patch failed"),
             Err(_) => warn!(timeout = ?META_CALL_TIMEOUT, "node status patch timed out"),
         }
@@ -157,7 +177,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn registers_with_retry_then_patches_every_period() {
+    async fn registers_with_retry_then_reports_an_unchanged_status_every_report_period() {
         let (meta, mut calls) = RecordingMeta::new();
         meta.fail_registrations(2);
         let (_state_tx, state_rx) = watch::channel(RuntimeState::Up {
@@ -169,6 +189,7 @@ mod tests {
             meta.clone(),
             Box::new(FixedProbe),
             state_rx,
+            watch::channel(false).0,
             cancel.clone(),
         ));
         let start = tokio::time::Instant::now();
@@ -199,7 +220,8 @@ mod tests {
                 other => panic!("expected node patch, got {other:?}"),
             }
         }
-        assert_eq!(at, [3, 13, 23]);
+        // Unchanged: once per nodeStatusReportFrequency (5 min), the Lease beats in between.
+        assert_eq!(at, [3, 303, 603]);
         cancel.cancel();
         task.await.unwrap();
     }
@@ -216,6 +238,7 @@ mod tests {
             meta.clone(),
             Box::new(FixedProbe),
             state_rx,
+            watch::channel(false).0,
             cancel.clone(),
         ));
         assert!(matches!(
@@ -234,6 +257,55 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// A change (the runtime going down) goes up at the next computation, not after the
+    /// report period; then nothing until the next change or period.
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_status_is_patched_at_once() {
+        let (meta, mut calls) = RecordingMeta::new();
+        let (state_tx, state_rx) = watch::channel(RuntimeState::Up {
+            version: "containerd://1.6.20".to_owned(),
+        });
+        let (registered_tx, mut registered) = watch::channel(false);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            settings(),
+            meta.clone(),
+            Box::new(FixedProbe),
+            state_rx,
+            registered_tx,
+            cancel.clone(),
+        ));
+        assert!(matches!(
+            calls.recv().await,
+            Some(MetaCall::RegisterNode(_))
+        ));
+        registered.wait_for(|r| *r).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(matches!(
+            calls.recv().await,
+            Some(MetaCall::PatchNode { .. })
+        ));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        state_tx.send_replace(RuntimeState::Down {
+            reason: "gone".to_owned(),
+        });
+        match calls.recv().await {
+            Some(MetaCall::PatchNode { patch, .. }) => {
+                let v: Value = serde_json::from_str(&patch).unwrap();
+                assert_eq!(v["status"]["conditions"][3]["status"], "False");
+            }
+            other => panic!("expected node patch, got {other:?}"),
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(30),
+            "at the next 10 s tick"
+        );
+        assert!(calls.try_recv().is_err());
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_existing_node_counts_as_registered() {
         let (meta, mut calls) = RecordingMeta::new();
@@ -246,6 +318,7 @@ mod tests {
             meta.clone(),
             Box::new(FixedProbe),
             state_rx,
+            watch::channel(false).0,
             cancel.clone(),
         ));
         assert!(matches!(

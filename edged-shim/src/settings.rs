@@ -35,8 +35,15 @@ pub struct EdgedSettings {
     pub node_ip: Option<IpAddr>,
     /// Extra node labels (`nodeLabels`).
     pub node_labels: BTreeMap<String, String>,
-    /// Period of node status patches (`nodeStatusUpdateFrequency`, KubeEdge default 10 s).
+    /// How often the node status is computed (`nodeStatusUpdateFrequency`, KubeEdge default
+    /// 10 s); it is sent when it changed.
     pub node_status_update_frequency: Duration,
+    /// An unchanged node status is sent again after this long (`nodeStatusReportFrequency`,
+    /// default 5 min): with the Lease as the heartbeat, as the kubelet does.
+    pub node_status_report_frequency: Duration,
+    /// Lifetime of the node Lease (`nodeLeaseDurationSeconds`, default 40 s), renewed every
+    /// quarter of it.
+    pub node_lease_duration: Duration,
     /// `pods` in capacity and allocatable (`maxPods`, default 110).
     pub max_pods: u32,
     /// Where pod volumes are written (`rootDirectory`, default `/var/lib/edged`).
@@ -74,6 +81,13 @@ impl EdgedSettings {
             node_ip: edged.node_ip.parse().ok(),
             node_labels: edged.node_labels.clone(),
             node_status_update_frequency: or(k.node_status_update_frequency.as_duration(), 10),
+            node_status_report_frequency: or(k.node_status_report_frequency.as_duration(), 300),
+            node_lease_duration: Duration::from_secs(
+                u64::try_from(k.node_lease_duration_seconds)
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .unwrap_or(40),
+            ),
             max_pods: u32::try_from(k.max_pods)
                 .ok()
                 .filter(|n| *n > 0)
@@ -104,7 +118,12 @@ mod tests {
         edged.tailored_kubelet_config.max_pods = 20;
         edged.tailored_kubelet_config.node_status_update_frequency =
             config::GoDuration::from_secs(5);
+        edged.tailored_kubelet_config.node_status_report_frequency =
+            config::GoDuration::from_secs(60);
+        edged.tailored_kubelet_config.node_lease_duration_seconds = 20;
         let s = EdgedSettings::from_config(&edged);
+        assert_eq!(s.node_status_report_frequency, Duration::from_secs(60));
+        assert_eq!(s.node_lease_duration, Duration::from_secs(20));
         assert_eq!(s.node_name, "n1");
         assert_eq!(s.node_ip, "192.168.1.50".parse().ok());
         assert_eq!(s.root_directory, PathBuf::from("/srv/edged"));
@@ -121,6 +140,8 @@ mod tests {
         let s = EdgedSettings::from_config(&edged);
         assert_eq!(s.max_pods, 110);
         assert_eq!(s.node_status_update_frequency, Duration::from_secs(10));
+        assert_eq!(s.node_status_report_frequency, Duration::from_secs(300));
+        assert_eq!(s.node_lease_duration, Duration::from_secs(40));
         assert_eq!(s.node_ip, None);
     }
 }

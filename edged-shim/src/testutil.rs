@@ -27,6 +27,14 @@ pub(crate) enum MetaCall {
         name: String,
         uid: String,
     },
+    GetLease {
+        namespace: String,
+        name: String,
+    },
+    PutLease {
+        lease: Value,
+        create: bool,
+    },
 }
 
 /// A MetaClient that records calls on a channel and serves configmaps and secrets from maps.
@@ -35,6 +43,8 @@ pub(crate) struct RecordingMeta {
     failing_registrations: AtomicU32,
     pub(crate) node_exists: std::sync::atomic::AtomicBool,
     pub(crate) objects: Mutex<HashMap<String, Value>>,
+    /// `put_lease` fails this many more times (as the cloud rejecting a stale Lease).
+    failing_leases: AtomicU32,
 }
 
 impl RecordingMeta {
@@ -46,6 +56,7 @@ impl RecordingMeta {
                 failing_registrations: AtomicU32::new(0),
                 node_exists: std::sync::atomic::AtomicBool::new(false),
                 objects: Mutex::new(HashMap::new()),
+                failing_leases: AtomicU32::new(0),
             }),
             rx,
         )
@@ -53,6 +64,10 @@ impl RecordingMeta {
 
     pub(crate) fn fail_registrations(&self, n: u32) {
         self.failing_registrations.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn fail_leases(&self, n: u32) {
+        self.failing_leases.store(n, Ordering::SeqCst);
     }
 
     pub(crate) fn put(&self, kind: &str, namespace: &str, name: &str, object: Value) {
@@ -127,6 +142,57 @@ impl MetaClient for RecordingMeta {
         name: &'a str,
     ) -> MetaFuture<'a, Option<Value>> {
         Box::pin(async move { Ok(self.get("secret", namespace, name)) })
+    }
+
+    fn get_node<'a>(&'a self, name: &'a str) -> MetaFuture<'a, Option<Value>> {
+        Box::pin(async move { Ok(self.get("node", "null", name)) })
+    }
+
+    fn get_lease<'a>(&'a self, namespace: &'a str, name: &'a str) -> MetaFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            self.record(MetaCall::GetLease {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .await?;
+            Ok(self.get("lease", namespace, name))
+        })
+    }
+
+    /// Stores the Lease with the next resourceVersion, as the API server would.
+    fn put_lease(&self, mut lease: Value, create: bool) -> MetaFuture<'_, Value> {
+        Box::pin(async move {
+            self.record(MetaCall::PutLease {
+                lease: lease.clone(),
+                create,
+            })
+            .await?;
+            let left = self.failing_leases.load(Ordering::SeqCst);
+            if left > 0 {
+                self.failing_leases.store(left - 1, Ordering::SeqCst);
+                return Err(MetaError::Rejected("conflict".to_owned()));
+            }
+            let ns = lease["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let name = lease["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let rv = self
+                .get("lease", &ns, &name)
+                .and_then(|l| {
+                    l["metadata"]["resourceVersion"]
+                        .as_str()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0);
+            lease["metadata"]["resourceVersion"] = Value::String((rv + 1).to_string());
+            self.put("lease", &ns, &name, lease.clone());
+            Ok(lease)
+        })
     }
 
     fn delete_pod<'a>(

@@ -16,6 +16,16 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// `2025-06-01T08:00:10.123456Z` for `t`: Kubernetes' MicroTime, as a Lease's `renewTime`.
+pub(crate) fn rfc3339_micros(t: SystemTime) -> String {
+    let micros = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_micros());
+    let secs = rfc3339(t);
+    let whole = secs.strip_suffix('Z').unwrap_or(&secs);
+    format!("{whole}.{micros:06}Z")
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     // Shift the epoch to 0000-03-01 so leap days fall at the end of a 400-year era.
@@ -43,5 +53,10 @@ mod tests {
         assert_eq!(rfc3339(at(1_748_764_810)), "2025-06-01T08:00:10Z");
         assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(at(4_102_444_799)), "2099-12-31T23:59:59Z");
+        assert_eq!(
+            rfc3339_micros(at(1_748_764_810) + Duration::from_nanos(123_456_789)),
+            "2025-06-01T08:00:10.123456Z"
+        );
+        assert_eq!(rfc3339_micros(at(0)), "1970-01-01T00:00:00.000000Z");
     }
 }

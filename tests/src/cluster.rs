@@ -696,8 +696,28 @@ fn build_body(
     );
     if let Value::Object(fields) = data {
         for (k, v) in fields {
-            if !matches!(k.as_str(), "kind" | "apiVersion" | "metadata") {
-                obj.insert(k, v);
+            match (k.as_str(), v) {
+                // The caller's labels, annotations or ownerReferences; identity stays ours.
+                ("metadata", Value::Object(extra)) => {
+                    if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
+                        for (mk, mv) in extra {
+                            if !matches!(
+                                mk.as_str(),
+                                "name"
+                                    | "namespace"
+                                    | "uid"
+                                    | "resourceVersion"
+                                    | "creationTimestamp"
+                            ) {
+                                meta.insert(mk, mv);
+                            }
+                        }
+                    }
+                }
+                ("kind" | "apiVersion" | "metadata", _) => {}
+                (_, v) => {
+                    obj.insert(k, v);
+                }
             }
         }
     }

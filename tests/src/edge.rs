@@ -58,6 +58,8 @@ pub struct EdgedOptions {
     pub runtime_request_timeout_secs: u32,
     /// `tailoredKubeletConfig.nodeStatusUpdateFrequency` in seconds.
     pub node_status_update_secs: u32,
+    /// `tailoredKubeletConfig.nodeLeaseDurationSeconds` (renewed every quarter of it).
+    pub node_lease_duration_secs: u32,
 }
 
 impl EdgedOptions {
@@ -69,6 +71,7 @@ impl EdgedOptions {
             pod_logs_dir: dir.join("pods"),
             runtime_request_timeout_secs: 30,
             node_status_update_secs: 2,
+            node_lease_duration_secs: 4,
         }
     }
 }
@@ -133,6 +136,7 @@ impl EdgeOptions {
       podLogsDir: {logs}
       runtimeRequestTimeout: {timeout}s
       nodeStatusUpdateFrequency: {status}s
+      nodeLeaseDurationSeconds: {lease}
 ",
                 node = self.node,
                 root = q(&e.root_directory),
@@ -140,6 +144,7 @@ impl EdgeOptions {
                 logs = q(&e.pod_logs_dir),
                 timeout = e.runtime_request_timeout_secs,
                 status = e.node_status_update_secs,
+                lease = e.node_lease_duration_secs,
             ),
         };
         format!(

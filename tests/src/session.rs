@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cluster::ResyncItem;
+use crate::cluster::{Cluster, ResyncItem};
 use crate::events::{Counters, DisconnectReason, Event};
 use crate::messages::{self, answer, object_resp};
 use crate::queue::{AckQueue, Outgoing};
@@ -465,12 +465,20 @@ impl Session {
                 });
                 self.write_msg(ws, &answer(m, object_resp(object))).await
             }
-            (op::INSERT | op::UPDATE | op::QUERY, "node" | "lease") => {
-                let object = match &m.content {
-                    Value::Object(_) => m.content.clone(),
-                    _ => json!({"metadata": {"name": name.unwrap_or_default(), "namespace": ns}}),
-                };
-                self.write_msg(ws, &answer(m, object_resp(object))).await
+            (op::INSERT | op::UPDATE | op::QUERY, "lease" | "node") => {
+                let name = name.unwrap_or_default();
+                let (cluster, req) = (self.shared.cluster.clone(), m.clone());
+                let reply = tokio::task::spawn_blocking(move || {
+                    object_call(&cluster, &req, &kind, &ns, &name)
+                })
+                .await;
+                match reply {
+                    Ok(Ok(content)) => self.write_msg(ws, &answer(m, content)).await,
+                    other => {
+                        warn!(?other, resource = %m.route.resource, "node or lease call failed");
+                        Ok(())
+                    }
+                }
             }
             (op::DELETE, "pod") => {
                 // edgecontroller's deletePod: DeleteOptions (or, from old edges, the bare uid)
@@ -546,4 +554,59 @@ impl Session {
             debug!(node = %self.node, queued, "resync queued messages");
         }
     }
+}
+
+/// edgecontroller's node and lease calls against the API server: `query` answers the object or
+/// NotFound, `insert` creates it (AlreadyExists if it is there), `update` replaces it; a Lease
+/// only when the caller holds its current resourceVersion (Conflict otherwise). Every answer is
+/// an `ObjectResp`.
+fn object_call(
+    cluster: &Cluster,
+    m: &Message,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Value> {
+    let (group, plural) = match kind {
+        "lease" => ("coordination.k8s.io", "leases.coordination.k8s.io"),
+        _ => ("", "nodes"),
+    };
+    let with_type = |mut body: Value| {
+        if !group.is_empty() {
+            body["apiVersion"] = json!(format!("{group}/v1"));
+        }
+        body
+    };
+    let failure = |reason: &str, code: u16, message: String| {
+        json!({"Object": {"metadata": {"creationTimestamp": null}, "spec": {}},
+               "Err": {"ErrStatus": {"metadata": {}, "status": "Failure", "message": message,
+                                     "reason": reason, "code": code}}})
+    };
+    let current = cluster.object(kind, namespace, name)?;
+    let what = format!("{plural} \"{name}\"");
+    Ok(match (m.route.operation.as_str(), current) {
+        (op::QUERY, Some(obj)) => object_resp(with_type(obj.body)),
+        (op::QUERY | op::UPDATE, None) => failure("NotFound", 404, format!("{what} not found")),
+        (op::INSERT, Some(_)) => failure("AlreadyExists", 409, format!("{what} already exists")),
+        (op::UPDATE, Some(obj))
+            if kind == "lease"
+                && m.content
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    != Some(obj.rv.to_string().as_str()) =>
+        {
+            failure(
+                "Conflict",
+                409,
+                format!("Operation cannot be fulfilled on {what}: the object has been modified"),
+            )
+        }
+        _ => {
+            cluster.upsert(kind, namespace, name, m.content.clone())?;
+            let stored = cluster
+                .object(kind, namespace, name)?
+                .ok_or_else(|| anyhow::anyhow!("{kind} vanished after its write"))?;
+            object_resp(with_type(stored.body))
+        }
+    })
 }

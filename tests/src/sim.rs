@@ -80,11 +80,15 @@ impl SimConfig {
         }
     }
 
-    /// Whether objects of `kind` are pushed to nodes.
+    /// Whether objects of `kind` are pushed to nodes. Leases and Nodes never are here: they
+    /// exist for the node's own calls (CloudCore pushes a Node's changes to that node only,
+    /// which the simulator leaves out).
     pub(crate) fn pushes(&self, kind: &str) -> bool {
-        self.pushed_kinds
-            .as_ref()
-            .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
+        !matches!(kind, "lease" | "node")
+            && self
+                .pushed_kinds
+                .as_ref()
+                .is_none_or(|kinds| kinds.iter().any(|k| k == kind))
     }
 }
 

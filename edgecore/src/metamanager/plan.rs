@@ -124,8 +124,14 @@ pub(crate) fn plan(msg: &Message) -> Plan {
     }
 }
 
-/// An answer (`parent_msg_id` set): our outbox entry is done, the object is stored, the waiter
-/// is woken, and an answer carrying a resourceversion (ack-required, §4.1) is acked.
+/// Types whose row holds the patch the edge sent, never the cloud's answer to it: KubeEdge's
+/// metamanager stores a `podpatch`/`nodepatch` when edged submits it, and the answer (the whole
+/// patched Pod or Node) goes to the waiting caller only.
+const PATCH_KINDS: [&str; 2] = ["podpatch", "nodepatch"];
+
+/// An answer (`parent_msg_id` set): our outbox entry is done, the object is stored (except for
+/// a patch, whose row keeps the patch), the waiter is woken, and an answer carrying a
+/// resourceversion (ack-required, §4.1) is acked.
 fn plan_answer(msg: &Message) -> Plan {
     let parent = msg.header.parent_msg_id.clone();
     let mut ops = vec![Op::OutboxRemove {
@@ -135,6 +141,7 @@ fn plan_answer(msg: &Message) -> Plan {
     if msg.route.operation == op::RESPONSE
         && let Ok(object @ Value::Object(_)) = &answer
         && let Ok(key) = MetaKey::object(&msg.route.resource)
+        && !PATCH_KINDS.contains(&key.kind())
     {
         ops.push(Op::PutObject {
             key,
@@ -268,21 +275,29 @@ mod tests {
                 ..
             }
         ));
+    }
 
-        let Plan::Write { ops, then } = plan(&vector("nodepatch-response.json")) else {
-            panic!()
-        };
-        match (&ops[1], then) {
-            (
-                Op::PutObject { json, .. },
+    /// The answer to a patch is the whole patched object; KubeEdge keeps the patch it sent in
+    /// that row (written at submit), so the answer only wakes the caller and closes the outbox.
+    #[test]
+    fn patch_answers_wake_the_caller_and_leave_the_patch_row_alone() {
+        let nodepatch = vector("nodepatch-response.json");
+        let mut podpatch = nodepatch.clone();
+        podpatch.route.resource = "default/podpatch/web".into();
+        for m in [nodepatch, podpatch] {
+            let Plan::Write { ops, then } = plan(&m) else {
+                panic!()
+            };
+            assert!(
+                matches!(ops.as_slice(), [Op::OutboxRemove { msg_id }] if *msg_id == m.header.parent_msg_id),
+                "{ops:?}"
+            );
+            match then {
                 After::Answer {
                     answer: Ok(obj), ..
-                },
-            ) => {
-                assert!(!json.contains("\"Object\""));
-                assert_eq!(obj["metadata"]["name"], "edge-node-1");
+                } => assert_eq!(obj["metadata"]["name"], "edge-node-1"),
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
     }
 

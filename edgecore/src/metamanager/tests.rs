@@ -452,6 +452,11 @@ async fn outbox_is_drained_on_connect_coalesced_and_removed_on_answer() {
         sample(&text, "edgecore_edgehub_messages_received_total"),
         Some(1.0)
     );
+    // The row still holds the patch that was sent, not the patched object the cloud returned.
+    assert_eq!(
+        h.store.get("default/podpatch/a").await.unwrap().as_deref(),
+        Some("{\"v\":2}")
+    );
 
     h.link.send(down()).unwrap();
     h.link.send(up(2)).unwrap();
@@ -651,7 +656,7 @@ mod meta_client {
                 req.route.operation.as_str(),
                 req.route.resource.as_str()
             ),
-            ("edged", "meta", "insert", "default/node/edge-1")
+            ("edged", "meta", "insert", "null/node/edge-1")
         );
         assert_eq!(req.content, node());
         h.push(answer_to(&req, "", json!({"Object": node(), "Err": null})))
@@ -687,6 +692,84 @@ mod meta_client {
         h.stop().await;
     }
 
+    fn lease(rv: &str) -> Value {
+        json!({"metadata": {"name": "edge-1", "namespace": "kube-node-lease", "resourceVersion": rv},
+               "spec": {"holderIdentity": "edge-1", "leaseDurationSeconds": 40}})
+    }
+
+    /// The Lease goes to the cloud as KubeEdge's edged sends it (query, insert, update on
+    /// `kube-node-lease/lease/<node>`), and the cloud's answer is kept in that row.
+    #[tokio::test]
+    async fn the_node_lease_is_fetched_created_and_updated_through_the_cloud() {
+        let mut h = start(tempfile::tempdir().unwrap(), up(1));
+        let client = EdgedMeta::new(h.handle.clone(), h.store.clone());
+
+        let c = client.clone();
+        let get = tokio::spawn(async move { c.get_lease("kube-node-lease", "edge-1").await });
+        let req = h.next("lease query").await.msg;
+        assert_eq!(
+            (req.route.operation.as_str(), req.route.resource.as_str()),
+            ("query", "kube-node-lease/lease/edge-1")
+        );
+        let mut missing = cloud_msg(
+            op::RESPONSE,
+            &req.route.resource,
+            "",
+            json!({"Object": null, "Err": {"ErrStatus": {"reason": "NotFound", "code": 404,
+                   "message": "leases.coordination.k8s.io \"edge-1\" not found"}}}),
+        );
+        missing.header.parent_msg_id = req.header.msg_id.clone();
+        h.push(missing).await;
+        assert_eq!(get.await.unwrap().unwrap(), None);
+
+        for (create, operation, rv) in [(true, "insert", "10"), (false, "update", "11")] {
+            let c = client.clone();
+            let put = tokio::spawn(async move { c.put_lease(lease(""), create).await });
+            let req = h.next("lease write").await.msg;
+            assert_eq!(
+                (req.route.source.as_str(), req.route.group.as_str()),
+                ("edged", "meta")
+            );
+            assert_eq!(
+                (req.route.operation.as_str(), req.route.resource.as_str()),
+                (operation, "kube-node-lease/lease/edge-1")
+            );
+            h.push(answer_to(
+                &req,
+                "",
+                json!({"Object": lease(rv), "Err": null}),
+            ))
+            .await;
+            assert_eq!(put.await.unwrap().unwrap(), lease(rv));
+            let row: Value = serde_json::from_str(
+                &h.store
+                    .get("kube-node-lease/lease/edge-1")
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(row["metadata"]["resourceVersion"], rv);
+        }
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn offline_the_lease_is_read_from_the_store_and_writes_fail_at_once() {
+        let mut h = harness();
+        let client = EdgedMeta::new(h.handle.clone(), h.store.clone());
+        assert_eq!(
+            client.get_lease("kube-node-lease", "edge-1").await.unwrap(),
+            None
+        );
+        assert!(matches!(
+            client.put_lease(lease("3"), false).await,
+            Err(Shim::NotConnected(_))
+        ));
+        assert!(h.cloud.try_recv().is_err(), "nothing is sent offline");
+        h.stop().await;
+    }
+
     #[tokio::test]
     async fn status_patches_go_through_the_outbox() {
         let mut h = harness();
@@ -701,7 +784,7 @@ mod meta_client {
             .unwrap();
         let outbox = h.store.outbox().await.unwrap();
         let keys: Vec<_> = outbox.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["default/nodepatch/edge-1", "ns/podpatch/p"]);
+        assert_eq!(keys, ["null/nodepatch/edge-1", "ns/podpatch/p"]);
 
         h.link.send(up(1)).unwrap();
         let first = h.next("node patch").await.msg;

@@ -90,7 +90,7 @@ fn healthy_host_is_ready_without_pressure() {
         ]
     );
     assert_eq!(c[0].reason, "KubeletHasSufficientMemory");
-    assert_eq!(c[3].reason, "KubeletReady");
+    assert_eq!(c[3].reason, "EdgeReady", "KubeEdge's kubelet wording");
 }
 
 #[test]

@@ -50,6 +50,45 @@ fn edge_options(lab: &Lab, server: SocketAddr, endpoint: &str) -> EdgeOptions {
     opts
 }
 
+/// The node Lease's `renewTime` as the cluster sees it, until it has changed `n` times; checks
+/// holder, duration and the owner reference to the registered Node on the way.
+async fn lease_renewals(lab: &Lab, edge: &EdgeCore, n: usize) -> Result<Vec<String>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let wait = eventually("the node lease renewed", Duration::from_secs(30), || {
+        let seen = seen.clone();
+        async move {
+            let lease = lab
+                .with_cluster(|c| c.object("lease", "kube-node-lease", NODE))
+                .await?
+                .context("no Lease in kube-node-lease yet")?
+                .body;
+            ensure!(lease["spec"]["holderIdentity"] == NODE, "{lease}");
+            ensure!(lease["spec"]["leaseDurationSeconds"] == 4, "{lease}");
+            ensure!(
+                lease["metadata"]["ownerReferences"][0]["kind"] == "Node",
+                "no owner reference yet: {lease}"
+            );
+            let at = lease["spec"]["renewTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            if seen.last() != Some(&at) {
+                seen.push(at);
+            }
+            ensure!(seen.len() > n, "renewals so far: {seen:?}");
+            Ok(())
+        }
+    })
+    .await;
+    with_log(wait, edge)?;
+    let seen = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    Ok(seen)
+}
+
 /// A configmap and a secret in the cluster, then the pod that reads both through `env` and
 /// `envFrom`. Returns the pod's uid.
 async fn create_pod(lab: &Lab, image: &str) -> Result<String> {
@@ -532,29 +571,31 @@ async fn edgecore_without_a_runtime_reports_the_pod_and_keeps_serving() -> Resul
     assert!(message.contains("containerd.sock"), "{status}");
     assert_eq!(status["phase"], "Pending", "{status}");
 
-    // The node keeps reporting itself not ready because of the runtime: the loop retries.
-    for n in 1..=2 {
-        with_log(
-            events
-                .wait_for(
-                    Duration::from_secs(30),
-                    &format!("node status #{n} with Ready=False"),
-                    |e| {
-                        let Event::Upstream { msg, .. } = e else {
-                            return false;
-                        };
-                        msg.route.resource == format!("default/nodepatch/{NODE}")
-                            && msg
-                                .content
-                                .as_str()
-                                .is_some_and(|p| p.contains("\"KubeletNotReady\""))
-                    },
-                )
-                .await
-                .map(drop),
-            &edge,
-        )?;
-    }
+    // The node reports itself not ready because of the runtime (once: an unchanged status
+    // goes up again only every nodeStatusReportFrequency).
+    with_log(
+        events
+            .wait_for(
+                Duration::from_secs(30),
+                "node status with Ready=False",
+                |e| {
+                    let Event::Upstream { msg, .. } = e else {
+                        return false;
+                    };
+                    msg.route.resource == format!("null/nodepatch/{NODE}")
+                        && msg
+                            .content
+                            .as_str()
+                            .is_some_and(|p| p.contains("\"KubeletNotReady\""))
+                },
+            )
+            .await
+            .map(drop),
+        &edge,
+    )?;
+    // Its heartbeat is the Lease, renewed (every 1 s with a 4 s duration) whatever the runtime.
+    let renewals = lease_renewals(&lab, &edge, 2).await?;
+    assert!(renewals.windows(2).all(|w| w[0] < w[1]), "{renewals:?}");
 
     // Hub and store work: a pushed pod is stored and acked, and /readyz says ready.
     let (uid, rv) = lab
