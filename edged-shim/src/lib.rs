@@ -31,7 +31,7 @@ mod volumes;
 
 pub use cri::CriRuntime;
 pub use edged::{EdgedHandle, spawn};
-pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent};
+pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent, VolumeSource};
 pub use runtime::{
     ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, MANAGED_LABEL, Mount, Runtime,
     RuntimeError, RuntimeFuture, RuntimeState, SandboxConfig, SandboxInfo,

@@ -90,6 +90,25 @@ pub enum PodEvent {
         /// UID of the pod, when the cloud sent it; an empty string matches any UID.
         uid: String,
     },
+    /// The cloud changed (or deleted) a ConfigMap or Secret: the files of pod volumes made
+    /// from it are rewritten from the stored copy.
+    ObjectChanged {
+        /// ConfigMap or Secret.
+        kind: VolumeSource,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The kind of object a pod reads through a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VolumeSource {
+    /// A ConfigMap (`configmap` resources).
+    ConfigMap,
+    /// A Secret (`secret` resources).
+    Secret,
 }
 
 /// Capacity to use for the [`PodEvent`] channel.

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::env::{Objects, container_env, expand_refs};
-use crate::meta::{MetaClient, PodEvent};
+use crate::meta::{MetaClient, PodEvent, VolumeSource};
 use crate::node_status::META_CALL_TIMEOUT;
 use crate::pod::{Pod, PullPolicy, RestartPolicy};
 use crate::pod_status::{
@@ -70,6 +70,22 @@ impl ContainerRecord {
             replace: false,
         }
     }
+}
+
+/// What one turn of the worker's loop does.
+enum Work {
+    /// Sync this pod (an event changed it).
+    Pod(String),
+    /// Rewrite the volumes made from this object.
+    Volumes {
+        kind: VolumeSource,
+        namespace: String,
+        name: String,
+    },
+    /// The periodic pass over every pod.
+    All,
+    /// The event changed nothing.
+    Nothing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +161,8 @@ pub(crate) struct PodWorker {
     leftovers: Option<HashMap<String, Vec<SandboxInfo>>>,
     /// Leftovers no pod claimed by then are removed.
     gc_after: Instant,
+    /// When the files of every pod's configmap and secret volumes are checked next.
+    next_refresh: Instant,
     /// UIDs of pods torn down for good: later events for them are stale.
     removed: RemovedPods,
 }
@@ -204,6 +222,7 @@ impl PodWorker {
         state: watch::Sender<RuntimeState>,
         host_ip: String,
     ) -> Self {
+        let settings_sync_frequency = settings.sync_frequency;
         Self {
             settings,
             meta,
@@ -216,6 +235,7 @@ impl PodWorker {
             leftovers: None,
             gc_after: Instant::now() + ORPHAN_GRACE,
             removed: RemovedPods::default(),
+            next_refresh: Instant::now() + settings_sync_frequency,
         }
     }
 
@@ -227,28 +247,37 @@ impl PodWorker {
         let mut tick = tokio::time::interval(self.settings.pod_sync_period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let key = tokio::select! {
+            let work = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
                 ev = events.recv() => match ev {
-                    Some(ev) => self.apply(ev),
+                    Some(PodEvent::ObjectChanged { kind, namespace, name }) => {
+                        Work::Volumes { kind, namespace, name }
+                    }
+                    Some(ev) => self.apply(ev).map_or(Work::Nothing, Work::Pod),
                     None => {
                         info!("pod feed closed; pod worker stops");
                         return;
                     }
                 },
-                _ = tick.tick() => None,
+                _ = tick.tick() => Work::All,
             };
             let pass = async {
-                match key {
-                    Some(key) => {
+                match work {
+                    Work::Pod(key) => {
                         if self.probe_runtime().await {
                             self.sync_pod(&key).await;
                         } else {
                             self.report_pod(&key).await;
                         }
                     }
-                    None => self.sync_all().await,
+                    Work::Volumes {
+                        kind,
+                        namespace,
+                        name,
+                    } => self.refresh_volumes(Some((kind, &namespace, &name))).await,
+                    Work::All => self.sync_all().await,
+                    Work::Nothing => {}
                 }
             };
             tokio::select! {
@@ -319,6 +348,7 @@ impl PodWorker {
                 }
                 Some(key)
             }
+            PodEvent::ObjectChanged { .. } => None,
             PodEvent::Delete {
                 namespace,
                 name,
@@ -411,6 +441,9 @@ impl PodWorker {
         if runtime_up && Instant::now() >= self.gc_after {
             self.collect_orphans().await;
         }
+        if Instant::now() >= self.next_refresh {
+            self.refresh_volumes(None).await;
+        }
     }
 
     /// Marks every not-yet-created container with the runtime's failure, and reports.
@@ -459,6 +492,7 @@ impl PodWorker {
 
 mod lifecycle;
 mod recovery;
+mod refresh;
 mod removed;
 mod report;
 #[cfg(test)]

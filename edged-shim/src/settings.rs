@@ -60,6 +60,9 @@ pub struct EdgedSettings {
     pub runtime_request_timeout: Duration,
     /// Period of the pod sync pass (restarts, status).
     pub pod_sync_period: Duration,
+    /// How often every pod's configmap and secret volume files are checked against the stored
+    /// objects (`syncFrequency`, default 1 min); a cloud change rewrites them at once anyway.
+    pub sync_frequency: Duration,
 }
 
 impl EdgedSettings {
@@ -99,6 +102,7 @@ impl EdgedSettings {
             thresholds: PressureThresholds::default(),
             runtime_request_timeout: or(k.runtime_request_timeout.as_duration(), 120),
             pod_sync_period: Duration::from_secs(2),
+            sync_frequency: or(k.sync_frequency.as_duration(), 60),
         }
     }
 }

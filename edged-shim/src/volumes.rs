@@ -9,6 +9,8 @@ use crate::env::{EnvError, Objects, Source};
 use crate::pod::{Container, KeyToPath, Pod};
 use crate::runtime::Mount;
 
+mod atomic_writer;
+
 /// Why a pod's volumes could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum VolumeError {
@@ -54,6 +56,8 @@ fn safe_relative(p: &str) -> bool {
     !p.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
+/// Writes one configmap or secret volume (kubelet layout, atomic swap); returns whether its
+/// files changed.
 async fn write_files(
     dir: &Path,
     volume: &str,
@@ -62,14 +66,7 @@ async fn write_files(
     data: &HashMap<String, Vec<u8>>,
     items: &[KeyToPath],
     mode: u32,
-) -> Result<(), VolumeError> {
-    use std::os::unix::fs::PermissionsExt;
-    // Rewrite the directory from scratch so removed keys disappear.
-    let staging = dir.with_extension("new");
-    let _ = tokio::fs::remove_dir_all(&staging).await;
-    tokio::fs::create_dir_all(&staging)
-        .await
-        .map_err(io(&staging))?;
+) -> Result<bool, VolumeError> {
     let mut files: Vec<(String, &[u8], u32)> = Vec::new();
     if items.is_empty() {
         for (k, v) in data {
@@ -88,27 +85,29 @@ async fn write_files(
             files.push((item.path.clone(), v, item.mode.unwrap_or(mode)));
         }
     }
+    let mut payload = atomic_writer::Payload::new();
     for (rel, bytes, file_mode) in files {
-        if !safe_relative(&rel) {
+        // `..` names are the writer's own (`..data`, generations).
+        if !safe_relative(&rel) || rel.starts_with("..") {
             return Err(VolumeError::BadPath {
                 volume: volume.to_owned(),
                 path: rel,
             });
         }
-        let path = staging.join(&rel);
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io(parent))?;
-        }
-        tokio::fs::write(&path, bytes).await.map_err(io(&path))?;
-        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(file_mode & 0o777))
-            .await
-            .map_err(io(&path))?;
+        payload.insert(
+            rel,
+            atomic_writer::File {
+                bytes: bytes.to_vec(),
+                mode: file_mode,
+            },
+        );
     }
-    let _ = tokio::fs::remove_dir_all(dir).await;
-    tokio::fs::rename(&staging, dir).await.map_err(io(dir))?;
-    Ok(())
+    let target = dir.to_owned();
+    tokio::task::spawn_blocking(move || atomic_writer::write(&target, &payload))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(io(dir))
 }
 
 /// Writes the pod's volumes; returns volume name → host path. Unsupported volume types are
@@ -118,16 +117,56 @@ pub(crate) async fn prepare(
     pod: &Pod,
     objects: &mut Objects<'_>,
 ) -> Result<HashMap<String, PathBuf>, VolumeError> {
+    write_volumes(root, pod, objects, true)
+        .await
+        .map(|(paths, _)| paths)
+}
+
+/// Rewrites the configmap and secret volumes of a running pod from the objects' current data;
+/// returns the names of the volumes whose files changed. The container sees the change at once
+/// (the `..data` swap), as with the kubelet.
+pub(crate) async fn refresh(
+    root: &Path,
+    pod: &Pod,
+    objects: &mut Objects<'_>,
+) -> Result<Vec<String>, VolumeError> {
+    write_volumes(root, pod, objects, false)
+        .await
+        .map(|(_, changed)| changed)
+}
+
+/// Whether the pod has a volume of configmap (`secret` false) or secret `name`.
+pub(crate) fn uses(pod: &Pod, secret: bool, name: &str) -> bool {
+    pod.spec
+        .volumes
+        .iter()
+        .any(|v| match (secret, &v.config_map, &v.secret) {
+            (false, Some(cm), _) => cm.name == name,
+            (true, _, Some(sec)) => sec.secret_name == name,
+            _ => false,
+        })
+}
+
+async fn write_volumes(
+    root: &Path,
+    pod: &Pod,
+    objects: &mut Objects<'_>,
+    first: bool,
+) -> Result<(HashMap<String, PathBuf>, Vec<String>), VolumeError> {
     let base = pod_dir(root, &pod.metadata.uid).join("volumes");
     let mut out = HashMap::new();
+    let mut changed = Vec::new();
     for v in &pod.spec.volumes {
         if let Some(cm) = &v.config_map {
             let dir = base.join("kubernetes.io~configmap").join(&v.name);
             match objects.get(Source::ConfigMap, &cm.name).await? {
                 Some(data) => {
                     let mode = cm.default_mode.unwrap_or(0o644);
-                    write_files(&dir, &v.name, "configmap", &cm.name, &data, &cm.items, mode)
-                        .await?;
+                    if write_files(&dir, &v.name, "configmap", &cm.name, &data, &cm.items, mode)
+                        .await?
+                    {
+                        changed.push(v.name.clone());
+                    }
                 }
                 None if cm.optional == Some(true) => {
                     tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
@@ -146,7 +185,7 @@ pub(crate) async fn prepare(
             match objects.get(Source::Secret, &sec.secret_name).await? {
                 Some(data) => {
                     let mode = sec.default_mode.unwrap_or(0o644);
-                    write_files(
+                    if write_files(
                         &dir,
                         &v.name,
                         "secret",
@@ -155,7 +194,10 @@ pub(crate) async fn prepare(
                         &sec.items,
                         mode,
                     )
-                    .await?;
+                    .await?
+                    {
+                        changed.push(v.name.clone());
+                    }
                 }
                 None if sec.optional == Some(true) => {
                     tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
@@ -175,11 +217,11 @@ pub(crate) async fn prepare(
             out.insert(v.name.clone(), dir);
         } else if let Some(hp) = &v.host_path {
             out.insert(v.name.clone(), PathBuf::from(&hp.path));
-        } else {
+        } else if first {
             warn!(pod = %pod.key(), volume = %v.name, "volume type not supported; skipped");
         }
     }
-    Ok(out)
+    Ok((out, changed))
 }
 
 /// Bind mounts for `container` from its volumeMounts.

@@ -3,12 +3,12 @@
 //!
 //! metamanager never waits on the feed: edged-shim's pod task calls back into metamanager
 //! (status patches, configmap queries) while it syncs a pod, so a blocking send could deadlock.
-//! Events wait in a queue that keeps one event per pod (the latest wins, in the place of the
-//! first), so it never holds more entries than there are pods.
+//! Events wait in a queue that keeps one event per pod, configmap or secret (the latest wins,
+//! in the place of the first), so it never holds more entries than there are such objects.
 
 use std::collections::{HashMap, VecDeque};
 
-use edged_shim::PodEvent;
+use edged_shim::{PodEvent, VolumeSource};
 use edgehub::{Message, Resource, op};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -92,16 +92,38 @@ pub(crate) async fn reserve(
 
 /// The event for a committed cloud message on `<ns>/pod/<name>`: an applied insert or update
 /// is an upsert (an older resourceVersion that was not applied is nothing), a delete is a
-/// delete with the uid the cloud sent.
+/// delete with the uid the cloud sent. An applied write or delete of a configmap or secret is
+/// an `ObjectChanged` (pods with a volume of it rewrite their files).
 pub(crate) fn pod_event(
     msg: &Message,
     outcome: &[Result<Outcome, StoreError>],
 ) -> Option<(String, PodEvent)> {
     let resource = Resource::parse(msg.route.resource.trim())?;
-    if resource.kind != "pod" {
-        return None;
-    }
     let name = resource.name?;
+    let source = match resource.kind {
+        "pod" => None,
+        "configmap" => Some(VolumeSource::ConfigMap),
+        "secret" => Some(VolumeSource::Secret),
+        _ => return None,
+    };
+    if let Some(kind) = source {
+        // The object's own write or delete, applied: pods with a volume of it are refreshed.
+        let applied = match outcome.first() {
+            Some(Ok(Outcome::Put(PutOutcome::Applied))) => true,
+            Some(Ok(Outcome::Deleted(n))) => *n > 0,
+            _ => false,
+        };
+        return applied.then(|| {
+            (
+                format!("{}:{}/{}", resource.kind, resource.namespace, name),
+                PodEvent::ObjectChanged {
+                    kind,
+                    namespace: resource.namespace.to_owned(),
+                    name: name.to_owned(),
+                },
+            )
+        });
+    }
     let key = format!("{}/{}", resource.namespace, name);
     let event = match msg.route.operation.as_str() {
         op::INSERT | op::UPDATE | op::RESPONSE => match outcome.first() {
@@ -146,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn only_applied_pod_writes_and_pod_deletes_are_events() {
+    fn applied_pod_and_volume_object_changes_are_events() {
         let m = |operation: &str, resource: &str, content: Value| {
             Message::new(
                 edgehub::Route::new("edgecontroller", "resource", operation, resource),
@@ -168,9 +190,39 @@ mod tests {
             None
         );
         assert_eq!(
-            pod_event(&m(op::INSERT, "ns/configmap/p", pod.clone()), &applied),
+            pod_event(&m(op::INSERT, "ns/lease/p", pod.clone()), &applied),
             None
         );
+        // A configmap or secret change is an event for the pods that mount it, keyed apart
+        // from a pod of the same name.
+        assert_eq!(
+            pod_event(&m(op::UPDATE, "ns/configmap/p", pod.clone()), &applied),
+            Some((
+                "configmap:ns/p".into(),
+                PodEvent::ObjectChanged {
+                    kind: VolumeSource::ConfigMap,
+                    namespace: "ns".into(),
+                    name: "p".into()
+                }
+            ))
+        );
+        assert_eq!(
+            pod_event(&m(op::UPDATE, "ns/secret/p", pod.clone()), &stale),
+            None
+        );
+        assert!(matches!(
+            pod_event(
+                &m(op::DELETE, "ns/secret/p", pod.clone()),
+                &[Ok(Outcome::Deleted(1))]
+            ),
+            Some((
+                _,
+                PodEvent::ObjectChanged {
+                    kind: VolumeSource::Secret,
+                    ..
+                }
+            ))
+        ));
         assert_eq!(
             pod_event(&m(op::DELETE, "ns/pod/p", pod), &[Ok(Outcome::Deleted(1))]),
             Some((

@@ -13,7 +13,7 @@ struct Harness {
     state: watch::Receiver<RuntimeState>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
 }
 
 impl Harness {
@@ -55,7 +55,7 @@ impl Harness {
             state,
             cancel,
             task,
-            _root: root,
+            root,
         }
     }
 
@@ -437,6 +437,73 @@ async fn an_update_arriving_after_the_pod_was_removed_is_ignored() {
         assert_eq!(st.sandboxes.len(), 2, "web (new uid) and other");
         assert!(st.sandboxes.values().all(|s| s.uid != "uid-web"));
     }
+    h.stop().await;
+}
+
+/// A ConfigMap change reaches the running pod's volume file through the `..data` swap, without
+/// restarting anything; an unrelated change touches nothing.
+#[tokio::test(start_paused = true)]
+async fn a_configmap_change_rewrites_the_volume_file_in_place() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("web", "running status", running).await;
+    let dir = h
+        .root
+        .path()
+        .join("root/pods/uid-web/volumes/kubernetes.io~configmap/conf");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("greeting")).unwrap(),
+        "hello"
+    );
+    let data_before = std::fs::read_link(dir.join("..data")).unwrap();
+
+    h.meta.put(
+        "configmap",
+        "other-ns",
+        "cfg",
+        json!({"data": {"greeting": "not mine"}}),
+    );
+    h.events
+        .send(PodEvent::ObjectChanged {
+            kind: VolumeSource::ConfigMap,
+            namespace: "other-ns".to_owned(),
+            name: "cfg".to_owned(),
+        })
+        .await
+        .unwrap();
+    h.meta.put(
+        "configmap",
+        "default",
+        "cfg",
+        json!({"data": {"greeting": "bonjour"}}),
+    );
+    h.events
+        .send(PodEvent::ObjectChanged {
+            kind: VolumeSource::ConfigMap,
+            namespace: "default".to_owned(),
+            name: "cfg".to_owned(),
+        })
+        .await
+        .unwrap();
+    // Events are handled in order: once a later pod runs, the change is applied.
+    h.events
+        .send(PodEvent::Upsert(pod("other", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("other", "second pod running", running).await;
+    assert_eq!(
+        std::fs::read_to_string(dir.join("greeting")).unwrap(),
+        "bonjour"
+    );
+    assert_ne!(std::fs::read_link(dir.join("..data")).unwrap(), data_before);
+    assert_eq!(
+        h.rt.calls_named("CreateContainer"),
+        2,
+        "nothing was restarted"
+    );
     h.stop().await;
 }
 
