@@ -339,22 +339,20 @@ impl Runtime for CriRuntime {
             let r = self
                 .bounded(
                     "ListPodSandbox",
-                    client.list_pod_sandbox(api::ListPodSandboxRequest {
-                        filter: Some(api::PodSandboxFilter {
-                            label_selector: [(MANAGED_LABEL.to_owned(), "true".to_owned())]
-                                .into_iter()
-                                .collect(),
-                            ..Default::default()
-                        }),
-                    }),
+                    // Every pod sandbox: ours, and a kubelet's (KubeEdge's edged) for adoption.
+                    client.list_pod_sandbox(api::ListPodSandboxRequest { filter: None }),
                 )
                 .await?;
             Ok(r.items
                 .into_iter()
-                .map(|s| SandboxInfo {
-                    ready: s.state == api::PodSandboxState::SandboxReady as i32,
-                    uid: s.metadata.map(|m| m.uid).unwrap_or_default(),
-                    id: s.id,
+                .filter_map(|s| {
+                    let uid = s.metadata.map(|m| m.uid).filter(|u| !u.is_empty())?;
+                    Some(SandboxInfo {
+                        ready: s.state == api::PodSandboxState::SandboxReady as i32,
+                        managed: s.labels.get(MANAGED_LABEL).is_some_and(|v| v == "true"),
+                        uid,
+                        id: s.id,
+                    })
                 })
                 .collect())
         })

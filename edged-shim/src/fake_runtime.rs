@@ -29,6 +29,8 @@ pub(crate) struct FakeState {
     pub(crate) calls: Vec<String>,
     /// The grace period of every StopContainer, in call order.
     pub(crate) stop_graces: Vec<Duration>,
+    /// Sandboxes another agent made (listed without edged-shim's label).
+    pub(crate) foreign: HashSet<String>,
     next_id: u64,
 }
 
@@ -59,10 +61,22 @@ impl FakeRuntime {
 
     /// Adds a sandbox with one running container, as a previous edgecore run left it.
     pub(crate) fn preexisting(&self, sandbox: SandboxConfig, container: ContainerConfig) {
+        self.add_running(sandbox, container, false);
+    }
+
+    /// Adds a sandbox with one running container that another agent (a kubelet) made.
+    pub(crate) fn foreign(&self, sandbox: SandboxConfig, container: ContainerConfig) {
+        self.add_running(sandbox, container, true);
+    }
+
+    fn add_running(&self, sandbox: SandboxConfig, container: ContainerConfig, foreign: bool) {
         let mut s = self.state();
         s.next_id += 1;
         let n = s.next_id;
         let sb = format!("old-sb{n}");
+        if foreign {
+            s.foreign.insert(sb.clone());
+        }
         s.sandboxes.insert(sb.clone(), sandbox);
         s.containers.insert(
             format!("old-c{n}"),
@@ -181,6 +195,7 @@ impl Runtime for FakeRuntime {
                     id: id.clone(),
                     uid: c.uid.clone(),
                     ready: true,
+                    managed: !s.foreign.contains(id),
                 })
                 .collect())
         });

@@ -173,6 +173,10 @@ pub struct SandboxInfo {
     pub uid: String,
     /// Whether the sandbox is ready.
     pub ready: bool,
+    /// Made by edged-shim ([`MANAGED_LABEL`]); the others were made by another kubelet-style
+    /// agent on this runtime (KubeEdge's edged on the same `edgecore.db`): they are adopted
+    /// for a pod of ours, never removed as orphans.
+    pub managed: bool,
 }
 
 /// A container as listed by the runtime.

@@ -90,8 +90,17 @@ impl PodWorker {
         }
         let orphans: Vec<(String, Vec<SandboxInfo>)> = leftovers.drain().collect();
         for (uid, sandboxes) in orphans {
+            let (ours, others): (Vec<SandboxInfo>, Vec<SandboxInfo>) =
+                sandboxes.into_iter().partition(|s| s.managed);
+            if !others.is_empty() {
+                // Another agent's: not ours to remove (it may share this runtime).
+                info!(%uid, sandboxes = others.len(), "leaving sandboxes another agent made for a pod this node does not run");
+            }
+            if ours.is_empty() {
+                continue;
+            }
             info!(%uid, "removing sandboxes of a pod this node no longer runs");
-            for s in sandboxes {
+            for s in ours {
                 self.remove_sandbox(&s.id).await;
             }
             if let Some(parent) = &self.settings.cgroup_parent {
@@ -142,7 +151,12 @@ impl PodWorker {
                 c.restart_count = info.attempt;
             }
         }
-        info!(pod = %rec.pod.key(), sandbox = %sandbox.id, "adopted the running sandbox");
+        let made_by = if sandbox.managed {
+            "edgecore"
+        } else {
+            "another agent"
+        };
+        info!(pod = %rec.pod.key(), sandbox = %sandbox.id, made_by, "adopted the running sandbox");
         rec.sandbox_id = Some(sandbox.id);
         rec.sandbox_attempt = 1;
     }

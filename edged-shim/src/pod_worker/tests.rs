@@ -543,7 +543,16 @@ async fn runtime_down_is_reported_then_recovered() {
 }
 
 fn leftover(rt: &FakeRuntime, name: &str, ready_container: &str, attempt: u32) {
-    rt.preexisting(
+    let (sandbox, container) = running_pair(name, ready_container, attempt);
+    rt.preexisting(sandbox, container);
+}
+
+fn running_pair(
+    name: &str,
+    ready_container: &str,
+    attempt: u32,
+) -> (SandboxConfig, ContainerConfig) {
+    (
         SandboxConfig {
             name: name.to_owned(),
             namespace: "default".to_owned(),
@@ -566,7 +575,7 @@ fn leftover(rt: &FakeRuntime, name: &str, ready_container: &str, attempt: u32) {
             log_path: String::new(),
             attempt,
         },
-    );
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -607,6 +616,34 @@ async fn sandboxes_no_pod_claims_are_removed_after_the_grace_period() {
         assert_eq!(st.sandboxes.len(), 1);
         assert!(st.sandboxes.values().all(|s| s.name == "web"));
     }
+    h.stop().await;
+}
+
+/// The same edgecore.db used by KubeEdge's agent before: its kubelet's running sandbox for a
+/// stored pod is adopted (no second copy of the pod), and one for a pod this node does not run
+/// is left alone, since it is not edged-shim's to remove.
+#[tokio::test(start_paused = true)]
+async fn another_agents_sandboxes_are_adopted_for_our_pods_and_never_collected() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    let (sandbox, container) = running_pair("web", "app", 0);
+    rt.foreign(sandbox, container);
+    let (sandbox, container) = running_pair("theirs", "app", 0);
+    rt.foreign(sandbox, container);
+    let mut h = Harness::start(rt);
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("web", "running status", running).await;
+    assert_eq!(
+        h.rt.calls_named("RunPodSandbox"),
+        0,
+        "adopted, not recreated"
+    );
+    assert_eq!(h.rt.calls_named("CreateContainer"), 0);
+    tokio::time::sleep(ORPHAN_GRACE + Duration::from_secs(5)).await;
+    assert_eq!(h.rt.calls_named("RemovePodSandbox"), 0);
+    assert_eq!(h.rt.state().sandboxes.len(), 2);
     h.stop().await;
 }
 
