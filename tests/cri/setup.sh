@@ -12,6 +12,8 @@
 # State lives in $EDGECORE_CRI_DIR (default /tmp/edgecore-cri). Every subcommand is idempotent,
 # every wait is bounded, and processes are stopped by recorded pid or by this socket path only.
 #
+# EDGECORE_CRI_LOOPBACK_CNI=1 also installs the CNI plugins and a loopback-only network config.
+#
 # Use:   tests/cri/setup.sh up && eval "$(tests/cri/setup.sh env)" \
 #          && cargo test -p edged-shim -- --ignored cri_ && tests/cri/setup.sh down
 set -euo pipefail
@@ -59,6 +61,9 @@ deps() {
   command -v gcc >/dev/null || need+=(gcc)
   [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need+=(libc6-dev)
   command -v python3 >/dev/null || need+=(python3)
+  if [ "${EDGECORE_CRI_LOOPBACK_CNI:-0}" = 1 ]; then
+    [ -x /usr/lib/cni/loopback ] || need+=(containernetworking-plugins)
+  fi
   [ ${#need[@]} -eq 0 ] && return 0
   log "apt-get install ${need[*]}"
   mkdir -p "$LAB/debs/partial" "$LAB/logs"
@@ -113,6 +118,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       config_path = ""
 TOML
   if cmp -s "$CFG.new" "$CFG"; then rm -f "$CFG.new"; else mv "$CFG.new" "$CFG"; fi
+  # EDGECORE_CRI_LOOPBACK_CNI=1: a loopback-only network, so containerd reports NetworkReady
+  # (a kubelet, such as KubeEdge's Go edged, waits for it) without touching any interface.
+  if [ "${EDGECORE_CRI_LOOPBACK_CNI:-0}" = 1 ]; then
+    echo '{"cniVersion": "0.4.0", "name": "edgecore-loopback-only", "plugins": [{"type": "loopback"}]}' \
+      > "$LAB/cni/net.d/99-loopback.conflist"
+  fi
 }
 
 start() {

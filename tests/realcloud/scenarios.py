@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""The real-cloud scenarios (lab.sh has started the cloud and containerd; run.sh drives this).
+
+    scenarios.py [name...]     run these (default: all, in order); prints one PASS/FAIL line
+                               per check and exits non-zero when any failed
+    scenarios.py --list        the scenario names
+    scenarios.py --stop-edges  stop every edge agent a scenario started (cleanup)
+
+Each scenario uses its own node name, tears its pods down through its own edge, and stops its
+edge agents before the next one starts (one edged per containerd, as with KubeEdge)."""
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+import rc
+from rc import Edge, Failed, check, kget, kubectl, wait_for
+
+
+class Report:
+    def __init__(self):
+        self.passed = 0
+        self.failed = []
+
+    def ok(self, scenario, what, detail=""):
+        self.passed += 1
+        print(f"PASS {scenario}: {what}{' (' + detail + ')' if detail else ''}", flush=True)
+
+    def fail(self, scenario, what):
+        self.failed.append(f"{scenario}: {what}")
+        print(f"FAIL {scenario}: {what}", flush=True)
+
+
+R = Report()
+
+
+def step(scenario, what, fn, *args, **kw):
+    """Runs one check; a Failed stops the scenario (raised again after it is reported)."""
+    try:
+        detail = fn(*args, **kw)
+    except Failed as e:
+        R.fail(scenario, f"{what}: {e}")
+        e.reported = True
+        raise
+    R.ok(scenario, what, detail if isinstance(detail, str) else "")
+    return detail
+
+
+def teardown(edge, pods, node):
+    """Deletes the scenario's pods through its running edge, stops the edge, and removes the
+    Node and what is left in the API. Never raises: the next scenario must start clean."""
+    try:
+        _teardown(edge, pods, node)
+    except Exception as e:  # noqa: BLE001 - reported, then the edge is killed
+        print(f"note: teardown of {node}: {e!r}", flush=True)
+        if edge and edge.alive():
+            edge.proc.kill()
+
+
+def _teardown(edge, pods, node):
+    for p in pods:
+        kubectl("delete", "pod", p, "--wait=false", "--ignore-not-found", check_rc=False)
+    if edge and edge.alive():
+        try:
+            wait_for("the scenario's pods gone", 60, lambda: all(kget("pod", p) is None for p in pods))
+        except Failed as e:
+            print(f"note: teardown: {e}", flush=True)
+    if edge:
+        edge.stop()
+    for p in pods:
+        kubectl("delete", "pod", p, "--force", "--grace-period=0", "--ignore-not-found", check_rc=False)
+    kubectl("delete", "node", node, "--ignore-not-found", check_rc=False)
+    kubectl("delete", "lease", "-n", "kube-node-lease", node, "--ignore-not-found", check_rc=False)
+
+
+# ---------------------------------------------------------------------------------------------
+def bootstrap():
+    s, node = "bootstrap", "rc-boot"
+    e = Edge(node)
+    try:
+        e.start(with_token=True)
+        cert = os.path.join(e.dir, "certs", "server.crt")
+        step(s, "token exchanged for a certificate", wait_for, "the edge certificate", 30,
+             lambda: os.path.exists(cert) and os.path.exists(os.path.join(e.dir, "ca", "rootCA.crt")))
+
+        def key_0600():
+            mode = e.key_mode()
+            check(mode == 0o600, f"key mode {oct(mode)}")
+            return "0600"
+        step(s, "private key is 0600", key_0600)
+
+        def signed_by_cloud_ca():
+            out = rc.run("openssl", "verify", "-CAfile", os.path.join(e.dir, "ca", "rootCA.crt"), cert,
+                         check_rc=False)
+            check(out.returncode == 0, f"openssl verify: {out.stdout}{out.stderr}")
+            subj = rc.run("openssl", "x509", "-noout", "-subject", "-in", cert).stdout.strip()
+            check(f"system:node:{node}" in subj, subj)
+            return subj
+        step(s, "certificate issued by the cloud CA for system:node:<node>", signed_by_cloud_ca)
+
+        def token_removed():
+            import yaml
+            c = yaml.safe_load(open(e.config_path))
+            check(c["modules"]["edgeHub"].get("token", "") == "", "token still in edgecore.yaml")
+        step(s, "bootstrap token removed from edgecore.yaml", wait_for, "token removal", 10,
+             lambda: token_removed() is None)
+        step(s, "node registered with the certificate", wait_for, "the Node", 30,
+             lambda: kget("node", node) is not None)
+        e.stop()
+        before = open(cert, "rb").read()
+        e.start(with_token=False)
+
+        def reconnects_without_token():
+            wait_for("a session", 30, lambda: "connected" in e.log())
+            check(open(cert, "rb").read() == before, "the certificate was replaced on restart")
+            check("applying for one with the bootstrap token" not in e.log(), "bootstrapped again")
+        step(s, "restart without a token reuses the certificate", reconnects_without_token)
+    finally:
+        teardown(e, [], node)
+
+
+# ---------------------------------------------------------------------------------------------
+def node_scenario():
+    s, node = "node", "rc-node"
+    e = Edge(node)
+    try:
+        e.start()
+        n = step(s, "Node Ready=True", wait_for, "Ready", 60,
+                 lambda: (lambda n: n if (rc.condition(n, "Ready") or {}).get("status") == "True" else None)(kget("node", node)))
+        n = kget("node", node)
+        ready = rc.condition(n, "Ready")
+        check(ready.get("reason") == "EdgeReady", f"Ready reason {ready}")
+
+        def addresses():
+            kinds = {a["type"]: a["address"] for a in n["status"].get("addresses", [])}
+            check("InternalIP" in kinds and kinds.get("Hostname") == node, f"addresses {kinds}")
+            return f"{kinds}"
+        step(s, "addresses InternalIP and Hostname", addresses)
+
+        def resources():
+            cap, alloc = n["status"].get("capacity", {}), n["status"].get("allocatable", {})
+            for k in ("cpu", "memory", "pods"):
+                check(k in cap and k in alloc, f"{k} missing: capacity {cap} allocatable {alloc}")
+            ki = lambda q: int(q.rstrip("Ki"))
+            check(ki(alloc["memory"]) <= ki(cap["memory"]), f"allocatable {alloc} > capacity {cap}")
+            return f"cpu {cap['cpu']} memory {cap['memory']} pods {cap['pods']}"
+        step(s, "capacity and allocatable", resources)
+
+        def labels():
+            lb = n["metadata"].get("labels", {})
+            for k in ("node-role.kubernetes.io/edge", "kubernetes.io/hostname", "kubernetes.io/os",
+                      "kubernetes.io/arch"):
+                check(k in lb, f"label {k} missing: {lb}")
+        step(s, "edge role and kubernetes.io labels", labels)
+
+        def versions():
+            info = n["status"]["nodeInfo"]
+            kv, cv = info.get("kubeletVersion", ""), info.get("containerRuntimeVersion", "")
+            check(kv.startswith("v1.") and "kubeedge" in kv, f"kubeletVersion {kv!r}")
+            check(cv.startswith("containerd://"), f"containerRuntimeVersion {cv!r}")
+            return f"kubelet {kv}, runtime {cv}"
+        step(s, "kubelet and runtime versions", versions)
+
+        def lease_owned():
+            le = rc.lease(node)
+            check(le is not None, "no Lease in kube-node-lease")
+            spec = le["spec"]
+            check(spec.get("holderIdentity") == node, f"holder {spec}")
+            check(spec.get("leaseDurationSeconds") == 40, f"duration {spec}")
+            refs = le["metadata"].get("ownerReferences", [])
+            check(refs and refs[0]["kind"] == "Node" and refs[0]["uid"] == n["metadata"]["uid"],
+                  f"owner {refs}")
+            return le
+        first = step(s, "Lease created, held by the node, owned by the Node", wait_for, "the Lease", 30, lease_owned)
+        t0 = first["spec"]["renewTime"]
+
+        def renewed():
+            le = rc.lease(node)
+            return le["spec"]["renewTime"] != t0 and le["spec"]["renewTime"]
+        t1 = step(s, "Lease renewed (every 10 s)", wait_for, "a renewal", 25, renewed)
+
+        def store_shape():
+            rows = e.rows()
+            for key in (f"null/node/{node}", f"kube-node-lease/lease/{node}", f"null/nodepatch/{node}"):
+                check(key in rows, f"{key} not stored; keys {sorted(rows)}")
+            check(not any(k.startswith("default/node/") or k.startswith("default/nodepatch/") for k in rows),
+                  "rows under default/node")
+            patch = json.loads(rows[f"null/nodepatch/{node}"][1])
+            check("status" in patch and "metadata" not in patch, "the nodepatch row is not the patch sent")
+            stored_node = json.loads(rows[f"null/node/{node}"][1])
+            check(stored_node["metadata"]["uid"] == n["metadata"]["uid"], "stored Node is another object")
+            return f"{len(rows)} rows"
+        step(s, "store rows as KubeEdge keeps them (null/node, nodepatch = the patch, lease)", wait_for,
+             "the store rows", 20, store_shape)
+    finally:
+        teardown(e, [], node)
+
+
+# ---------------------------------------------------------------------------------------------
+def pod_scenario():
+    s, node, pod = "pod", "rc-pod", "rc-pod-app"
+    e = Edge(node)
+    try:
+        rc.apply(rc.configmap("rc-pod-cm", "hello-from-real-cloud"))
+        rc.apply(rc.secret("rc-pod-secret", "s3cr3t"))
+        e.start()
+        wait_for("Node Ready", 60, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+        t0 = time.time()
+        rc.apply(rc.app_pod(pod, node, cm="rc-pod-cm", secret="rc-pod-secret"))
+        p = step(s, "pod Running and Ready", wait_for, "Running/Ready", 90, lambda: rc.pod_running(pod))
+        p = kget("pod", pod)
+        uid = p["metadata"]["uid"]
+
+        def conditions():
+            conds = {c["type"]: c for c in p["status"]["conditions"]}
+            want = {"PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"}
+            check(set(conds) == want, f"condition types {sorted(conds)}")
+            for c in conds.values():
+                check(c["status"] == "True", f"{c}")
+                check("reason" not in c and "message" not in c, f"a true condition keeps a reason: {c}")
+                check(c.get("lastTransitionTime"), f"no lastTransitionTime: {c}")
+            return ", ".join(sorted(want))
+        step(s, "all five conditions True, no stale reason (as the kubelet reports)", conditions)
+
+        def statuses():
+            st = p["status"]
+            cs = st["containerStatuses"][0]
+            check(cs["ready"] and cs["started"], f"{cs}")
+            check(cs["containerID"].startswith("containerd://") and cs["imageID"], f"{cs}")
+            check("running" in cs["state"], f"{cs['state']}")
+            for k in ("hostIP", "podIP", "startTime"):
+                check(st.get(k), f"{k} missing")
+            return f"podIP {st['podIP']}"
+        step(s, "container status, podIP, hostIP, startTime", statuses)
+
+        def env_and_volume():
+            out = e.container_log(pod)
+            check("env-greeting=hello-from-real-cloud env-password=s3cr3t" in out, f"container output {out[-300:]!r}")
+            check("file-greeting=hello-from-real-cloud" in out, f"volume file not read: {out[-300:]!r}")
+            return True
+        step(s, "ConfigMap and Secret env and volume reach the container", wait_for, "the container output", 20, env_and_volume)
+
+        def podpatch_row():
+            row = e.row(f"default/podpatch/{pod}")
+            check(row, "no podpatch row")
+            v = json.loads(row)
+            check(v.get("metadata", {}).get("uid") == uid and "status" in v and "spec" not in v,
+                  f"podpatch row is not the patch sent: {row[:200]}")
+            return f"{len(row)} bytes"
+        step(s, "podpatch row holds the patch sent", podpatch_row)
+
+        marker = f"updated-{int(time.time())}"
+        t_cm = time.time()
+        rc.patch_cm("rc-pod-cm", "greeting", marker)
+        vol = os.path.join(e.root_dir, "pods", uid, "volumes", "kubernetes.io~configmap", "cm", "greeting")
+
+        def cm_in_file():
+            return open(vol).read() == marker
+        step(s, "ConfigMap update reaches the volume file", wait_for, "the new file content", 30, cm_in_file)
+        step(s, "the running container reads the new file", wait_for, "the new value in the container output",
+             15, lambda: f"file-greeting={marker}" in e.container_log(pod))
+        R.ok(s, "ConfigMap update to container", f"{time.time() - t_cm:.1f} s")
+
+        since = time.time()
+        kubectl("delete", "pod", pod, "--wait=false")
+        step(s, "graceful kubectl delete completes", wait_for, "the pod gone from the API", 60,
+             lambda: kget("pod", pod) is None)
+        time.sleep(6)  # a late second delete would come within the edge's sync period
+
+        def one_delete():
+            dels = rc.audit_events(verb="delete", resource="pods", name=pod, namespace="default", since=since)
+            check(len(dels) == 1, f"{len(dels)} deletes by CloudCore: {[d.get('requestReceivedTimestamp') for d in dels]}")
+            check(e.log().count(f"pod removed pod=default/{pod}") == 1, "the edge removed the pod more than once")
+            return "1 delete"
+        step(s, "exactly one upstream delete", one_delete)
+
+        def store_clean():
+            rows = e.rows()
+            check(f"default/pod/{pod}" not in rows and f"default/podpatch/{pod}" not in rows,
+                  "pod or podpatch row left")
+            left = [c for c in rc.pod_containers(uid) if c["running"]]
+            check(not left, f"containers left running: {left}")
+        step(s, "store rows and containers gone", wait_for, "cleanup", 20, lambda: store_clean() is None)
+    finally:
+        teardown(e, [pod], node)
+
+
+# ---------------------------------------------------------------------------------------------
+def failover():
+    s, node, pod = "failover", "rc-fo", "rc-fo-app"
+    e = Edge(node)
+    watch = rc.NodeWatch(node)
+    made = [pod]
+    try:
+        rc.apply(rc.configmap("rc-fo-cm", "before"))
+        rc.lab("vip", "a")
+        e.start()
+        wait_for("Node Ready", 60, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+        rc.apply(rc.app_pod(pod, node, cm="rc-fo-cm"))
+        wait_for("pod Running", 90, lambda: rc.pod_running(pod))
+        wait_for("session on replica a", 30, lambda: rc.lab("replica") == "a")
+        watch.start()
+        time.sleep(11)  # a session older than the edge's backoff reset (10 s)
+
+        def flowing(label):
+            marker = f"{label}-{int(time.time())}"
+            t0 = time.time()
+            rc.patch_cm("rc-fo-cm", "greeting", marker)
+            wait_for(f"{label}: ConfigMap change in the edge store", 60,
+                     lambda: rc.stored_data(e, "default/configmap/rc-fo-cm", "greeting") == marker)
+            took = time.time() - t0
+            renew = rc.lease(node)["spec"]["renewTime"]
+            wait_for(f"{label}: Lease renewed", 30, lambda: rc.lease(node)["spec"]["renewTime"] != renew)
+            name = f"rc-fo-{label}"
+            made.append(name)
+            rc.apply(rc.app_pod(name, node, cm="rc-fo-cm"))
+            wait_for(f"{label}: a new pod Running (pod status patched)", 90, lambda: rc.pod_running(name))
+            return f"cloud change at the edge {took:.1f} s after kubectl"
+
+        t0 = time.time()
+        rc.lab("vip", "b")
+        wait_for("session on replica b", 60, lambda: rc.lab("replica") == "b", interval=0.05)
+        R.ok(s, "VIP move a->b: session back on b", f"{(time.time() - t0) * 1000:.0f} ms")
+        step(s, "after the move: changes, Lease and pod status flow", flowing, "moved")
+
+        rc.lab("vip", "auto")
+        time.sleep(11)
+        pid = None
+        for line in open(os.path.join(rc.RUN, "pids")):
+            name, p = line.split()
+            if name == "cloudcore-b":
+                pid = int(p)
+        check(pid, "no cloudcore-b pid recorded")
+        t0 = time.time()
+        os.kill(pid, signal.SIGKILL)
+        wait_for("session on replica a", 60, lambda: rc.lab("replica") == "a", interval=0.05)
+        R.ok(s, "kill -9 of the replica holding the session: back on a", f"{(time.time() - t0) * 1000:.0f} ms")
+        step(s, "after the kill: changes, Lease and pod status flow", flowing, "killed")
+        rc.lab("start-cc", "b")
+        watch.stop()
+
+        def never_not_ready():
+            check(watch.samples > 10, f"only {watch.samples} samples")
+            check(not watch.bad, f"not Ready at {watch.bad}")
+            return f"{watch.samples} samples"
+        step(s, "node never NotReady", never_not_ready)
+        check(e.alive(), "edgecore exited")
+    finally:
+        watch.stop()
+        try:
+            rc.lab("vip", "auto")
+        finally:
+            teardown(e, made, node)
+
+
+# ---------------------------------------------------------------------------------------------
+def offline():
+    s, node, pod, late = "offline", "rc-off", "rc-off-app", "rc-off-late"
+    e = Edge(node)
+    try:
+        rc.apply(rc.configmap("rc-off-cm", "online"))
+        e.start()
+        wait_for("Node Ready", 60, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+        rc.apply(rc.app_pod(pod, node, cm="rc-off-cm"))
+        wait_for("pod Running", 90, lambda: rc.pod_running(pod))
+        uid = kget("pod", pod)["metadata"]["uid"]
+        rc.lab("vip", "none")
+        t_off = time.time()
+        wait_for("the edge to notice the cloud is gone", 30, lambda: "session lost" in e.log())
+
+        # Changes in the cloud while the edge is away.
+        rc.patch_cm("rc-off-cm", "greeting", "changed-offline")
+        rc.apply(rc.app_pod(late, node, cm="rc-off-cm"))
+
+        def keeps_running():
+            before = len(e.container_log(pod))
+            time.sleep(3)
+            check(len(e.container_log(pod)) > before, "the container stopped writing")
+            check(any(c["running"] and c["kind"] == "container" for c in rc.pod_containers(uid)),
+                  "no running container")
+        step(s, "pods keep running with the cloud gone", keeps_running)
+
+        # An edgecore restart while offline: the pod comes back from the store.
+        e.stop()
+        e.start(with_token=False)
+
+        def back_from_store():
+            log = e.log()
+            check("stored pods fed to edged pods=1" in log, "the stored pod was not fed to edged")
+            check("adopted the running sandbox" in log or "container started" in log, "the pod was not taken up")
+            return True
+        step(s, "restart offline brings the pod back from the store", wait_for, "the pod taken up", 30, back_from_store)
+        step(s, "and it keeps running", keeps_running)
+        remaining = 60 - (time.time() - t_off)
+        if remaining > 0:
+            time.sleep(remaining)
+        R.ok(s, "cloud unreachable", f"{time.time() - t_off:.0f} s")
+
+        t_on = time.time()
+        rc.lab("vip", "auto")
+        step(s, "the change made offline arrives after reconnect", wait_for, "the ConfigMap in the store", 60,
+             lambda: rc.stored_data(e, "default/configmap/rc-off-cm", "greeting") == "changed-offline")
+        vol = os.path.join(e.root_dir, "pods", uid, "volumes", "kubernetes.io~configmap", "cm", "greeting")
+        step(s, "and reaches the running pod's volume", wait_for, "the volume file", 30,
+             lambda: open(vol).read() == "changed-offline")
+        step(s, "the pod created offline runs after reconnect", wait_for, "the late pod Running", 90,
+             lambda: rc.pod_running(late))
+        R.ok(s, "reconnect to all caught up", f"{time.time() - t_on:.1f} s")
+        step(s, "the first pod is still Running in the API", rc.pod_running, pod)
+    finally:
+        try:
+            rc.lab("vip", "auto")
+        finally:
+            teardown(e, [pod, late], node)
+
+
+# ---------------------------------------------------------------------------------------------
+SCENARIOS = {
+    "bootstrap": bootstrap,
+    "node": node_scenario,
+    "pod": pod_scenario,
+    "failover": failover,
+    "offline": offline,
+}
+
+
+def main(argv):
+    if argv[:1] == ["--list"]:
+        print("\n".join(SCENARIOS))
+        return 0
+    if argv[:1] == ["--stop-edges"]:
+        rc.stop_recorded_edges()
+        return 0
+    names = argv or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    os.makedirs(rc.EDGES, exist_ok=True)
+    rc.stop_recorded_edges()  # a crashed earlier run may have left one
+    for name in names:
+        t0 = time.time()
+        print(f"==> scenario {name}", flush=True)
+        try:
+            SCENARIOS[name]()
+        except Failed as e:
+            if not getattr(e, "reported", False):
+                R.fail(name, str(e))
+        except Exception:
+            R.fail(name, "crashed:\n" + traceback.format_exc())
+        print(f"    {name} took {time.time() - t0:.0f}s", flush=True)
+    print(f"realcloud: {R.passed} checks passed, {len(R.failed)} failed", flush=True)
+    for f in R.failed:
+        print(f"  FAILED {f}", flush=True)
+    return 1 if R.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
