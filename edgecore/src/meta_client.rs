@@ -1,7 +1,10 @@
 //! edged-shim's [`MetaClient`] on top of metamanager: each call becomes one edged message
 //! (source `edged`, group `meta`) or a read of the local store.
 
+mod token;
+
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use edged_shim::{MetaClient, MetaFuture};
 use edgehub::{Message, Route, op};
@@ -16,6 +19,8 @@ use crate::store::Store;
 /// changes as `null/node/<node>` too, so the stored Node is one row.
 const NODE_NAMESPACE: &str = "null";
 const SOURCE: &str = "edged";
+/// The type of service-account token rows and resources.
+const TOKEN_KIND: &str = "serviceaccounttoken";
 const GROUP: &str = "meta";
 
 /// What edged-shim calls; cheap to share.
@@ -183,6 +188,57 @@ impl MetaClient for EdgedMeta {
                     "the cloud answered {resource} without a Lease"
                 ))
             })
+        })
+    }
+
+    fn service_account_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        request: Value,
+    ) -> MetaFuture<'a, Value> {
+        Box::pin(async move {
+            let now = SystemTime::now();
+            let stored = match self.store.list_type(TOKEN_KIND).await {
+                Ok(rows) => rows,
+                Err(e) => return Err(to_shim(MetaError::Store(e))),
+            };
+            // The stored token for this pod that expires last, if any.
+            let best = stored
+                .iter()
+                .filter_map(|row| serde_json::from_str::<Value>(row).ok())
+                .filter(|t| token::matches(t, &request))
+                .max_by_key(|t| {
+                    t.pointer("/status/expirationTimestamp")
+                        .and_then(Value::as_str)
+                        .and_then(token::parse_rfc3339)
+                });
+            if let Some(t) = &best
+                && token::freshness(t, now) == token::Freshness::Fresh
+            {
+                return Ok(t.clone());
+            }
+            let resource = format!("{namespace}/{TOKEN_KIND}/{name}");
+            let msg = Message::new(Route::new(SOURCE, GROUP, op::QUERY, &resource), request);
+            match self.meta.request(msg).await {
+                Ok(answer) => answer
+                    .into_iter()
+                    .find(|v| v.pointer("/status/token").is_some())
+                    .ok_or_else(|| {
+                        edged_shim::MetaError::Rejected(format!(
+                            "the cloud answered {resource} without a token"
+                        ))
+                    }),
+                // The cloud cannot be asked: a token that is due for refresh but still valid
+                // keeps the pod's volume working (a restart offline needs it).
+                Err(e) => match best {
+                    Some(t) if token::freshness(&t, now) == token::Freshness::Stale => {
+                        tracing::debug!(%resource, error = %e, "serving a stored token due for refresh");
+                        Ok(t)
+                    }
+                    _ => Err(to_shim(e)),
+                },
+            }
         })
     }
 

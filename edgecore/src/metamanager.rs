@@ -11,6 +11,7 @@
 
 mod plan;
 mod pods;
+pub(crate) mod token_key;
 
 use std::collections::HashMap;
 use std::time::Duration;

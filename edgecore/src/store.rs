@@ -44,6 +44,16 @@ impl MetaKey {
         })
     }
 
+    /// A key that is not a resource string (KubeEdge's service-account token keys), with its
+    /// type. Such a key has no namespace or name of its own.
+    pub(crate) fn opaque(key: String, kind: &str) -> Self {
+        Self {
+            key,
+            namespace_len: 0,
+            kind: kind.to_owned(),
+        }
+    }
+
     /// The `key` column.
     pub(crate) fn as_str(&self) -> &str {
         &self.key

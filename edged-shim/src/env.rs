@@ -109,6 +109,18 @@ impl<'a> Objects<'a> {
     pub(crate) fn namespace(&self) -> &str {
         self.namespace
     }
+
+    /// A token of service account `account` in this namespace (see
+    /// [`MetaClient::service_account_token`]).
+    pub(crate) async fn service_account_token(
+        &self,
+        account: &str,
+        request: Value,
+    ) -> Result<Value, crate::meta::MetaError> {
+        self.meta
+            .service_account_token(self.namespace, account, request)
+            .await
+    }
 }
 
 /// `data` (text; base64 for secrets) and `binaryData`/`stringData` of an object.
@@ -194,12 +206,22 @@ pub(crate) fn expand_refs(s: &str, vars: &[(String, String)]) -> String {
     out
 }
 
-fn field_value(pod: &Pod, host_ip: &str, path: &str) -> String {
+/// A `fieldRef` of the downward API, as env vars and downwardAPI files see it (labels and
+/// annotations as the kubelet writes them: sorted `key="value"` lines).
+pub(crate) fn field_value(pod: &Pod, host_ip: &str, path: &str) -> String {
+    let lines = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={}\n", serde_json::Value::String(v.clone())))
+            .collect::<String>()
+    };
     match path {
         "metadata.name" => pod.metadata.name.clone(),
         "metadata.namespace" => pod.metadata.namespace.clone(),
         "metadata.uid" => pod.metadata.uid.clone(),
+        "metadata.labels" => lines(&pod.metadata.labels),
+        "metadata.annotations" => lines(&pod.metadata.annotations),
         "spec.nodeName" => pod.spec.node_name.clone(),
+        "spec.serviceAccountName" => pod.spec.service_account_name.clone(),
         "status.hostIP" => host_ip.to_owned(),
         "status.podIP" if pod.spec.host_network => host_ip.to_owned(),
         _ => String::new(),

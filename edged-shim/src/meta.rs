@@ -45,6 +45,17 @@ pub trait MetaClient: Send + Sync + 'static {
     /// `insert` (`create`) or `update` on `<ns>/lease/<name>` with the Lease as content;
     /// answers the Lease the cloud stored. Fails with [`MetaError::NotConnected`] offline.
     fn put_lease(&self, lease: Value, create: bool) -> MetaFuture<'_, Value>;
+    /// A token of service account `name` for `request` (a TokenRequest bound to a pod): a
+    /// stored one while it is fresh (under 80 % of its lifetime), else the cloud's (`query`
+    /// on `<ns>/serviceaccounttoken/<name>`, which CloudCore answers with a TokenRequest), else,
+    /// offline, a stored one that has not expired. Answers the TokenRequest with
+    /// `status.token`.
+    fn service_account_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        request: Value,
+    ) -> MetaFuture<'a, Value>;
     /// `delete` on `<ns>/pod/<name>` with `{"gracePeriodSeconds":0,"preconditions":{"uid":..}}`:
     /// tells the cloud the pod is gone from this node after a graceful deletion.
     fn delete_pod<'a>(

@@ -62,6 +62,7 @@ pub(crate) struct ObjectMeta {
     pub(crate) namespace: String,
     pub(crate) uid: String,
     pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
     pub(crate) deletion_timestamp: Option<String>,
     /// The grace period the deletion asked for (`kubectl delete --grace-period`).
     pub(crate) deletion_grace_period_seconds: Option<u64>,
@@ -85,6 +86,8 @@ pub(crate) struct PodSpec {
     pub(crate) hostname: Option<String>,
     pub(crate) node_name: String,
     pub(crate) termination_grace_period_seconds: Option<u64>,
+    /// The service account whose token a projected volume carries (`default` when unset).
+    pub(crate) service_account_name: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
@@ -186,6 +189,68 @@ pub(crate) struct Volume {
     pub(crate) secret: Option<SecretVolume>,
     pub(crate) empty_dir: Option<Value>,
     pub(crate) host_path: Option<HostPathVolume>,
+    pub(crate) projected: Option<ProjectedVolume>,
+    #[serde(rename = "downwardAPI")]
+    pub(crate) downward_api: Option<DownwardApiVolume>,
+}
+
+/// A `projected` volume: several sources in one directory (every pod's `kube-api-access-*`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct ProjectedVolume {
+    pub(crate) sources: Vec<ProjectedSource>,
+    pub(crate) default_mode: Option<u32>,
+}
+
+/// One source of a projected volume; exactly one field is set.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct ProjectedSource {
+    pub(crate) service_account_token: Option<TokenProjection>,
+    pub(crate) config_map: Option<ObjectProjection>,
+    pub(crate) secret: Option<ObjectProjection>,
+    #[serde(rename = "downwardAPI")]
+    pub(crate) downward_api: Option<DownwardApiProjection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct TokenProjection {
+    pub(crate) audience: String,
+    pub(crate) expiration_seconds: Option<i64>,
+    pub(crate) path: String,
+}
+
+/// A configmap or secret inside a projected volume (both name the object `name`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct ObjectProjection {
+    pub(crate) name: String,
+    pub(crate) items: Vec<KeyToPath>,
+    pub(crate) optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct DownwardApiProjection {
+    pub(crate) items: Vec<DownwardApiFile>,
+}
+
+/// A plain `downwardAPI` volume.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct DownwardApiVolume {
+    pub(crate) items: Vec<DownwardApiFile>,
+    pub(crate) default_mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct DownwardApiFile {
+    pub(crate) path: String,
+    pub(crate) field_ref: Option<FieldRef>,
+    pub(crate) resource_field_ref: Option<Value>,
+    pub(crate) mode: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -35,6 +35,11 @@ pub(crate) enum MetaCall {
         lease: Value,
         create: bool,
     },
+    Token {
+        namespace: String,
+        name: String,
+        request: Value,
+    },
 }
 
 /// A MetaClient that records calls on a channel and serves configmaps and secrets from maps.
@@ -45,6 +50,7 @@ pub(crate) struct RecordingMeta {
     pub(crate) objects: Mutex<HashMap<String, Value>>,
     /// `put_lease` fails this many more times (as the cloud rejecting a stale Lease).
     failing_leases: AtomicU32,
+    tokens_issued: AtomicU32,
 }
 
 impl RecordingMeta {
@@ -57,6 +63,7 @@ impl RecordingMeta {
                 node_exists: std::sync::atomic::AtomicBool::new(false),
                 objects: Mutex::new(HashMap::new()),
                 failing_leases: AtomicU32::new(0),
+                tokens_issued: AtomicU32::new(0),
             }),
             rx,
         )
@@ -192,6 +199,27 @@ impl MetaClient for RecordingMeta {
             lease["metadata"]["resourceVersion"] = Value::String((rv + 1).to_string());
             self.put("lease", &ns, &name, lease.clone());
             Ok(lease)
+        })
+    }
+
+    /// Answers the request with `status.token` = `token-<n>` for the n-th call.
+    fn service_account_token<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        request: Value,
+    ) -> MetaFuture<'a, Value> {
+        Box::pin(async move {
+            let n = self.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
+            self.record(MetaCall::Token {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                request: request.clone(),
+            })
+            .await?;
+            let mut answer = request;
+            answer["status"] = serde_json::json!({"token": format!("token-{n}")});
+            Ok(answer)
         })
     }
 

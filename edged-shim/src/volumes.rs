@@ -10,6 +10,7 @@ use crate::pod::{Container, KeyToPath, Pod};
 use crate::runtime::Mount;
 
 mod atomic_writer;
+mod projected;
 
 /// Why a pod's volumes could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,12 @@ pub(crate) enum VolumeError {
         kind: &'static str,
         name: String,
         key: String,
+    },
+    #[error("volume {volume}: no token of service account {account}: {reason}")]
+    Token {
+        volume: String,
+        account: String,
+        reason: String,
     },
     #[error("cannot write volume files under {path}; check rootDirectory permissions")]
     Io {
@@ -56,6 +63,54 @@ fn safe_relative(p: &str) -> bool {
     !p.is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
+/// `rel` when it is a path inside the volume (relative, no `..`, not one of the writer's own
+/// `..` names).
+fn checked_path(volume: &str, rel: &str) -> Result<String, VolumeError> {
+    if safe_relative(rel) && !rel.starts_with("..") {
+        Ok(rel.to_owned())
+    } else {
+        Err(VolumeError::BadPath {
+            volume: volume.to_owned(),
+            path: rel.to_owned(),
+        })
+    }
+}
+
+/// The files of an object's data: every key, or only `items` (each with its path and mode).
+fn select_items(
+    volume: &str,
+    kind: &'static str,
+    name: &str,
+    data: &HashMap<String, Vec<u8>>,
+    items: &[KeyToPath],
+    mode: u32,
+) -> Result<Vec<(String, Vec<u8>, u32)>, VolumeError> {
+    if items.is_empty() {
+        return data
+            .iter()
+            .map(|(k, v)| Ok((checked_path(volume, k)?, v.clone(), mode)))
+            .collect();
+    }
+    items
+        .iter()
+        .map(|item| {
+            let Some(v) = data.get(&item.key) else {
+                return Err(VolumeError::MissingKey {
+                    volume: volume.to_owned(),
+                    kind,
+                    name: name.to_owned(),
+                    key: item.key.clone(),
+                });
+            };
+            Ok((
+                checked_path(volume, &item.path)?,
+                v.clone(),
+                item.mode.unwrap_or(mode),
+            ))
+        })
+        .collect()
+}
+
 /// Writes one configmap or secret volume (kubelet layout, atomic swap); returns whether its
 /// files changed.
 async fn write_files(
@@ -67,41 +122,15 @@ async fn write_files(
     items: &[KeyToPath],
     mode: u32,
 ) -> Result<bool, VolumeError> {
-    let mut files: Vec<(String, &[u8], u32)> = Vec::new();
-    if items.is_empty() {
-        for (k, v) in data {
-            files.push((k.clone(), v, mode));
-        }
-    } else {
-        for item in items {
-            let Some(v) = data.get(&item.key) else {
-                return Err(VolumeError::MissingKey {
-                    volume: volume.to_owned(),
-                    kind,
-                    name: name.to_owned(),
-                    key: item.key.clone(),
-                });
-            };
-            files.push((item.path.clone(), v, item.mode.unwrap_or(mode)));
-        }
-    }
-    let mut payload = atomic_writer::Payload::new();
-    for (rel, bytes, file_mode) in files {
-        // `..` names are the writer's own (`..data`, generations).
-        if !safe_relative(&rel) || rel.starts_with("..") {
-            return Err(VolumeError::BadPath {
-                volume: volume.to_owned(),
-                path: rel,
-            });
-        }
-        payload.insert(
-            rel,
-            atomic_writer::File {
-                bytes: bytes.to_vec(),
-                mode: file_mode,
-            },
-        );
-    }
+    let payload = select_items(volume, kind, name, data, items, mode)?
+        .into_iter()
+        .map(|(path, bytes, mode)| (path, atomic_writer::File { bytes, mode }))
+        .collect();
+    write_payload(dir, payload).await
+}
+
+/// Writes `payload` into `dir` (kubelet layout, atomic swap); returns whether it changed.
+async fn write_payload(dir: &Path, payload: atomic_writer::Payload) -> Result<bool, VolumeError> {
     let target = dir.to_owned();
     tokio::task::spawn_blocking(move || atomic_writer::write(&target, &payload))
         .await
@@ -115,41 +144,51 @@ async fn write_files(
 pub(crate) async fn prepare(
     root: &Path,
     pod: &Pod,
+    host_ip: &str,
     objects: &mut Objects<'_>,
 ) -> Result<HashMap<String, PathBuf>, VolumeError> {
-    write_volumes(root, pod, objects, true)
+    write_volumes(root, pod, host_ip, objects, true)
         .await
         .map(|(paths, _)| paths)
 }
 
-/// Rewrites the configmap and secret volumes of a running pod from the objects' current data;
-/// returns the names of the volumes whose files changed. The container sees the change at once
-/// (the `..data` swap), as with the kubelet.
+/// Rewrites the configmap, secret, projected and downwardAPI volumes of a running pod from the
+/// objects' current data (and a fresh service-account token when it is due); returns the names
+/// of the volumes whose files changed. The container sees the change at once (the `..data`
+/// swap), as with the kubelet.
 pub(crate) async fn refresh(
     root: &Path,
     pod: &Pod,
+    host_ip: &str,
     objects: &mut Objects<'_>,
 ) -> Result<Vec<String>, VolumeError> {
-    write_volumes(root, pod, objects, false)
+    write_volumes(root, pod, host_ip, objects, false)
         .await
         .map(|(_, changed)| changed)
 }
 
 /// Whether the pod has a volume of configmap (`secret` false) or secret `name`.
 pub(crate) fn uses(pod: &Pod, secret: bool, name: &str) -> bool {
-    pod.spec
-        .volumes
-        .iter()
-        .any(|v| match (secret, &v.config_map, &v.secret) {
+    pod.spec.volumes.iter().any(|v| {
+        let direct = match (secret, &v.config_map, &v.secret) {
             (false, Some(cm), _) => cm.name == name,
             (true, _, Some(sec)) => sec.secret_name == name,
             _ => false,
-        })
+        };
+        let projected = v.projected.as_ref().is_some_and(|p| {
+            p.sources.iter().any(|src| {
+                let o = if secret { &src.secret } else { &src.config_map };
+                o.as_ref().is_some_and(|o| o.name == name)
+            })
+        });
+        direct || projected
+    })
 }
 
 async fn write_volumes(
     root: &Path,
     pod: &Pod,
+    host_ip: &str,
     objects: &mut Objects<'_>,
     first: bool,
 ) -> Result<(HashMap<String, PathBuf>, Vec<String>), VolumeError> {
@@ -209,6 +248,21 @@ async fn write_volumes(
                         volume: v.name.clone(),
                     });
                 }
+            }
+            out.insert(v.name.clone(), dir);
+        } else if let Some(p) = &v.projected {
+            let dir = base.join("kubernetes.io~projected").join(&v.name);
+            let payload = projected::projected_payload(pod, &v.name, p, host_ip, objects).await?;
+            if write_payload(&dir, payload).await? {
+                changed.push(v.name.clone());
+            }
+            out.insert(v.name.clone(), dir);
+        } else if let Some(d) = &v.downward_api {
+            let dir = base.join("kubernetes.io~downward-api").join(&v.name);
+            let payload =
+                projected::downward_payload(pod, &v.name, &d.items, d.default_mode, host_ip)?;
+            if write_payload(&dir, payload).await? {
+                changed.push(v.name.clone());
             }
             out.insert(v.name.clone(), dir);
         } else if v.empty_dir.is_some() {
@@ -294,7 +348,7 @@ mod tests {
                     {"name": "s", "secret": {"secretName": "sec", "defaultMode": 256,
                                               "items": [{"key": "pw", "path": "dir/password"}]}},
                     {"name": "e", "emptyDir": {}},
-                    {"name": "t", "projected": {}}
+                    {"name": "t", "csi": {"driver": "x"}}
                 ],
                 "containers": [{"name": "x", "volumeMounts": [
                     {"name": "c", "mountPath": "/etc/c", "readOnly": true},
@@ -305,7 +359,9 @@ mod tests {
         }))
         .unwrap();
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let vols = prepare(root.path(), &pod, &mut objects).await.unwrap();
+        let vols = prepare(root.path(), &pod, "192.0.2.10", &mut objects)
+            .await
+            .unwrap();
         let c = &vols["c"];
         assert_eq!(std::fs::read_to_string(c.join("a.conf")).unwrap(), "A");
         assert_eq!(std::fs::read_to_string(c.join("b")).unwrap(), "B");
@@ -327,6 +383,92 @@ mod tests {
         assert!(!pod_dir(root.path(), "u1").exists());
     }
 
+    /// The volume the ServiceAccount admission plugin adds to every pod, as client-go's
+    /// in-cluster config reads it: token, ca.crt and namespace, mode 0644.
+    #[tokio::test]
+    async fn the_kube_api_access_volume_holds_token_ca_and_namespace() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let (meta, mut calls) = RecordingMeta::new();
+        meta.put(
+            "configmap",
+            "ns",
+            "kube-root-ca.crt",
+            json!({"data": {"ca.crt": "-----BEGIN CERTIFICATE-----"}}),
+        );
+        let pod = Pod::from_json(&json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u3",
+                         "labels": {"app": "web", "tier": "a\"b"}},
+            "spec": {
+                "serviceAccountName": "builder",
+                "volumes": [
+                    {"name": "kube-api-access-x", "projected": {"defaultMode": 420, "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt",
+                                       "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {"downwardAPI": {"items": [{"path": "namespace",
+                            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+                    ]}},
+                    {"name": "info", "downwardAPI": {"items": [
+                        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                        {"path": "node", "fieldRef": {"fieldPath": "spec.nodeName"}, "mode": 256}
+                    ]}}
+                ]
+            }
+        }))
+        .unwrap();
+        let mut objects = Objects::new(meta.as_ref(), "ns");
+        let vols = prepare(root.path(), &pod, "192.0.2.10", &mut objects)
+            .await
+            .unwrap();
+        let dir = &vols["kube-api-access-x"];
+        assert!(dir.ends_with("volumes/kubernetes.io~projected/kube-api-access-x"));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("token")).unwrap(),
+            "token-1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+            "-----BEGIN CERTIFICATE-----"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("namespace")).unwrap(),
+            "ns"
+        );
+        let mode = std::fs::metadata(dir.join("token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // The kubelet's TokenRequest: bound to the pod, the asked lifetime, default audiences.
+        match calls.recv().await.unwrap() {
+            crate::testutil::MetaCall::Token {
+                namespace,
+                name,
+                request,
+            } => {
+                assert_eq!((namespace.as_str(), name.as_str()), ("ns", "builder"));
+                assert_eq!(request["spec"]["expirationSeconds"], 3607);
+                assert_eq!(request["spec"]["audiences"], serde_json::Value::Null);
+                assert_eq!(
+                    request["spec"]["boundObjectRef"],
+                    json!({"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u3"})
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let info = &vols["info"];
+        assert_eq!(
+            std::fs::read_to_string(info.join("labels")).unwrap(),
+            "app=\"web\"\ntier=\"a\\\"b\"\n"
+        );
+        let mode = std::fs::metadata(info.join("node"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o400);
+    }
+
     #[tokio::test]
     async fn escaping_item_paths_and_missing_objects_are_errors() {
         let root = tempfile::tempdir().unwrap();
@@ -342,14 +484,20 @@ mod tests {
         let mut objects = Objects::new(meta.as_ref(), "ns");
         let bad = pod(json!({"name": "c", "configMap": {"name": "cfg",
             "items": [{"key": "k", "path": "../escape"}]}}));
-        let err = prepare(root.path(), &bad, &mut objects).await.unwrap_err();
+        let err = prepare(root.path(), &bad, "192.0.2.10", &mut objects)
+            .await
+            .unwrap_err();
         assert!(matches!(err, VolumeError::BadPath { .. }), "{err}");
         let missing = pod(json!({"name": "c", "configMap": {"name": "nope"}}));
-        let err = prepare(root.path(), &missing, &mut objects)
+        let err = prepare(root.path(), &missing, "192.0.2.10", &mut objects)
             .await
             .unwrap_err();
         assert!(matches!(err, VolumeError::Missing { .. }), "{err}");
         let optional = pod(json!({"name": "c", "configMap": {"name": "nope", "optional": true}}));
-        assert!(prepare(root.path(), &optional, &mut objects).await.is_ok());
+        assert!(
+            prepare(root.path(), &optional, "192.0.2.10", &mut objects)
+                .await
+                .is_ok()
+        );
     }
 }

@@ -105,6 +105,14 @@ def condition(obj, kind):
     return None
 
 
+def unmount_under(path):
+    """Unmounts what a kubelet left mounted below `path` (tmpfs of secret volumes), deepest first."""
+    prefix = path.rstrip("/") + "/"
+    mounts = [line.split()[1] for line in open("/proc/mounts") if line.split()[1].startswith(prefix)]
+    for m in sorted(mounts, reverse=True):
+        run("umount", m, check_rc=False)
+
+
 class Edge:
     """One edge agent on one node: `rust` (the edgecore under test) or `go` (KubeEdge's)."""
 
@@ -116,6 +124,7 @@ class Edge:
         self.proc = None
         if fresh and os.path.isdir(self.dir):
             import shutil
+            unmount_under(self.dir)
             shutil.rmtree(self.dir)
         os.makedirs(self.dir, exist_ok=True)
         self.log_path = os.path.join(LOG, f"edge-{node}.log")
@@ -381,7 +390,11 @@ class NodeWatch(threading.Thread):
 def app_pod(name, node, cm=None, secret=None, grace=5, extra_env=None):
     """A hostNetwork pod that prints its env, then the configmap's `greeting` file every second,
     and exits on SIGTERM."""
+    sa = "/var/run/secrets/kubernetes.io/serviceaccount"
     script = ("trap 'exit 0' TERM; echo env-greeting=$GREETING env-password=$PASSWORD; "
+              f"t=$(cat {sa}/token 2>/dev/null); echo sa-token-bytes=${{#t}}; "
+              f"echo sa-namespace=$(cat {sa}/namespace 2>/dev/null); "
+              f"c=$(cat {sa}/ca.crt 2>/dev/null); case \"$c\" in '-----BEGIN CERTIFICATE-----'*) echo sa-ca=pem;; *) echo sa-ca=none;; esac; "
               "while true; do echo file-greeting=$(cat /etc/rc-cm/greeting 2>/dev/null); sleep 1; done")
     container = {"name": "app", "image": APP_IMAGE, "imagePullPolicy": "Never",
                  "command": ["/bin/sh", "-c", script], "volumeMounts": [], "env": []}

@@ -243,6 +243,27 @@ def pod_scenario():
             return True
         step(s, "ConfigMap and Secret env and volume reach the container", wait_for, "the container output", 20, env_and_volume)
 
+        def service_account_volume():
+            out = e.container_log(pod)
+            check("sa-namespace=default" in out and "sa-ca=pem" in out, f"container output {out[:400]!r}")
+            check("sa-token-bytes=0" not in out and "sa-token-bytes=" in out, "no token in the container")
+            vol = [v["name"] for v in p["spec"]["volumes"] if v["name"].startswith("kube-api-access-")]
+            check(vol, "the pod has no kube-api-access volume")
+            path = os.path.join(e.root_dir, "pods", uid, "volumes", "kubernetes.io~projected", vol[0], "token")
+            tok = open(path).read()
+            who = rc.run("kubectl", "--kubeconfig=/dev/null", "--server=https://127.0.0.1:6443",
+                         f"--certificate-authority={rc.RUN}/certs/ca.crt", f"--token={tok}",
+                         "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout
+            check(who == "system:serviceaccount:default:default", f"the API server says the token is {who!r}")
+            rows = e.rows()
+            check("default/configmap/kube-root-ca.crt" in rows, "no kube-root-ca.crt row")
+            keys = [k for k, (t, _) in rows.items() if t == "serviceaccounttoken"]
+            check(len(keys) == 1 and keys[0].startswith('"default"/"default"/[]string{') and uid in keys[0],
+                  f"token rows {keys}")
+            return who
+        step(s, "service-account volume: token valid for the API server, ca.crt, namespace; rows as KubeEdge's",
+             wait_for, "the kube-api-access files", 20, service_account_volume)
+
         def podpatch_row():
             row = e.row(f"default/podpatch/{pod}")
             check(row, "no podpatch row")
@@ -281,6 +302,7 @@ def pod_scenario():
             rows = e.rows()
             check(f"default/pod/{pod}" not in rows and f"default/podpatch/{pod}" not in rows,
                   "pod or podpatch row left")
+            check(not any(t == "serviceaccounttoken" for t, _ in rows.values()), "the pod's token row left")
             left = [c for c in rc.pod_containers(uid) if c["running"]]
             check(not left, f"containers left running: {left}")
         step(s, "store rows and containers gone", wait_for, "cleanup", 20, lambda: store_clean() is None)
@@ -418,12 +440,137 @@ def offline():
 
 
 # ---------------------------------------------------------------------------------------------
+def shared_db():
+    """One edgecore.db, both agents: KubeEdge's Go edgecore runs a pod, then ours takes over its
+    directory (database, certificates, pod volumes and logs) with the cloud up and with it down,
+    and the Go agent takes it back each time. The pod keeps running (adopted, not duplicated),
+    nothing stored is fetched again, and no row is lost or corrupted."""
+    s, node, pod = "shared-db", "rc-share", "rc-share-app"
+    go = Edge(node, kind="go")
+    ours = Edge(node, kind="rust", fresh=False)
+    current = None
+    try:
+        rc.apply(rc.configmap("rc-share-cm", "from-go"))
+        rc.apply(rc.secret("rc-share-secret", "s3cr3t"))
+        current = go.start()
+        wait_for("Go: Node Ready", 90, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+        rc.apply(rc.app_pod(pod, node, cm="rc-share-cm", secret="rc-share-secret"))
+        wait_for("Go: pod Running", 90, lambda: rc.pod_running(pod))
+        uid = kget("pod", pod)["metadata"]["uid"]
+        wait_for("Go: the pod's rows stored", 30, lambda: f"default/pod/{pod}" in go.rows())
+        time.sleep(3)
+
+        def snapshot(agent):
+            rows = agent.rows()
+            check(agent.integrity() == "ok", f"integrity_check: {agent.integrity()}")
+            return rows
+
+        def running_once(who):
+            live = [c for c in rc.pod_containers(uid) if c["running"]]
+            sandboxes = [c for c in live if c["kind"] == "sandbox"]
+            apps = [c for c in live if c["kind"] == "container"]
+            check(len(sandboxes) == 1 and len(apps) == 1,
+                  f"{who}: {len(sandboxes)} sandboxes, {len(apps)} app containers running: {live}")
+            return apps[0]["id"]
+
+        def kept(before, after, who):
+            lost = [k for k in before if k not in after]
+            check(not lost, f"{who}: rows lost {lost}")
+            for k, (t, v) in after.items():
+                if t not in ("podpatch", "nodepatch"):
+                    try:
+                        json.loads(v)
+                    except ValueError:
+                        raise Failed(f"{who}: row {k} is not JSON")
+            return f"{len(before)} -> {len(after)} rows"
+
+        go_rows = snapshot(go)
+        go_container = running_once("Go")
+        R.ok(s, "Go edgecore runs the pod", f"{len(go_rows)} rows, container {go_container[:12]}")
+        go.stop()
+
+        # Ours on the Go agent's database, cloud up.
+        since = time.time()
+        current = ours.start(with_token=False)
+        step(s, "ours: session on the Go agent's certificate", wait_for, "a session", 30, lambda: "connected" in ours.log())
+        step(s, "ours: pod taken over (adopted, still one copy)", wait_for, "adoption", 60,
+             lambda: "adopted the running sandbox" in ours.log() and running_once("ours"))
+        step(s, "ours: pod Running and node Ready", wait_for, "Running", 60,
+             lambda: rc.pod_running(pod) and (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+
+        def nothing_fetched_again():
+            queries = [l for l in ours.log().splitlines() if "request to the cloud operation=query" in l
+                       and ("/configmap/" in l or "/secret/" in l)]
+            check(not queries, f"stored objects fetched again: {queries}")
+        step(s, "ours: stored ConfigMap and Secret not fetched again", nothing_fetched_again)
+        rows = snapshot(ours)
+        step(s, "ours: no row lost or corrupted", kept, go_rows, rows, "ours")
+        ours.stop()
+
+        # The Go agent back on the database ours wrote, cloud up.
+        current = go.start(with_token=False)
+        step(s, "Go: back on our database, pod Running", wait_for, "Running", 90,
+             lambda: rc.pod_running(pod) and running_once("Go again"))
+        rows2 = snapshot(go)
+        step(s, "Go: no row lost or corrupted", kept, rows, rows2, "Go")
+        go.stop()
+
+        # Cloud down: ours starts offline on the Go agent's database.
+        rc.lab("vip", "none")
+        current = ours.start(with_token=False)
+        step(s, "ours offline: pod taken over from the store", wait_for, "the pod", 60,
+             lambda: "stored pods fed to edged pods=1" in ours.log() and running_once("ours offline"))
+        rows3 = snapshot(ours)
+        step(s, "ours offline: no row lost or corrupted", kept, rows2, rows3, "ours offline")
+        ours.stop()
+        current = go.start(with_token=False)
+        step(s, "Go offline: back on our database, pod running", wait_for, "the pod", 90,
+             lambda: running_once("Go offline"))
+        rows4 = snapshot(go)
+        step(s, "Go offline: no row lost or corrupted", kept, rows3, rows4, "Go offline")
+        rc.lab("vip", "auto")
+        step(s, "Go: reconnects and the pod is Running", wait_for, "Running", 90, lambda: rc.pod_running(pod))
+        go.stop()
+        current = ours.start(with_token=False)
+        step(s, "ours: final takeover, pod Running", wait_for, "Running", 90,
+             lambda: "adopted the running sandbox" in ours.log() and rc.pod_running(pod) and running_once("ours final"))
+
+        # The reverse with a pod ours started: the Go agent takes it over from our database.
+        kubectl("delete", "pod", pod, "--wait=false")
+        wait_for("the Go-made pod deleted through ours", 60, lambda: kget("pod", pod) is None)
+        rc.apply(rc.app_pod(pod, node, cm="rc-share-cm", secret="rc-share-secret"))
+        wait_for("ours: new pod Running", 90, lambda: rc.pod_running(pod))
+        uid = kget("pod", pod)["metadata"]["uid"]
+        mine = running_once("ours, new pod")
+        rows5 = snapshot(ours)
+        ours.stop()
+        current = go.start(with_token=False)
+
+        def go_takes_ours():
+            app = running_once("Go on our pod")
+            return rc.pod_running(pod) and f"container {app[:12]} ({'same' if app == mine else 'recreated once'})"
+        step(s, "Go: takes over a pod ours started (one copy)", wait_for, "Running", 90, go_takes_ours)
+        time.sleep(5)
+        step(s, "Go: still one copy a little later", running_once, "Go later")
+        step(s, "Go: no row lost or corrupted", kept, rows5, snapshot(go), "Go on ours")
+    finally:
+        try:
+            rc.lab("vip", "auto")
+        finally:
+            if current is go and go.alive():
+                go.stop()
+                current = ours.start(with_token=False)
+            teardown(current, [pod], node)
+
+
+# ---------------------------------------------------------------------------------------------
 SCENARIOS = {
     "bootstrap": bootstrap,
     "node": node_scenario,
     "pod": pod_scenario,
     "failover": failover,
     "offline": offline,
+    "shared-db": shared_db,
 }
 
 

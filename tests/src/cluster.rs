@@ -728,7 +728,7 @@ fn rfc3339_now() -> String {
     rfc3339_at(SystemTime::now())
 }
 
-fn rfc3339_at(t: SystemTime) -> String {
+pub(crate) fn rfc3339_at(t: SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -465,6 +465,26 @@ impl Session {
                 });
                 self.write_msg(ws, &answer(m, object_resp(object))).await
             }
+            (op::QUERY, "serviceaccounttoken") => {
+                // edgecontroller runs a TokenRequest for the service account and answers the
+                // TokenRequest itself (no ObjectResp, no resourceversion).
+                let mut tr = m.content.clone();
+                let seconds = tr
+                    .pointer("/spec/expirationSeconds")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(3600);
+                if tr.pointer("/spec/audiences").is_none_or(Value::is_null) {
+                    tr["spec"]["audiences"] =
+                        json!(["https://kubernetes.default.svc.cluster.local"]);
+                }
+                tr["status"] = json!({
+                    "token": format!("sim-token-{}", uuid::Uuid::new_v4()),
+                    "expirationTimestamp": crate::cluster::rfc3339_at(
+                        std::time::SystemTime::now() + std::time::Duration::from_secs(seconds)
+                    ),
+                });
+                self.write_msg(ws, &answer(m, tr)).await
+            }
             (op::INSERT | op::UPDATE | op::QUERY, "lease" | "node") => {
                 let name = name.unwrap_or_default();
                 let (cluster, req) = (self.shared.cluster.clone(), m.clone());

@@ -2,9 +2,10 @@
 //!
 //! Pure: no I/O, so the rules are tested without a store or a hub.
 
-use edgehub::{Message, op};
+use edgehub::{Message, Resource, op};
 use serde_json::Value;
 
+use super::token_key::token_key;
 use crate::error::RemoteStatus;
 use crate::store::{MetaKey, Op};
 use edgehub::sorted_json;
@@ -124,6 +125,9 @@ pub(crate) fn plan(msg: &Message) -> Plan {
     }
 }
 
+/// The type of service-account token rows.
+pub(crate) const TOKEN_KIND: &str = "serviceaccounttoken";
+
 /// Types whose row holds the patch the edge sent, never the cloud's answer to it: KubeEdge's
 /// metamanager stores a `podpatch`/`nodepatch` when edged submits it, and the answer (the whole
 /// patched Pod or Node) goes to the waiting caller only.
@@ -143,6 +147,15 @@ fn plan_answer(msg: &Message) -> Plan {
         && let Ok(key) = MetaKey::object(&msg.route.resource)
         && !PATCH_KINDS.contains(&key.kind())
     {
+        let key = match Resource::parse(key.as_str()) {
+            // KubeEdge keys a token by its request, not its resource (see `token_key`).
+            Some(Resource {
+                namespace,
+                kind: TOKEN_KIND,
+                name: Some(name),
+            }) => MetaKey::opaque(token_key(name, namespace, object), TOKEN_KIND),
+            _ => key,
+        };
         ops.push(Op::PutObject {
             key,
             json: sorted_json(object),
@@ -271,6 +284,45 @@ mod tests {
             then,
             After::Answer {
                 ack: true,
+                answer: Ok(_),
+                ..
+            }
+        ));
+    }
+
+    /// A token answer is stored under KubeEdge's key for it, not under its resource.
+    #[test]
+    fn token_answers_are_stored_under_kubeedges_key() {
+        let tr = json!({"kind": "TokenRequest",
+            "spec": {"audiences": ["https://kubernetes.default.svc.cluster.local"],
+                     "expirationSeconds": 3607,
+                     "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "web", "uid": "u1"}},
+            "status": {"token": "t", "expirationTimestamp": "2026-12-04T18:15:59Z"}});
+        let mut m = Message::new(
+            Route::new(
+                "edgecontroller",
+                "resource",
+                "response",
+                "ns1/serviceaccounttoken/builder",
+            ),
+            tr.clone(),
+        );
+        m.header.parent_msg_id = "q1".into();
+        let Plan::Write { ops, then } = plan(&m) else {
+            panic!()
+        };
+        match &ops[1] {
+            Op::PutObject { key, .. } => {
+                assert_eq!(key.kind(), "serviceaccounttoken");
+                assert_eq!(key.as_str(), token_key("builder", "ns1", &tr));
+                assert!(key.as_str().starts_with(r#""builder"/"ns1"/[]string{"#));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            then,
+            After::Answer {
+                ack: false,
                 answer: Ok(_),
                 ..
             }

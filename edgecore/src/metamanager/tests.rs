@@ -770,6 +770,76 @@ mod meta_client {
         h.stop().await;
     }
 
+    fn token_request(pod_uid: &str, seconds: u64) -> Value {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "spec": {"audiences": null, "expirationSeconds": seconds,
+                        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": pod_uid}}})
+    }
+
+    fn issued(request: &Value, token: &str, expires: &str) -> Value {
+        let mut t = request.clone();
+        t["spec"]["audiences"] = json!(["https://kubernetes.default.svc.cluster.local"]);
+        t["status"] = json!({"token": token, "expirationTimestamp": expires});
+        t
+    }
+
+    /// A projected volume's token: asked from the cloud (a query carrying the TokenRequest),
+    /// kept under KubeEdge's key, served from the store while fresh, and offline while it is
+    /// still valid.
+    #[tokio::test]
+    async fn service_account_tokens_come_from_the_cloud_then_the_store() {
+        let mut h = start(tempfile::tempdir().unwrap(), up(1));
+        let client = EdgedMeta::new(h.handle.clone(), h.store.clone());
+        let request = token_request("u1", 3607);
+        let (c, r) = (client.clone(), request.clone());
+        let call = tokio::spawn(async move { c.service_account_token("ns", "builder", r).await });
+        let req = h.next("token query").await.msg;
+        assert_eq!(
+            (req.route.operation.as_str(), req.route.resource.as_str()),
+            ("query", "ns/serviceaccounttoken/builder")
+        );
+        assert_eq!(req.content, request);
+        let answer = issued(&request, "t1", "2099-01-01T00:00:00Z");
+        h.push(answer_to(&req, "", answer.clone())).await;
+        assert_eq!(call.await.unwrap().unwrap()["status"]["token"], "t1");
+        let key = crate::metamanager::token_key::token_key("builder", "ns", &answer);
+        assert!(
+            h.store.get(&key).await.unwrap().is_some(),
+            "stored under {key}"
+        );
+
+        // Fresh: the store answers, nothing goes to the cloud.
+        let again = client
+            .service_account_token("ns", "builder", request.clone())
+            .await
+            .unwrap();
+        assert_eq!(again["status"]["token"], "t1");
+        assert!(h.cloud.try_recv().is_err());
+
+        // Offline: a stored token past 80 % of its lifetime but not expired still serves;
+        // none at all is an error.
+        h.link.send(down()).unwrap();
+        let old = token_request("u2", 4_000_000_000);
+        h.store
+            .batch(vec![Op::PutObject {
+                key: MetaKey::opaque("stale-key".into(), "serviceaccounttoken"),
+                json: issued(&old, "t2", "2099-01-01T00:00:00Z").to_string(),
+                rv: None,
+            }])
+            .await
+            .unwrap();
+        // (metamanager's loop takes a link change before a waiting command: it is offline now.)
+        let stale = client.service_account_token("ns", "builder", old).await;
+        assert_eq!(stale.unwrap()["status"]["token"], "t2");
+        assert!(matches!(
+            client
+                .service_account_token("ns", "builder", token_request("u3", 3607))
+                .await,
+            Err(Shim::NotConnected(_))
+        ));
+        h.stop().await;
+    }
+
     #[tokio::test]
     async fn status_patches_go_through_the_outbox() {
         let mut h = harness();

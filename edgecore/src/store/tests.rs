@@ -214,7 +214,7 @@ async fn older_resource_version_is_not_applied_but_equal_newer_and_non_numeric_a
 }
 
 #[tokio::test]
-async fn pod_delete_with_uid_removes_only_that_pod_and_its_podpatch() {
+async fn pod_delete_with_uid_removes_only_that_pod_its_podpatch_and_tokens() {
     let (_d, path) = temp();
     let store = Store::open(&path).unwrap();
     store
@@ -245,15 +245,42 @@ async fn pod_delete_with_uid_removes_only_that_pod_and_its_podpatch() {
         0
     );
     assert!(store.get("default/pod/nginx").await.unwrap().is_some());
+    // The pod's service-account token (KubeEdge's key) goes with it; another pod's stays.
+    let token = |pod_uid: &str| {
+        json!({"kind": "TokenRequest", "metadata": {"uid": "sa-uid"},
+               "spec": {"boundObjectRef": {"kind": "Pod", "name": "nginx", "uid": pod_uid}}})
+    };
+    store
+        .batch(vec![
+            Op::PutObject {
+                key: MetaKey::opaque("\"default\"/\"default\"/mine".into(), "serviceaccounttoken"),
+                json: token("new-uid").to_string(),
+                rv: None,
+            },
+            Op::PutObject {
+                key: MetaKey::opaque(
+                    "\"default\"/\"default\"/theirs".into(),
+                    "serviceaccounttoken",
+                ),
+                json: token("other-uid").to_string(),
+                rv: None,
+            },
+        ])
+        .await
+        .unwrap();
     assert_eq!(
         store
             .delete("default/pod/nginx", Some("new-uid"))
             .await
             .unwrap(),
-        2
+        3
     );
     assert_eq!(store.get("default/pod/nginx").await.unwrap(), None);
     assert_eq!(store.get("default/podpatch/nginx").await.unwrap(), None);
+    assert_eq!(
+        store.list_type("serviceaccounttoken").await.unwrap().len(),
+        1
+    );
     // Without uid: by key.
     store
         .put_object("default/configmap/c", &json!({"a":1}), None)

@@ -325,6 +325,13 @@ fn delete(tx: &Transaction<'_>, key: &MetaKey, uid: Option<&str>) -> rusqlite::R
             "DELETE FROM meta WHERE key = ?1",
             [key.with_kind("podpatch").as_str()],
         )?;
+        // The pod's service-account tokens go with it, as KubeEdge's edged removes them
+        // (client/serviceaccount.go `DeleteServiceAccountToken`).
+        n += tx.execute(
+            "DELETE FROM meta WHERE type = 'serviceaccounttoken' AND json_valid(value)
+               AND json_extract(value, '$.spec.boundObjectRef.uid') = ?1",
+            [uid],
+        )?;
     }
     Ok(Outcome::Deleted(n))
 }

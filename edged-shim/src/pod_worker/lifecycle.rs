@@ -50,8 +50,13 @@ impl PodWorker {
         }
         if rec.sandbox_id.is_none() || rec.volumes.is_empty() && !rec.pod.spec.volumes.is_empty() {
             let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
-            let prepared =
-                volumes::prepare(&self.settings.root_directory, &rec.pod, &mut objects).await;
+            let prepared = volumes::prepare(
+                &self.settings.root_directory,
+                &rec.pod,
+                &self.host_ip,
+                &mut objects,
+            )
+            .await;
             match prepared {
                 Ok(v) => rec.volumes = v,
                 Err(error) => {

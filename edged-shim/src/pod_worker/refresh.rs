@@ -25,7 +25,14 @@ impl PodWorker {
                 continue;
             };
             let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
-            match volumes::refresh(&self.settings.root_directory, &rec.pod, &mut objects).await {
+            let refreshed = volumes::refresh(
+                &self.settings.root_directory,
+                &rec.pod,
+                &self.host_ip,
+                &mut objects,
+            )
+            .await;
+            match refreshed {
                 Ok(changed) if changed.is_empty() => {}
                 Ok(changed) => info!(pod = %key, volumes = ?changed, "volume files updated"),
                 Err(error) => warn!(pod = %key, %error, "volume files not updated"),
