@@ -79,6 +79,28 @@ pub(crate) struct ContainerView {
     pub(crate) state: ApiState,
     pub(crate) last_state: Option<ApiState>,
     pub(crate) restart_count: u32,
+    /// The container's `volumeMounts`, as the kubelet (1.30+) reports them in its status.
+    pub(crate) volume_mounts: Vec<MountView>,
+}
+
+/// One entry of a container status' `volumeMounts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountView {
+    pub(crate) name: String,
+    pub(crate) mount_path: String,
+    pub(crate) read_only: bool,
+}
+
+impl MountView {
+    fn to_json(&self) -> Value {
+        let mut m = json!({"mountPath": self.mount_path, "name": self.name});
+        if self.read_only {
+            // Recursive read-only mounts are not asked for: the kubelet says so.
+            m["readOnly"] = json!(true);
+            m["recursiveReadOnly"] = json!("Disabled");
+        }
+        m
+    }
 }
 
 impl ContainerView {
@@ -209,6 +231,10 @@ pub(crate) fn status_patch(view: &PodView, transitions: &[String; 5]) -> String 
             if !c.container_id.is_empty() {
                 s["containerID"] = json!(c.container_id);
             }
+            if !c.volume_mounts.is_empty() {
+                s["volumeMounts"] =
+                    Value::Array(c.volume_mounts.iter().map(MountView::to_json).collect());
+            }
             s
         })
         .collect();
@@ -247,6 +273,7 @@ mod tests {
             },
             last_state: None,
             restart_count: 0,
+            volume_mounts: Vec::new(),
         }
     }
 

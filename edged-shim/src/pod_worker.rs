@@ -17,7 +17,8 @@ use crate::meta::{MetaClient, PodEvent, VolumeSource};
 use crate::node_status::META_CALL_TIMEOUT;
 use crate::pod::{Pod, PullPolicy, RestartPolicy};
 use crate::pod_status::{
-    ApiState, CONDITIONS, ContainerView, POD_SCHEDULED, PodView, condition_states, status_patch,
+    ApiState, CONDITIONS, ContainerView, MountView, POD_SCHEDULED, PodView, condition_states,
+    status_patch,
 };
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,

@@ -564,6 +564,101 @@ def shared_db():
 
 
 # ---------------------------------------------------------------------------------------------
+def compare():
+    """KubeEdge's Go edgecore and ours on the same pod, one after the other: what each stores
+    (row keys and types) and what each makes CloudCore write (pod and node status patches, Lease
+    writes, deletes, from the audit log). Prints the differences, keeps them in
+    $REALCLOUD_ROOT/run/results/compare.json, and checks the store shape and the deletes."""
+    s = "compare"
+    seen = {}
+    rc.apply(rc.configmap("rc-cmp-cm", "hello"))
+    rc.apply(rc.secret("rc-cmp-secret", "s3cr3t"))
+    for kind in ("go", "rust"):
+        node, pod = f"rc-cmp-{kind}", f"rc-cmp-{kind}-app"
+        e = Edge(node, kind=kind)
+        try:
+            since = time.time()
+            e.start()
+            wait_for(f"{kind}: Node Ready", 90, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+            rc.apply(rc.app_pod(pod, node, cm="rc-cmp-cm", secret="rc-cmp-secret"))
+            wait_for(f"{kind}: pod Running", 90, lambda: rc.pod_running(pod))
+            uid = kget("pod", pod)["metadata"]["uid"]
+            time.sleep(25)  # two Lease renewals and a few status computations
+            rows = e.rows()
+            window = time.time() - since
+            kubectl("delete", "pod", pod, "--wait=false")
+            wait_for(f"{kind}: pod gone", 60, lambda: kget("pod", pod) is None)
+            time.sleep(6)
+
+            def norm(k):
+                return k.replace(uid, "<uid>").replace(pod, "<pod>").replace(node, "<node>")
+            ev = lambda **kw: rc.audit_events(since=since, **kw)
+            pod_patches = [x["requestObject"] for x in ev(verb="patch", resource="pods/status", name=pod)]
+            seen[kind] = {
+                "rows": sorted(f"{t} {norm(k)}" for k, (t, _) in rows.items()),
+                "window_s": round(window),
+                "node_status_patches": len(ev(verb="patch", resource="nodes/status", name=node)),
+                "lease_creates": len(ev(verb="create", resource="leases", name=node)),
+                "lease_updates": len(ev(verb="update", resource="leases", name=node)),
+                "pod_status_patches": len(pod_patches),
+                "pod_deletes": len(ev(verb="delete", resource="pods", name=pod)),
+                "first_pod_patch": pod_patches[0] if pod_patches else None,
+                "running_pod_patch": next((p for p in pod_patches if '"running"' in json.dumps(p)), None),
+                "node_create": next((x["requestObject"] for x in ev(verb="create", resource="nodes", name=node)), None),
+                "lease_create": next((x["requestObject"] for x in ev(verb="create", resource="leases", name=node)), None),
+            }
+        finally:
+            teardown(e, [pod], node)
+    go, ours = seen["go"], seen["rust"]
+    os.makedirs(os.path.join(rc.RUN, "results"), exist_ok=True)
+    with open(os.path.join(rc.RUN, "results", "compare.json"), "w") as f:
+        json.dump(seen, f, indent=1, sort_keys=True)
+
+    def shape(patch):
+        """status keys, then per condition type the keys it carries."""
+        if not patch:
+            return None
+        st = patch.get("status", {})
+        conds = {c.get("type"): sorted(k for k in c if k != "type") for c in st.get("conditions", [])}
+        cs = st.get("containerStatuses", [{}])
+        return {"status": sorted(st), "conditions": conds, "containerStatus": sorted(cs[0]) if cs else []}
+
+    print("    store rows, Go only:   ", sorted(set(go["rows"]) - set(ours["rows"])), flush=True)
+    print("    store rows, ours only: ", sorted(set(ours["rows"]) - set(go["rows"])), flush=True)
+    for k in ("window_s", "node_status_patches", "lease_creates", "lease_updates", "pod_status_patches", "pod_deletes"):
+        print(f"    {k:22s} Go {go[k]:>4}   ours {ours[k]:>4}", flush=True)
+    print("    Running pod patch, Go:  ", json.dumps(shape(go["running_pod_patch"])), flush=True)
+    print("    Running pod patch, ours:", json.dumps(shape(ours["running_pod_patch"])), flush=True)
+
+    def same_rows():
+        only_go = sorted(set(go["rows"]) - set(ours["rows"]))
+        only_ours = sorted(set(ours["rows"]) - set(go["rows"]))
+        check(not only_go and not only_ours, f"Go only {only_go}; ours only {only_ours}")
+        return f"{len(go['rows'])} row kinds"
+    step(s, "same store rows (keys and types) as KubeEdge's agent", same_rows)
+
+    def deletes():
+        check(go["pod_deletes"] == 1 and ours["pod_deletes"] == 1, f"Go {go['pod_deletes']}, ours {ours['pod_deletes']}")
+    step(s, "one pod delete each", deletes)
+
+    def lease_like():
+        for who, d in (("Go", go), ("ours", ours)):
+            lc = d["lease_create"]
+            check(lc and lc["spec"]["holderIdentity"] and lc["spec"]["leaseDurationSeconds"] == 40, f"{who}: {lc}")
+            check(d["lease_updates"] >= 2, f"{who}: {d['lease_updates']} renewals in {d['window_s']} s")
+    step(s, "both create the Lease and renew it every 10 s", lease_like)
+
+    def conditions_like():
+        g, o = shape(go["running_pod_patch"]), shape(ours["running_pod_patch"])
+        check(g and o, "a Running patch is missing")
+        for t, keys in g["conditions"].items():
+            check(t in o["conditions"], f"ours lacks condition {t}")
+            if "reason" in keys:
+                check("reason" in o["conditions"][t], f"{t}: Go sets reason (null), ours does not")
+    step(s, "the Running patch names the conditions KubeEdge's does, clearing reasons the same way", conditions_like)
+
+
+# ---------------------------------------------------------------------------------------------
 SCENARIOS = {
     "bootstrap": bootstrap,
     "node": node_scenario,
@@ -571,6 +666,7 @@ SCENARIOS = {
     "failover": failover,
     "offline": offline,
     "shared-db": shared_db,
+    "compare": compare,
 }
 
 

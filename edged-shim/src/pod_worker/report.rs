@@ -45,6 +45,15 @@ impl PodWorker {
                     state,
                     last_state: c.last_terminated.clone(),
                     restart_count: c.restart_count,
+                    volume_mounts: spec
+                        .volume_mounts
+                        .iter()
+                        .map(|m| MountView {
+                            name: m.name.clone(),
+                            mount_path: m.mount_path.clone(),
+                            read_only: m.read_only,
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -132,13 +132,26 @@ fn running(s: &Value) -> bool {
 #[tokio::test(start_paused = true)]
 async fn runs_a_pod_with_env_and_volumes_and_reports_running() {
     let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
-    h.events
-        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
-        .await
-        .unwrap();
+    let mut web = pod("web", "Always", json!({}));
+    web["spec"]["containers"][0]["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "sa", "mountPath": "/var/run/secrets/x", "readOnly": true}));
+    web["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "sa", "emptyDir": {}}));
+    h.events.send(PodEvent::Upsert(web)).await.unwrap();
     let patch = h.status("web", "running status", running).await;
     assert_eq!(patch["metadata"]["uid"], "uid-web");
     let s = &patch["status"];
+    // The mounts in the container status, as the kubelet reports them.
+    assert_eq!(
+        s["containerStatuses"][0]["volumeMounts"],
+        json!([{"mountPath": "/etc/conf", "name": "conf"},
+               {"mountPath": "/var/run/secrets/x", "name": "sa", "readOnly": true,
+                "recursiveReadOnly": "Disabled"}])
+    );
     assert_eq!(s["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(s["containerStatuses"][0]["ready"], true);
     assert_eq!(s["hostIP"], "192.168.1.50");
