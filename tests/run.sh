@@ -38,6 +38,10 @@ tests/cri/setup.sh down
 trap - EXIT
 echo "containerd stage took $(( $(date +%s) - cri_started ))s"
 
+step "the real cloud: a real kube-apiserver and two real CloudCore replicas (tests/realcloud)"
+# Skipped, saying why, where the real-cloud binaries are not available (see its README).
+bash tests/realcloud/run.sh
+
 if [ -x tests/vip/vip-failover.sh ] || [ -f tests/vip/vip-failover.sh ]; then
   step "keepalived + haproxy failover in network namespaces"
   bash tests/vip/vip-failover.sh
