@@ -9,6 +9,7 @@
 #   lab.sh down      stop what this script started (recorded PIDs only), unmount, stop containerd
 #   lab.sh vip a|b|auto|none|status   move the VIP (haproxy runtime API), see vip_usage below
 #   lab.sh replica   which replica holds an edge session through the VIP: a, b or none
+#   lab.sh sessions a|b   how many edge sessions haproxy holds on that replica
 #   lab.sh status    one screen of state
 #
 # Everything listens on 127.0.0.1-.3 and .9, which are already on lo: no address is added to any
@@ -226,6 +227,10 @@ replica() { # which replica holds the edge session(s) through the VIP: a, b, a+b
     END { out = ""; if ("a" in s) out = "a"; if ("b" in s) out = out (out ? "+" : "") "b"; print (out ? out : "none") }'
 }
 
+sessions() { # how many edge sessions haproxy holds on replica $1
+  hap "show sess" | awk -v want="srv=$1" '/ fe=ws / { for (i = 1; i <= NF; i++) if ($i == want) n++ } END { print n + 0 }'
+}
+
 status() {
   [ -f "$RC_PIDS" ] && while read -r name pid; do
     printf "%-16s pid=%-8s %s\n" "$name" "$pid" "$(pid_alive "$pid" && echo alive || echo DEAD)"
@@ -240,6 +245,7 @@ case "${1:-}" in
   down) down ;;
   vip) vip "${2:-status}" ;;
   replica) replica ;;
+  sessions) sessions "${2:?a|b}" ;;
   status) status ;;
   start-cc) up_cc "${2:?a|b}" "$([ "${2}" = a ] && echo "$RC_CC_A" || echo "$RC_CC_B")" ;;
   *) sed -n '2,14p' "$0"; exit 2 ;;

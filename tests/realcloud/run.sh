@@ -81,4 +81,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 "$HERE/lab.sh" up
-python3 "$HERE/scenarios.py" "$@"
+if [ "${1:-}" = --fleet ]; then
+  # fleet.sh: the benchmark instead of the scenarios, with more open files for N agents.
+  ulimit -n 65536 2>/dev/null || true
+  $REALCLOUD_SCENARIOS_CMD
+else
+  python3 "$HERE/scenarios.py" "$@"
+fi
