@@ -191,7 +191,8 @@ modules:
 }
 
 /// Path of the `edgecore` binary: `$EDGECORE_BIN`, else built once with
-/// `cargo build -p edgecore --bin edgecore` (honouring `CARGO_TARGET_DIR`).
+/// `cargo build --workspace --bin edgecore` (honouring `CARGO_TARGET_DIR`; cargo's progress
+/// shows on stderr).
 pub fn edgecore_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("EDGECORE_BIN") {
         return Ok(PathBuf::from(p));
@@ -232,14 +233,17 @@ fn build_edgecore() -> Result<PathBuf> {
             cmd.env_remove(name.as_ref());
         }
     }
+    // `--workspace` builds with the features the whole workspace unifies to, which are the ones
+    // `cargo test` and `cargo run -p edgecore-tests` built the dependencies with: nothing is
+    // compiled twice (`-p edgecore` alone rebuilt dozens of crates, minutes on a fresh clone).
+    eprintln!("building edgecore: cargo build --workspace --bin edgecore");
     let out = cmd
         .args([
             "build",
-            "-p",
-            "edgecore",
+            "--workspace",
             "--bin",
             "edgecore",
-            "--message-format=json",
+            "--message-format=json-render-diagnostics",
         ])
         .current_dir(&root)
         .stderr(Stdio::inherit())

@@ -572,27 +572,26 @@ async fn edgecore_without_a_runtime_reports_the_pod_and_keeps_serving() -> Resul
     assert_eq!(status["phase"], "Pending", "{status}");
 
     // The node reports itself not ready because of the runtime (once: an unchanged status
-    // goes up again only every nodeStatusReportFrequency).
-    with_log(
-        events
-            .wait_for(
-                Duration::from_secs(30),
-                "node status with Ready=False",
-                |e| {
-                    let Event::Upstream { msg, .. } = e else {
-                        return false;
-                    };
-                    msg.route.resource == format!("null/nodepatch/{NODE}")
-                        && msg
-                            .content
-                            .as_str()
-                            .is_some_and(|p| p.contains("\"KubeletNotReady\""))
-                },
-            )
-            .await
-            .map(drop),
-        &edge,
-    )?;
+    // goes up again only every nodeStatusReportFrequency). The patch may have gone up before
+    // the pod's, whose wait skipped it: the nodepatch row holds the last patch sent.
+    let db = edge.db_path();
+    let not_ready = eventually(
+        "a node status with Ready=False",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            async move {
+                let meta = edge::read_meta(&db)?;
+                let row = meta
+                    .get(&format!("null/nodepatch/{NODE}"))
+                    .context("no nodepatch row yet")?;
+                ensure!(row.value.contains("\"KubeletNotReady\""), "{}", row.value);
+                Ok(())
+            }
+        },
+    )
+    .await;
+    with_log(not_ready, &edge)?;
     // Its heartbeat is the Lease, renewed (every 1 s with a 4 s duration) whatever the runtime.
     let renewals = lease_renewals(&lab, &edge, 2).await?;
     assert!(renewals.windows(2).all(|w| w[0] < w[1]), "{renewals:?}");
