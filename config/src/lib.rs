@@ -18,6 +18,7 @@ mod duration;
 mod edged;
 mod edgehub;
 mod error;
+mod inert;
 mod load;
 mod other_modules;
 mod types;
@@ -31,6 +32,7 @@ pub use duration::GoDuration;
 pub use edged::{Edged, TailoredKubeletConfig};
 pub use edgehub::{EdgeHub, Failover, Quic, WebSocket};
 pub use error::{ConfigError, ValidationError, ValidationErrors};
+pub use inert::{Inert, inert};
 pub use load::{Loaded, Warning, from_yaml, load, minimal_yaml, to_yaml};
 pub use other_modules::{
     DbTest, DeviceTwin, EdgeStream, EventBus, EventBusTls, ServiceBus, TaskManager,

@@ -1,7 +1,7 @@
 //! `EdgeCoreConfig::validate`: every unusable value at once, each with its key path, the value
 //! and what it should be. Like KubeEdge, a disabled module's section is not checked.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::edgehub::{EdgeHub, Failover};
 use crate::error::{ValidationError, ValidationErrors};
@@ -226,15 +226,16 @@ fn edged(c: &EdgeCoreConfig, p: &mut Problems) {
         p.push(
             "modules.edged.tailoredKubeletConfig.containerRuntimeEndpoint",
             quoted(&k.container_runtime_endpoint),
-            "a CRI endpoint such as unix:///run/containerd/containerd.sock or tcp://host:port",
+            "a CRI endpoint on a unix socket such as unix:///run/containerd/containerd.sock \
+             (tcp:// is not supported)",
         );
     }
     if !k.image_service_endpoint.is_empty() && !is_cri_endpoint(&k.image_service_endpoint) {
         p.push(
             "modules.edged.tailoredKubeletConfig.imageServiceEndpoint",
             quoted(&k.image_service_endpoint),
-            "empty (use containerRuntimeEndpoint) or a CRI endpoint such as \
-             unix:///run/containerd/containerd.sock",
+            "empty (use containerRuntimeEndpoint) or a CRI endpoint on a unix socket such as \
+             unix:///run/containerd/containerd.sock (tcp:// is not supported)",
         );
     }
     if k.node_lease_duration_seconds <= 0 {
@@ -326,15 +327,11 @@ fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SUBDOMAIN_LEN && s.split('.').all(label_ok)
 }
 
-/// `unix:///absolute/path` or `tcp://host:port`.
+/// A CRI endpoint edged can dial: `unix://` and an absolute socket path (the kubelet's
+/// `tcp://` is refused: a CRI socket on the network would give anyone there the node).
 fn is_cri_endpoint(s: &str) -> bool {
-    if let Some(path) = s.strip_prefix("unix://") {
-        return path.len() > 1 && path.starts_with('/');
-    }
-    if let Some(addr) = s.strip_prefix("tcp://") {
-        return is_host_port(addr) || addr.parse::<SocketAddr>().is_ok();
-    }
-    false
+    s.strip_prefix("unix://")
+        .is_some_and(|path| path.len() > 1 && path.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -414,7 +411,9 @@ mod tests {
     #[test]
     fn cri_endpoints() {
         assert!(is_cri_endpoint("unix:///run/containerd/containerd.sock"));
-        assert!(is_cri_endpoint("tcp://127.0.0.1:1234"));
+        // edged only dials unix sockets: a tcp:// endpoint is a configuration error (exit 64),
+        // not a failure after start-up.
+        assert!(!is_cri_endpoint("tcp://127.0.0.1:1234"));
         assert!(!is_cri_endpoint("/run/containerd/containerd.sock"));
         assert!(!is_cri_endpoint("unix://"));
         assert!(!is_cri_endpoint("unix://relative.sock"));

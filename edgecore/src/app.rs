@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::health::{HealthServer, ReadyState, follow_link};
+use crate::health::{HealthServer, ReadyState, follow_link, follow_runtime};
 use crate::link::CloudLink;
 use crate::meta_client::EdgedMeta;
 use crate::metamanager::{MetaSettings, spawn_metamanager};
@@ -63,9 +63,17 @@ pub async fn run(
     let store = Store::open(&config.database.data_source)
         .with_context(|| format!("opening {}", config.database.data_source.display()))?;
     let cancel = CancellationToken::new();
+    let hub_cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let (runtime_tx, runtime_rx) = watch::channel(None);
     if let Some(health) = health {
-        health.spawn(metrics.clone(), ready_rx, cancel.child_token(), &tracker);
+        health.spawn(
+            metrics.clone(),
+            ready_rx,
+            runtime_rx,
+            cancel.child_token(),
+            &tracker,
+        );
     }
     tracker.spawn(
         sample_store_size(
@@ -124,7 +132,8 @@ pub async fn run(
                 hub: config.modules.edge_hub.clone(),
             },
             inbound_tx,
-            cancel.child_token(),
+            // The hub stops last: metamanager's final acks go out before its close frame.
+            hub_cancel.clone(),
             &tracker,
         )
         .context("starting the cloud link (modules.edgeHub)")?;
@@ -178,7 +187,16 @@ pub async fn run(
         )
     };
     if let Some(pods_rx) = pods_rx {
-        start_edged(&config, &meta, &store, pods_rx, &cancel, &tracker)?;
+        let edged = start_edged(&config, &meta, &store, pods_rx, &cancel, &tracker)?;
+        tracker.spawn(
+            follow_runtime(
+                edged.runtime_state(),
+                runtime_tx,
+                metrics.edged(),
+                cancel.child_token(),
+            )
+            .instrument(tracing::info_span!("runtime_readiness")),
+        );
     }
     tracing::info!(node = %node_name, "edgecore started");
 
@@ -190,9 +208,16 @@ pub async fn run(
     if let Some(ready) = &offline_ready {
         ready.send_replace(ReadyState::Stopping);
     }
-    // Cancelling stops the hub from taking cloud messages; metamanager finishes the batch it is
-    // committing and hands its acks to the hub before it returns.
+    // Shutdown in order: metamanager stops taking cloud messages, finishes the transaction it
+    // is committing and queues its acks; then the hub writes what is queued and its close frame.
     cancel.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, meta.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "metamanager did not stop in time; closing the cloud link anyway");
+    }
+    hub_cancel.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -226,28 +251,38 @@ fn start_edged(
     pods: mpsc::Receiver<edged_shim::PodEvent>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<edged_shim::EdgedHandle> {
     let settings = edged_shim::EdgedSettings::from_config(&config.modules.edged);
     let endpoint = &config
         .modules
         .edged
         .tailored_kubelet_config
         .container_runtime_endpoint;
+    let images = &config
+        .modules
+        .edged
+        .tailored_kubelet_config
+        .image_service_endpoint;
     let runtime = edged_shim::CriRuntime::new(endpoint, settings.runtime_request_timeout)
         .with_context(|| {
             format!(
                 "modules.edged.tailoredKubeletConfig.containerRuntimeEndpoint {endpoint:?} is not usable"
             )
+        })?
+        .with_image_endpoint(images)
+        .with_context(|| {
+            format!(
+                "modules.edged.tailoredKubeletConfig.imageServiceEndpoint {images:?} is not usable"
+            )
         })?;
-    edged_shim::spawn(
+    Ok(edged_shim::spawn(
         settings,
         EdgedMeta::new(meta.clone(), store.clone()),
         pods,
         Box::new(runtime),
         cancel.child_token(),
         tracker,
-    );
-    Ok(())
+    ))
 }
 
 /// A future that resolves on SIGTERM or SIGINT. The handlers are installed by this call (so a

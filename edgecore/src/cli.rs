@@ -111,6 +111,21 @@ fn load_config(path: &std::path::Path) -> Result<config::EdgeCoreConfig, ExitCod
         eprintln!("edgecore: {}: {e}", path.display());
         ExitCode::from(EXIT_BAD_CONFIG)
     })?;
+    let inert = config::inert(&loaded.config);
+    if !inert.modules.is_empty() {
+        tracing::warn!(
+            path = %path.display(),
+            modules = %inert.modules.join(", "),
+            "modules enabled in the config that this edgecore does not run; the cloud's messages for them are dropped"
+        );
+    }
+    if !inert.keys.is_empty() {
+        tracing::warn!(
+            path = %path.display(),
+            keys = %inert.keys.join(", "),
+            "keys accepted but with no effect in this edgecore (KubeEdge's edgecore would use them)"
+        );
+    }
     Ok(loaded.config)
 }
 

@@ -29,6 +29,25 @@ pub struct CriRuntime {
     timeout: Duration,
 }
 
+/// A channel that dials the unix socket of `endpoint` on first use.
+fn lazy_channel(endpoint: &str, request_timeout: Duration) -> Result<Channel, RuntimeError> {
+    let path = socket_path(endpoint)?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(RuntimeError::Endpoint {
+            endpoint: endpoint.to_owned(),
+            why: "the CRI client must be created inside a Tokio runtime",
+        });
+    }
+    // The URI is required by tonic but unused: the connector dials the socket.
+    Ok(Endpoint::from_static("http://[::]:50051")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(request_timeout)
+        .connect_with_connector_lazy(service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        })))
+}
+
 /// The socket path of `unix:///path` (or a bare absolute path).
 fn socket_path(endpoint: &str) -> Result<PathBuf, RuntimeError> {
     let bad = |why| RuntimeError::Endpoint {
@@ -54,30 +73,22 @@ impl CriRuntime {
     /// [`RuntimeError::Unavailable`] until it is. Every call is bounded by `request_timeout`.
     /// Must be called inside a Tokio runtime.
     pub fn new(endpoint: &str, request_timeout: Duration) -> Result<Self, RuntimeError> {
-        let path = socket_path(endpoint)?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(RuntimeError::Endpoint {
-                endpoint: endpoint.to_owned(),
-                why: "the CRI client must be created inside a Tokio runtime",
-            });
-        }
-        // The URI is required by tonic but unused: the connector dials the socket.
-        let channel =
-            Endpoint::from_static("http://[::]:50051")
-                .connect_timeout(CONNECT_TIMEOUT)
-                .timeout(request_timeout)
-                .connect_with_connector_lazy(service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }));
+        let channel = lazy_channel(endpoint, request_timeout)?;
         Ok(Self {
             endpoint: endpoint.to_owned(),
             runtime: RuntimeServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             timeout: request_timeout,
         })
+    }
+
+    /// Image calls (status, pull) go to `endpoint` instead (`imageServiceEndpoint`, for a
+    /// runtime that serves images on another socket); an empty one keeps the runtime's.
+    pub fn with_image_endpoint(mut self, endpoint: &str) -> Result<Self, RuntimeError> {
+        if !endpoint.is_empty() && endpoint != self.endpoint {
+            self.images = ImageServiceClient::new(lazy_channel(endpoint, self.timeout)?);
+        }
+        Ok(self)
     }
 
     fn error(&self, call: &'static str, status: tonic::Status) -> RuntimeError {
