@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use edged_shim::RuntimeState;
 use edgehub::{HubStats, LinkState};
 use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::metrics::{self, HubMetrics, Metrics};
+use crate::metrics::{self, EdgedMetrics, HubMetrics, Metrics};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 16;
@@ -159,6 +160,26 @@ pub async fn follow_link(
     ready.send_replace(ReadyState::Stopping);
 }
 
+/// Mirrors edged's container-runtime state into `/readyz` (its second line) and
+/// `edgecore_edged_runtime_up` until `cancel` or until edged is gone.
+pub(crate) async fn follow_runtime(
+    mut from: watch::Receiver<RuntimeState>,
+    to: watch::Sender<Option<RuntimeState>>,
+    metrics: EdgedMetrics,
+    cancel: CancellationToken,
+) {
+    loop {
+        let state = from.borrow_and_update().clone();
+        metrics.set_runtime_up(matches!(state, RuntimeState::Up { .. }));
+        to.send_replace(Some(state));
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            changed = from.changed() => if changed.is_err() { break },
+        }
+    }
+}
+
 /// The bound, not yet serving, health endpoint. Binding first lets startup fail on a taken
 /// port before anything else runs.
 #[derive(Debug)]
@@ -189,11 +210,16 @@ impl HealthServer {
         self,
         metrics: Metrics,
         ready: watch::Receiver<ReadyState>,
+        runtime: watch::Receiver<Option<RuntimeState>>,
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) {
         let span = tracing::info_span!("health", addr = %self.local_addr);
-        let shared = Arc::new(Shared { metrics, ready });
+        let shared = Arc::new(Shared {
+            metrics,
+            ready,
+            runtime,
+        });
         tracing::info!(addr = %self.local_addr, "health endpoint listening");
         tracker.spawn(accept_loop(self.listener, shared, cancel, tracker.clone()).instrument(span));
     }
@@ -202,6 +228,8 @@ impl HealthServer {
 struct Shared {
     metrics: Metrics,
     ready: watch::Receiver<ReadyState>,
+    /// The container runtime's state; `None` without edged.
+    runtime: watch::Receiver<Option<RuntimeState>>,
 }
 
 async fn accept_loop(
@@ -315,10 +343,25 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             let state = shared.ready.borrow().clone();
+            let runtime = match &*shared.runtime.borrow() {
+                None => String::new(),
+                Some(RuntimeState::Up { version }) => {
+                    format!("container runtime up ({})\n", one_line(version))
+                }
+                Some(RuntimeState::Unknown) => "container runtime not probed yet\n".to_owned(),
+                Some(RuntimeState::Down { reason }) => {
+                    format!("container runtime down: {}\n", one_line(reason))
+                }
+            };
+            // The status follows the cloud link (a node without a runtime still syncs and
+            // keeps its store); the runtime's state is the second line.
             if state.is_ready() {
-                text(StatusCode::OK, format!("ok: {state}\n"))
+                text(StatusCode::OK, format!("ok: {state}\n{runtime}"))
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("{state}\n"))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{state}\n{runtime}"),
+                )
             }
         }
         "/metrics" => match shared.metrics.encode() {
@@ -377,6 +420,7 @@ mod tests {
         addr: SocketAddr,
         metrics: Metrics,
         ready: watch::Sender<ReadyState>,
+        runtime: watch::Sender<Option<RuntimeState>>,
         cancel: CancellationToken,
         tracker: TaskTracker,
     }
@@ -390,11 +434,19 @@ mod tests {
             .await
             .unwrap();
         let addr = server.local_addr();
-        server.spawn(metrics.clone(), ready_rx, cancel.child_token(), &tracker);
+        let (runtime, runtime_rx) = watch::channel(None);
+        server.spawn(
+            metrics.clone(),
+            ready_rx,
+            runtime_rx,
+            cancel.child_token(),
+            &tracker,
+        );
         Running {
             addr,
             metrics,
             ready,
+            runtime,
             cancel,
             tracker,
         }
@@ -495,6 +547,62 @@ mod tests {
         assert_eq!(get(s.addr, "/readyz").await.0, 200);
         s.ready.send_replace(ReadyState::Stopping);
         assert_eq!(get(s.addr, "/readyz").await.0, 503);
+    }
+
+    /// The container runtime's state is reported next to the link, and in the metrics; the
+    /// status still follows the link.
+    #[tokio::test]
+    async fn readyz_and_metrics_carry_the_container_runtime() {
+        let s = start(ReadyState::Running(connected())).await;
+        let (edged_tx, edged_rx) = watch::channel(RuntimeState::Unknown);
+        let cancel = CancellationToken::new();
+        let follow = tokio::spawn(follow_runtime(
+            edged_rx,
+            s.runtime.clone(),
+            s.metrics.edged(),
+            cancel.clone(),
+        ));
+        let mut seen = s.runtime.subscribe();
+        edged_tx.send_replace(RuntimeState::Down {
+            reason: "container runtime at unix:///run/c.sock is unavailable".into(),
+        });
+        seen.wait_for(|r| matches!(r, Some(RuntimeState::Down { .. })))
+            .await
+            .unwrap();
+        assert_eq!(
+            get(s.addr, "/readyz").await,
+            (
+                200,
+                "ok: cloud session with 10.0.0.1:10000\n\
+                 container runtime down: container runtime at unix:///run/c.sock is unavailable\n"
+                    .into()
+            )
+        );
+        assert!(
+            get(s.addr, "/metrics")
+                .await
+                .1
+                .contains("edgecore_edged_runtime_up 0")
+        );
+        edged_tx.send_replace(RuntimeState::Up {
+            version: "containerd://1.6.20".into(),
+        });
+        seen.wait_for(|r| matches!(r, Some(RuntimeState::Up { .. })))
+            .await
+            .unwrap();
+        let (_, body) = get(s.addr, "/readyz").await;
+        assert!(
+            body.ends_with("container runtime up (containerd://1.6.20)\n"),
+            "{body}"
+        );
+        assert!(
+            get(s.addr, "/metrics")
+                .await
+                .1
+                .contains("edgecore_edged_runtime_up 1")
+        );
+        cancel.cancel();
+        follow.await.unwrap();
     }
 
     #[tokio::test]

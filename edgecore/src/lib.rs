@@ -23,7 +23,7 @@ pub use health::{HealthError, HealthServer, ReadyState, follow_link};
 pub use link::CloudLink;
 pub use metamanager::{MetaHandle, MetaSettings, spawn_metamanager};
 pub use metrics::{
-    CertMetrics, HubMetrics, MetaMetrics, MeteredLink, Metrics, SessionState, StoreMetrics,
-    sample_store_size,
+    CertMetrics, EdgedMetrics, HubMetrics, MetaMetrics, MeteredLink, Metrics, SessionState,
+    StoreMetrics, sample_store_size,
 };
 pub use store::{PutOutcome, Store};

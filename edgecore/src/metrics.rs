@@ -81,6 +81,7 @@ pub struct Metrics {
     meta: MetaMetrics,
     store: StoreMetrics,
     cert: CertMetrics,
+    edged: EdgedMetrics,
 }
 
 impl fmt::Debug for Metrics {
@@ -103,12 +104,14 @@ impl Metrics {
         let meta = MetaMetrics::register(root.sub_registry_with_prefix("metamanager"));
         let store = StoreMetrics::register(root.sub_registry_with_prefix("store"));
         let cert = CertMetrics::register(root.sub_registry_with_prefix("cert"));
+        let edged = EdgedMetrics::register(root.sub_registry_with_prefix("edged"));
         Self {
             registry: Arc::new(root),
             hub,
             meta,
             store,
             cert,
+            edged,
         }
     }
 
@@ -130,6 +133,11 @@ impl Metrics {
     /// The certificate metrics (`edgecore_cert_*`).
     pub fn cert(&self) -> CertMetrics {
         self.cert.clone()
+    }
+
+    /// edged's metrics (`edgecore_edged_*`).
+    pub fn edged(&self) -> EdgedMetrics {
+        self.edged.clone()
     }
 
     /// Every family in the OpenMetrics text format (`application/openmetrics-text`).
@@ -388,6 +396,31 @@ impl CertMetrics {
             Err(e) => -saturating_i64(e.duration().as_secs()),
         };
         self.expiry.set(secs);
+    }
+}
+
+/// Metrics of edged: whether the container runtime answers.
+#[derive(Debug, Clone)]
+pub struct EdgedMetrics {
+    runtime_up: Gauge,
+}
+
+impl EdgedMetrics {
+    fn register(reg: &mut Registry) -> Self {
+        let m = Self {
+            runtime_up: Gauge::default(),
+        };
+        reg.register(
+            "runtime_up",
+            "1 while the container runtime answers, 0 while it is down or not probed yet",
+            m.runtime_up.clone(),
+        );
+        m
+    }
+
+    /// The container runtime answers (`true`) or not.
+    pub fn set_runtime_up(&self, up: bool) {
+        self.runtime_up.set(i64::from(up));
     }
 }
 
