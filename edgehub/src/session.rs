@@ -124,6 +124,9 @@ where
         tokio::select! {
             biased;
             () = cancel.cancelled() => {
+                // What metamanager queued before it stopped (its last acks) goes out before the
+                // close frame, so the cloud does not resend what the edge already committed.
+                flush(sink, outbound, write).await;
                 close(sink, write).await;
                 return SessionEnd::new(DisconnectReason::Shutdown, None);
             }
@@ -261,6 +264,32 @@ where
 }
 
 /// Best effort: a Close frame within the write deadline.
+/// How long a shutdown may spend writing what is still queued for the cloud.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
+/// Writes the messages already queued for the cloud, for at most [`SHUTDOWN_FLUSH`]; stops at
+/// the first failed write. Anything left is either re-sent by the cloud (an ack it never got)
+/// or kept in metamanager's outbox (a status).
+async fn flush<W, WE>(sink: &mut W, outbound: &mut mpsc::Receiver<Message>, deadline: Duration)
+where
+    W: Sink<WsMessage, Error = WE> + Unpin,
+    WE: Display,
+{
+    let until = Instant::now() + SHUTDOWN_FLUSH;
+    let mut sent = 0usize;
+    while let Ok(msg) = outbound.try_recv() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || send(sink, text(&msg), deadline.min(left)).await.is_err() {
+            debug!(sent, "shutdown flush cut short");
+            return;
+        }
+        sent += 1;
+    }
+    if sent > 0 {
+        debug!(sent, "queued messages written before the close frame");
+    }
+}
+
 async fn close<W, WE>(sink: &mut W, deadline: Duration)
 where
     W: Sink<WsMessage, Error = WE> + Unpin,

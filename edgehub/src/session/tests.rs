@@ -250,6 +250,52 @@ async fn cancel_sends_a_close_frame_and_ends_with_shutdown() {
     );
 }
 
+/// Acks metamanager queued just before shutdown reach the cloud before the close frame, so the
+/// cloud does not resend what the edge already committed.
+#[tokio::test(start_paused = true)]
+async fn queued_messages_go_out_before_the_close_frame_on_shutdown() {
+    let mut peer = start(8);
+    // The session is busy elsewhere (no reads) while the acks are queued and cancel fires:
+    // everything lands before the session looks again.
+    let acks: Vec<Message> = (0..3)
+        .map(|i| {
+            let mut m = Message::new(
+                Route::new(
+                    "edged",
+                    "resource",
+                    op::RESPONSE,
+                    &format!("default/pod/p{i}"),
+                ),
+                Value::String("OK".into()),
+            );
+            m.header.parent_msg_id = format!("cloud-{i}");
+            m
+        })
+        .collect();
+    for m in &acks {
+        peer.outbound.send(m.clone()).await.unwrap();
+    }
+    peer.cancel.cancel();
+    let mut seen = Vec::new();
+    loop {
+        match peer.frame("acks then the close frame").await {
+            WsMessage::Close(_) => break,
+            WsMessage::Text(t) => {
+                let m = Message::from_wire(t.as_bytes()).unwrap();
+                if !m.header.parent_msg_id.is_empty() {
+                    seen.push(m.header.parent_msg_id);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["cloud-0", "cloud-1", "cloud-2"]);
+    assert_eq!(
+        peer.end("shutdown").await.0.reason,
+        DisconnectReason::Shutdown
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn preempt_ends_with_preferred() {
     let peer = start(8);
