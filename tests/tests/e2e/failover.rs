@@ -56,9 +56,17 @@ async fn report(p: &Pair) -> Result<()> {
         s.delivered, s.duplicates, s.acks, a.connections, b.connections
     );
     // Versions sent into a dying link stay unacked when a newer version or a delete replaced
-    // them; `converged` already proved that every *current* version was delivered and acked.
-    assert!(s.acks + s.unacked >= s.delivered, "{s:?}");
+    // them; every *current* version was delivered and acked.
     assert_eq!(p.lab.cluster.unacked_current(NODE)?, Vec::<String>::new());
+    // A version is sent again on a new session only when its ack was lost with the old one,
+    // and CloudHub keeps one message in flight per node: at most one re-delivery per session
+    // change. More would mean the edge acked without storing, or acks went missing.
+    let session_changes = (a.connections + b.connections).saturating_sub(1);
+    assert!(
+        s.duplicates <= session_changes,
+        "{} re-deliveries over {session_changes} session changes: {s:?}",
+        s.duplicates
+    );
     Ok(())
 }
 
