@@ -187,9 +187,15 @@ class Edge:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(c, f, default_flow_style=False, sort_keys=False)
 
-    def start(self, with_token=True):
-        if not os.path.exists(self.config_path) or with_token:
+    def start(self, with_token=True, kubelet=None):
+        """Starts the agent; `kubelet` overrides tailoredKubeletConfig keys."""
+        if not os.path.exists(self.config_path) or with_token or kubelet:
             self.write_config(with_token=with_token)
+        if kubelet:
+            c = yaml.safe_load(open(self.config_path))
+            c["modules"]["edged"]["tailoredKubeletConfig"].update(kubelet)
+            with open(self.config_path, "w") as f:
+                yaml.safe_dump(c, f, default_flow_style=False, sort_keys=False)
         env = dict(os.environ)
         env["RUST_LOG"] = "info,edgecore::metamanager=debug"
         log = open(self.log_path, "a")

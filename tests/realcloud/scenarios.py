@@ -319,7 +319,9 @@ def failover():
     try:
         rc.apply(rc.configmap("rc-fo-cm", "before"))
         rc.lab("vip", "a")
-        e.start()
+        # An unchanged node status goes up every nodeStatusReportFrequency (5 min by default,
+        # the Lease being the heartbeat): 10 s here, so that nodepatches show after each break.
+        e.start(kubelet={"nodeStatusReportFrequency": "10s"})
         wait_for("Node Ready", 60, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
         rc.apply(rc.app_pod(pod, node, cm="rc-fo-cm"))
         wait_for("pod Running", 90, lambda: rc.pod_running(pod))
@@ -336,11 +338,13 @@ def failover():
             took = time.time() - t0
             renew = rc.lease(node)["spec"]["renewTime"]
             wait_for(f"{label}: Lease renewed", 30, lambda: rc.lease(node)["spec"]["renewTime"] != renew)
+            wait_for(f"{label}: a node status patched through the new replica", 45,
+                     lambda: rc.audit_events(verb="patch", resource="nodes/status", name=node, since=t0))
             name = f"rc-fo-{label}"
             made.append(name)
             rc.apply(rc.app_pod(name, node, cm="rc-fo-cm"))
             wait_for(f"{label}: a new pod Running (pod status patched)", 90, lambda: rc.pod_running(name))
-            return f"cloud change at the edge {took:.1f} s after kubectl"
+            return f"cloud change at the edge {took:.1f} s after kubectl; Lease renewed, nodepatch and a new pod's status through the new replica"
 
         def edge_failover_ms():
             """The edge's own account of the last failover (session lost -> next session)."""
@@ -353,7 +357,7 @@ def failover():
         wait_for("session on replica b", 60, lambda: rc.lab("replica") == "b", interval=0.05)
         R.ok(s, "VIP move a->b: session back on b",
              f"{(time.time() - t0) * 1000:.0f} ms polled, {edge_failover_ms()}")
-        step(s, "after the move: changes, Lease and pod status flow", flowing, "moved")
+        step(s, "after the move: changes, Lease, nodepatches and pod status flow", flowing, "moved")
 
         rc.lab("vip", "auto")
         time.sleep(11)
@@ -368,7 +372,7 @@ def failover():
         wait_for("session on replica a", 60, lambda: rc.lab("replica") == "a", interval=0.05)
         R.ok(s, "kill -9 of the replica holding the session: back on a",
              f"{(time.time() - t0) * 1000:.0f} ms polled, {edge_failover_ms()}")
-        step(s, "after the kill: changes, Lease and pod status flow", flowing, "killed")
+        step(s, "after the kill: changes, Lease, nodepatches and pod status flow", flowing, "killed")
         rc.lab("start-cc", "b")
         watch.stop()
 
