@@ -18,6 +18,7 @@ mod endpoints;
 mod error;
 mod hub;
 mod link;
+mod link_state;
 mod message;
 mod session;
 #[cfg(test)]
@@ -30,7 +31,6 @@ pub use cert_error::CertError;
 pub use cert_files::CertInfo;
 pub use cert_rotation::{CertUpdates, spawn_rotation};
 pub use error::{DecodeError, DialError, DialErrorKind, DialStage, HubError, NameMismatch};
-pub use hub::{
-    DisconnectReason, HubHandle, HubSettings, HubStats, LinkState, ReconnectCounts, spawn,
-};
+pub use hub::{HubHandle, HubSettings, spawn};
+pub use link_state::{DisconnectReason, HubStats, LinkState, ReconnectCounts};
 pub use message::{Header, Message, Resource, Route, now_millis, op, sorted_json};

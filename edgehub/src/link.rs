@@ -15,7 +15,7 @@ use crate::backoff::ReconnectBackoff;
 use crate::dial::{CloudStream, Target};
 use crate::endpoints::{Endpoints, Round};
 use crate::error::DialErrorKind;
-use crate::hub::{DisconnectReason, HubStats, LinkState};
+use crate::link_state::{DisconnectReason, HubStats, LinkState};
 use crate::message::Message;
 use crate::session::{self, Links, SessionEnd, SessionSettings};
 use probes::{first_accepting, probe_first, rebuild_targets};
@@ -61,24 +61,48 @@ enum RoundEnd {
     Shutdown,
 }
 
+/// How the reconnect cycle pauses before its next round of attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// The backoff delay.
+    Backoff,
+    /// At least the backoff cap: the last round failed in a way retrying soon will not fix.
+    Long,
+    /// None: moving to a preferred endpoint, or re-dialing with renewed certificates.
+    Immediate,
+}
+
+/// The reconnect cycle between two rounds of attempts: its one piece of state.
+struct Cycle {
+    /// The endpoints to try next, in order.
+    round: Round,
+    pause: Pause,
+    /// Attempts since the last session (the `Connecting` state counts them).
+    attempt: u32,
+    /// When the last session was lost (for the failover time).
+    lost_at: Option<Instant>,
+    /// The endpoint the last round started with (its change is logged).
+    first: Option<usize>,
+}
+
 impl Link {
     /// Connects, keeps the session up, reconnects, until cancelled.
     pub(crate) async fn run(mut self) {
-        let mut round = self.endpoints.round();
-        let mut wait = true;
-        let mut attempt: u32 = 0;
-        let mut lost_at: Option<Instant> = None;
-        let mut last_first: Option<usize> = None;
-        // The last round failed in a way retrying soon will not fix.
-        let mut patient = false;
+        let mut cycle = Cycle {
+            round: self.endpoints.round(),
+            pause: Pause::Backoff,
+            attempt: 0,
+            lost_at: None,
+            first: None,
+        };
         loop {
             if self.reload.has_changed().unwrap_or(false) {
                 self.reload.borrow_and_update();
                 self.reload_tls();
             }
-            if wait {
+            if cycle.pause != Pause::Immediate {
                 let mut delay = self.backoff.next_delay();
-                if std::mem::take(&mut patient) {
+                if cycle.pause == Pause::Long {
                     delay = delay.max(self.backoff.cap());
                 }
                 let delay_ms = millis(delay);
@@ -87,7 +111,8 @@ impl Link {
                     info!(delay_ms, "backing off");
                     // An endpoint that refused TCP and now accepts it ends the wait: the target
                     // is a session within a second of the VIP answering again, whatever the cap.
-                    let dead: Vec<usize> = round
+                    let dead: Vec<usize> = cycle
+                        .round
                         .clone()
                         .filter(|i| self.endpoints.is_unreachable(*i))
                         .collect();
@@ -103,8 +128,8 @@ impl Link {
                     }
                 }
             }
-            if let Some(first) = round.clone().next()
-                && last_first != Some(first)
+            if let Some(first) = cycle.round.clone().next()
+                && cycle.first != Some(first)
             {
                 if let Some(ep) = self.endpoints.get(first) {
                     let since_failure_ms = self
@@ -118,15 +143,21 @@ impl Link {
                         "endpoint chosen"
                     );
                 }
-                last_first = Some(first);
+                cycle.first = Some(first);
             }
-            let outcome = self.attempt_round(round, &mut attempt, &mut lost_at).await;
-            wait = true;
-            round = match outcome {
+            let round = std::mem::replace(&mut cycle.round, self.endpoints.round());
+            let outcome = self
+                .attempt_round(round, &mut cycle.attempt, &mut cycle.lost_at)
+                .await;
+            // By default the next round is ordered by what this one just learned.
+            cycle.round = self.endpoints.round();
+            cycle.pause = Pause::Backoff;
+            match outcome {
                 RoundEnd::Shutdown => break,
                 RoundEnd::Failed { fatal } => {
-                    patient = fatal;
-                    self.endpoints.round()
+                    if fatal {
+                        cycle.pause = Pause::Long;
+                    }
                 }
                 RoundEnd::Session {
                     index,
@@ -135,8 +166,8 @@ impl Link {
                     preferred,
                     fresh,
                 } => {
-                    attempt = 0;
-                    lost_at = Some(Instant::now());
+                    cycle.attempt = 0;
+                    cycle.lost_at = Some(Instant::now());
                     self.lost(&end, up_for);
                     if up_for >= self.stable_after {
                         self.backoff.reset();
@@ -144,29 +175,25 @@ impl Link {
                     match end.reason {
                         DisconnectReason::Shutdown => break,
                         DisconnectReason::Preferred => {
-                            wait = false;
-                            match preferred {
-                                Some(to) => self.endpoints.round_from(to),
-                                None => self.endpoints.round(),
+                            cycle.pause = Pause::Immediate;
+                            if let Some(to) = preferred {
+                                cycle.round = self.endpoints.round_from(to);
                             }
                         }
                         DisconnectReason::Silent | DisconnectReason::WriteFailed => {
                             self.endpoints.record_failure(index, Instant::now(), false);
-                            self.endpoints.round()
+                            cycle.round = self.endpoints.round();
                         }
                         DisconnectReason::CertRotated => {
                             if let Some(targets) = fresh {
                                 self.targets = targets;
                             }
-                            wait = false;
-                            self.endpoints.round()
+                            cycle.pause = Pause::Immediate;
                         }
-                        DisconnectReason::Closed | DisconnectReason::DialFailed => {
-                            self.endpoints.round()
-                        }
+                        DisconnectReason::Closed | DisconnectReason::DialFailed => {}
                     }
                 }
-            };
+            }
         }
         self.set(LinkState::Disconnected {
             reason: DisconnectReason::Shutdown,

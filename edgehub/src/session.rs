@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::hub::DisconnectReason;
+use crate::link_state::DisconnectReason;
 use crate::message::Message;
 use crate::throttle::TokenBucket;
 

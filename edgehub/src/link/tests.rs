@@ -7,7 +7,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hub::{DisconnectReason, HubHandle, HubSettings, LinkState, spawn};
+use crate::hub::{HubHandle, HubSettings, spawn};
+use crate::link_state::{DisconnectReason, LinkState};
 use crate::message::{Message, op};
 use crate::testcloud::{Cloud, KeyFormat, Mode, Pki, Seen};
 
