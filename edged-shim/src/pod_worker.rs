@@ -66,7 +66,7 @@ impl ContainerRecord {
             status: None,
             last_terminated: None,
             waiting: None,
-            backoff: Backoff::new(CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX),
+            backoff: Backoff::exact(CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX),
             restart_at: None,
             replace: false,
         }

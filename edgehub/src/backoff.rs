@@ -123,6 +123,21 @@ mod tests {
         assert!(seen.len() > 1, "jitter produced one value: {seen:?}");
     }
 
+    /// Every process draws its own jitter: a fleet cut off by the same VIP move does not come
+    /// back in step. (Without backon's `std` feature the seed was a constant, and every
+    /// edgecore waited exactly as long as every other.)
+    #[test]
+    fn two_edges_do_not_back_off_in_step() {
+        let delays: std::collections::BTreeSet<Duration> = (0..16)
+            .map(|_| {
+                let mut b = ReconnectBackoff::new(&failover(100, 3_000));
+                b.next_delay();
+                b.next_delay()
+            })
+            .collect();
+        assert!(delays.len() > 1, "every schedule drew {delays:?}");
+    }
+
     #[test]
     fn a_cap_below_the_initial_delay_is_raised_to_it() {
         let mut b = ReconnectBackoff::new(&failover(500, 100));
