@@ -26,4 +26,4 @@ pub use metrics::{
     CertMetrics, EdgedMetrics, HubMetrics, MetaMetrics, MeteredLink, Metrics, SessionState,
     StoreMetrics, sample_store_size,
 };
-pub use store::{PutOutcome, Store};
+pub use store::{PutOutcome, ResourceVersion, Store};

@@ -469,7 +469,7 @@ impl<L: CloudLink> MetaManager<L> {
             }
             for r in outcome.iter().flatten() {
                 if let Outcome::Put(PutOutcome::Stale { stored, incoming }) = r {
-                    tracing::debug!(resource = %msg.route.resource, stored, incoming, "older resourceVersion not applied");
+                    tracing::debug!(resource = %msg.route.resource, %stored, %incoming, "older resourceVersion not applied");
                 }
             }
             tracing::debug!(msg_id = %msg.header.msg_id, operation = %msg.route.operation, resource = %msg.route.resource, "committed");

@@ -4,6 +4,7 @@
 //! batches of operations over a bounded channel; each batch is answered on a oneshot only after
 //! its transaction has committed, so a caller that acks after `await` acks durable state.
 
+mod resource_version;
 mod writer;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
 use edgehub::sorted_json;
+pub use resource_version::ResourceVersion;
 
 /// Capacity of the queue of batches waiting for the writer thread.
 const STORE_QUEUE_CAPACITY: usize = 256;
@@ -85,9 +87,9 @@ pub enum PutOutcome {
     /// The stored object has a newer resourceVersion; nothing was written.
     Stale {
         /// resourceVersion of the stored object.
-        stored: u64,
+        stored: ResourceVersion,
         /// resourceVersion of the rejected write.
-        incoming: u64,
+        incoming: ResourceVersion,
     },
 }
 
@@ -111,7 +113,7 @@ pub(crate) enum Op {
     PutObject {
         key: MetaKey,
         json: String,
-        rv: Option<String>,
+        rv: Option<ResourceVersion>,
     },
     /// Insert or replace a raw value (a patch string).
     PutRaw { key: MetaKey, value: String },
@@ -240,7 +242,7 @@ impl Store {
         let op = Op::PutObject {
             key: MetaKey::object(resource)?,
             json: sorted_json(object),
-            rv: rv.map(str::to_owned),
+            rv: rv.and_then(ResourceVersion::parse),
         };
         match self.one(op).await? {
             Outcome::Put(p) => Ok(p),

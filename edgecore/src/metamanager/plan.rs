@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::token_key::token_key;
 use crate::error::RemoteStatus;
-use crate::store::{MetaKey, Op};
+use crate::store::{MetaKey, Op, ResourceVersion};
 use edgehub::sorted_json;
 
 /// The group metamanager handles; the others belong to modules we do not run.
@@ -207,14 +207,14 @@ fn text_of(v: &Value) -> String {
 }
 
 /// The header's resourceversion, else the object's `metadata.resourceVersion`.
-fn resource_version(msg: &Message) -> Option<String> {
+fn resource_version(msg: &Message) -> Option<ResourceVersion> {
     if !msg.header.resourceversion.is_empty() {
-        return Some(msg.header.resourceversion.clone());
+        return ResourceVersion::parse(&msg.header.resourceversion);
     }
     msg.content
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
-        .map(str::to_owned)
+        .and_then(ResourceVersion::parse)
 }
 
 #[cfg(test)]
@@ -244,7 +244,7 @@ mod tests {
         match op {
             Op::PutObject { key, json, rv } => {
                 assert_eq!(key.as_str(), "default/pod/nginx-demo");
-                assert_eq!(rv.as_deref(), Some("845213"));
+                assert_eq!(rv, ResourceVersion::parse("845213"));
                 assert!(json.starts_with(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"#));
             }
             other => panic!("{other:?}"),

@@ -177,8 +177,8 @@ mod tests {
         };
         let applied = [Ok(Outcome::Put(PutOutcome::Applied))];
         let stale = [Ok(Outcome::Put(PutOutcome::Stale {
-            stored: 2,
-            incoming: 1,
+            stored: 2.into(),
+            incoming: 1.into(),
         }))];
         let pod = json!({"metadata": {"name": "p", "uid": "u1"}});
         assert_eq!(

@@ -160,8 +160,8 @@ async fn older_resource_version_is_not_applied_but_equal_newer_and_non_numeric_a
     assert_eq!(
         out,
         PutOutcome::Stale {
-            stored: 20,
-            incoming: 9
+            stored: 20.into(),
+            incoming: 9.into(),
         }
     );
     assert!(store.get(key).await.unwrap().unwrap().contains("\"20\""));
@@ -396,8 +396,8 @@ async fn existing_kubeedge_database_opens_and_keeps_its_tables() {
     assert_eq!(
         out,
         PutOutcome::Stale {
-            stored: 7,
-            incoming: 6
+            stored: 7.into(),
+            incoming: 6.into(),
         }
     );
     store

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::{BatchReply, Command, MetaKey, Op, OutboxEntry, Outcome, PutOutcome};
+use super::{BatchReply, Command, MetaKey, Op, OutboxEntry, Outcome, PutOutcome, ResourceVersion};
 use crate::error::StoreError;
 
 /// How long a statement waits for a lock held by another process (e.g. a KubeEdge tool).
@@ -197,7 +197,7 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Outcome, StoreError> {
     };
     match op {
         Op::PutObject { key, json, rv } => {
-            if let Some(incoming) = rv.as_deref().and_then(|r| r.trim().parse::<u64>().ok())
+            if let Some(incoming) = *rv
                 && let Some(stored) = stored_rv(tx, key).map_err(sql)?
                 && incoming < stored
             {
@@ -292,7 +292,7 @@ fn put(tx: &Transaction<'_>, key: &MetaKey, value: &str) -> rusqlite::Result<()>
 }
 
 /// `metadata.resourceVersion` of the stored object, when it is a number.
-fn stored_rv(tx: &Transaction<'_>, key: &MetaKey) -> rusqlite::Result<Option<u64>> {
+fn stored_rv(tx: &Transaction<'_>, key: &MetaKey) -> rusqlite::Result<Option<ResourceVersion>> {
     let rv: Option<rusqlite::types::Value> = tx
         .prepare_cached(
             "SELECT CASE WHEN json_valid(value)
@@ -302,8 +302,10 @@ fn stored_rv(tx: &Transaction<'_>, key: &MetaKey) -> rusqlite::Result<Option<u64
         .query_row([key.as_str()], |r| r.get(0))
         .optional()?;
     Ok(match rv {
-        Some(rusqlite::types::Value::Text(t)) => t.trim().parse().ok(),
-        Some(rusqlite::types::Value::Integer(i)) => u64::try_from(i).ok(),
+        Some(rusqlite::types::Value::Text(t)) => ResourceVersion::parse(&t),
+        Some(rusqlite::types::Value::Integer(i)) => {
+            u64::try_from(i).ok().map(ResourceVersion::from)
+        }
         _ => None,
     })
 }
