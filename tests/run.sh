@@ -47,6 +47,9 @@ bash edged-shim/proto/regen.sh --check
 step "unit, integration and end-to-end tests"
 cargo test --workspace --locked
 
+step "faults that need root (the ignored root_ tests: a disk that fills up, a read-only one)"
+cargo test --workspace --locked --tests -- --ignored root_
+
 step "pods on a real containerd (tests/cri: the ignored cri_ tests)"
 cri_started=$(date +%s)
 trap 'tests/cri/setup.sh down || true' EXIT

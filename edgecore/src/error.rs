@@ -39,18 +39,47 @@ pub enum StoreError {
         #[source]
         source: Cause,
     },
+    /// The file is not a database SQLite can use, or its integrity check finds damage. It is
+    /// left exactly as it is.
+    #[error(
+        "database {path} is damaged ({report}); edgecore leaves it untouched: stop edgecore, move \
+         the file aside (or restore a backup) and start again: the cloud sends every object anew \
+         and the pods start from them"
+    )]
+    Damaged {
+        /// `database.dataSource`.
+        path: PathBuf,
+        /// What SQLite said: the error, or the first lines of `PRAGMA quick_check`.
+        report: String,
+    },
+    /// The database (or its directory, for the write-ahead log) cannot be written.
+    #[error(
+        "database {path} cannot be written: is the file or its file system read-only? edgecore \
+         writes every object it acks there; make it writable and start again"
+    )]
+    ReadOnly {
+        /// `database.dataSource`.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: Cause,
+    },
     /// One statement failed; the rest of its batch was still committed.
-    #[error("store {what} failed")]
+    #[error("store {what} failed: {}", failure.hint())]
     Statement {
         /// The operation, e.g. `put meta`.
         what: &'static str,
+        /// What kind of failure it is.
+        failure: StoreFailure,
         /// The SQLite error.
         #[source]
         source: Cause,
     },
     /// The transaction did not commit; none of its writes happened.
-    #[error("store commit failed: is the disk full or read-only?")]
+    #[error("store commit failed: {}", failure.hint())]
     Commit {
+        /// What kind of failure it is.
+        failure: StoreFailure,
         /// The SQLite error.
         #[source]
         source: Cause,
@@ -136,5 +165,71 @@ pub enum RemoteStatus {
 impl StoreError {
     pub(crate) fn cause(e: impl std::error::Error + Send + Sync + 'static) -> Cause {
         Arc::new(e)
+    }
+
+    /// What kind of failure a write met, when it is one (for the log line and the metric).
+    pub fn failure(&self) -> Option<StoreFailure> {
+        match self {
+            Self::Statement { failure, .. } | Self::Commit { failure, .. } => Some(*failure),
+            Self::Damaged { .. } => Some(StoreFailure::Damaged),
+            Self::ReadOnly { .. } => Some(StoreFailure::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+/// Why a write to the store failed, as far as the operator is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreFailure {
+    /// The disk (or SQLite's size limit) is full.
+    DiskFull,
+    /// The database file or its directory cannot be written.
+    ReadOnly,
+    /// The file is damaged.
+    Damaged,
+    /// Anything else (I/O errors, a lock held too long, ...).
+    Other,
+}
+
+impl StoreFailure {
+    /// Every kind, in a fixed order (for metrics).
+    pub const ALL: [Self; 4] = [Self::DiskFull, Self::ReadOnly, Self::Damaged, Self::Other];
+
+    /// Static label, also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DiskFull => "disk_full",
+            Self::ReadOnly => "read_only",
+            Self::Damaged => "damaged",
+            Self::Other => "other",
+        }
+    }
+
+    /// The kind of a SQLite error.
+    pub(crate) fn of(e: &rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => Self::DiskFull,
+            Some(ErrorCode::ReadOnly)
+            | Some(ErrorCode::CannotOpen)
+            | Some(ErrorCode::PermissionDenied) => Self::ReadOnly,
+            Some(ErrorCode::DatabaseCorrupt) | Some(ErrorCode::NotADatabase) => Self::Damaged,
+            _ => Self::Other,
+        }
+    }
+
+    /// What the operator should know, in a few words.
+    fn hint(self) -> &'static str {
+        match self {
+            Self::DiskFull => {
+                "the disk is full; free space where database.dataSource lives (nothing was acked: \
+                 the cloud sends it again)"
+            }
+            Self::ReadOnly => {
+                "the database cannot be written (read-only file or file system?); nothing was acked"
+            }
+            Self::Damaged => "the database file is damaged; see the error at start-up",
+            Self::Other => "see the cause; nothing was acked",
+        }
     }
 }

@@ -18,7 +18,7 @@ mod store;
 
 pub use app::{run, shutdown_signal};
 pub use cli::{Cli, DEFAULT_CONFIG_PATH, main};
-pub use error::{Cause, MetaError, RemoteStatus, StoreError};
+pub use error::{Cause, MetaError, RemoteStatus, StoreError, StoreFailure};
 pub use health::{HealthError, HealthServer, ReadyState, follow_link};
 pub use link::CloudLink;
 pub use metamanager::{MetaHandle, MetaSettings, spawn_metamanager};

@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::error::{MetaError, StoreError};
+use crate::error::{MetaError, StoreError, StoreFailure};
 use crate::link::CloudLink;
-use crate::metrics::{HubMetrics, MetaMetrics, Metrics};
+use crate::metrics::{HubMetrics, MetaMetrics, Metrics, StoreMetrics};
 use crate::store::{MetaKey, Op, OutboxEntry, Outcome, PutOutcome, Store};
 use plan::{After, Plan, plan};
 use pods::{PodQueue, pod_event};
@@ -206,6 +206,7 @@ pub fn spawn_metamanager<L: CloudLink>(
         pending: HashMap::new(),
         hub_metrics: metrics.hub(),
         meta_metrics: metrics.meta(),
+        store_metrics: metrics.store(),
     };
     tracker.spawn(
         task.run(inbound, commands, cancel)
@@ -237,6 +238,7 @@ struct MetaManager<L> {
     pending: HashMap<String, Pending>,
     hub_metrics: HubMetrics,
     meta_metrics: MetaMetrics,
+    store_metrics: StoreMetrics,
     /// The feed to edged-shim and the pod events waiting for room in it; `None` without edged.
     pods: Option<PodQueue>,
 }
@@ -448,7 +450,11 @@ impl<L: CloudLink> MetaManager<L> {
             }
             Err(StoreError::Closed) => return Err(Stop),
             Err(e) => {
-                tracing::error!(error = %e, messages = todo.len(), "store commit failed; not acking");
+                let failure = e.failure().unwrap_or(StoreFailure::Other);
+                for _ in &todo {
+                    self.store_metrics.write_failed(failure);
+                }
+                tracing::error!(error = %e, failure = failure.as_str(), messages = todo.len(), "store commit failed; not acking");
                 for (msg, _, _) in &todo {
                     self.send(Message::error_to(msg, "edge store commit failed"))
                         .await?;
@@ -461,8 +467,12 @@ impl<L: CloudLink> MetaManager<L> {
             let outcome = results.get(range).unwrap_or_default();
             let failed = outcome.iter().find_map(|r| r.as_ref().err());
             if failed.is_some() || outcome.len() != expected {
+                let failure = failed
+                    .and_then(StoreError::failure)
+                    .unwrap_or(StoreFailure::Other);
+                self.store_metrics.write_failed(failure);
                 let error = failed.map(ToString::to_string).unwrap_or_default();
-                tracing::error!(msg_id = %msg.header.msg_id, resource = %msg.route.resource, error, "store write failed; not acking");
+                tracing::error!(msg_id = %msg.header.msg_id, resource = %msg.route.resource, error, failure = failure.as_str(), "store write failed; not acking");
                 self.send(Message::error_to(&msg, "edge store write failed"))
                     .await?;
                 continue;

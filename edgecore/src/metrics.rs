@@ -22,6 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::StoreFailure;
 use crate::link::CloudLink;
 
 /// Content type of [`Metrics::encode`]'s output (OpenMetrics text, which Prometheus scrapes).
@@ -346,20 +347,39 @@ impl MetaMetrics {
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
     size: Gauge,
+    write_failures: Family<StaticLabel, Counter>,
 }
 
 impl StoreMetrics {
     fn register(reg: &mut Registry) -> Self {
         let m = Self {
             size: Gauge::default(),
+            write_failures: Family::default(),
         };
+        for failure in StoreFailure::ALL {
+            let _ = m
+                .write_failures
+                .get_or_create(&[("failure", failure.as_str())]);
+        }
         reg.register_with_unit(
             "size",
             "Size of the database file and its write-ahead log",
             Unit::Bytes,
             m.size.clone(),
         );
+        reg.register(
+            "write_failures",
+            "Cloud messages not acked because writing them to the store failed, by failure",
+            m.write_failures.clone(),
+        );
         m
+    }
+
+    /// A write of a cloud message failed with `failure` (it was not acked).
+    pub fn write_failed(&self, failure: StoreFailure) {
+        self.write_failures
+            .get_or_create(&[("failure", failure.as_str())])
+            .inc();
     }
 
     /// The database (file plus WAL) now takes `bytes`.

@@ -43,6 +43,8 @@ pub struct EdgeOptions {
     pub message_qps: i32,
     /// `modules.edged`: disabled when `None`.
     pub edged: Option<EdgedOptions>,
+    /// `database.dataSource` somewhere else than `dir` (a small or read-only disk in a test).
+    pub data_source: Option<PathBuf>,
 }
 
 /// `modules.edged` when enabled: where the runtime is and where pods leave files.
@@ -91,6 +93,7 @@ impl EdgeOptions {
             backoff_max_ms: 1_000,
             message_qps: 30,
             edged: None,
+            data_source: None,
         }
     }
 
@@ -105,9 +108,11 @@ impl EdgeOptions {
         self
     }
 
-    /// The SQLite file.
+    /// The SQLite file: `data_source`, else `edgecore.db` in `dir`.
     pub fn db_path(&self) -> PathBuf {
-        self.dir.join("edgecore.db")
+        self.data_source
+            .clone()
+            .unwrap_or_else(|| self.dir.join("edgecore.db"))
     }
 
     /// The config file.

@@ -440,14 +440,47 @@ async fn an_unwritable_location_is_a_named_error() {
         matches!(err, StoreError::Open { .. } | StoreError::CreateDir { .. }),
         "{err}"
     );
-    // A file that is not SQLite.
+}
+
+/// A file that is not SQLite, or a database cut short, is refused with its path, what SQLite
+/// found and what to do, and left exactly as it was (no silent overwrite).
+#[tokio::test]
+async fn a_damaged_database_is_named_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![b'z'; 4096]).unwrap();
     let err = Store::open(&junk).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("junk.db") && text.contains("move"), "{text}");
+    assert_eq!(std::fs::read(&junk).unwrap(), vec![b'z'; 4096]);
+
+    // A real database, then truncated in the middle of its pages.
+    let (_d, path) = temp();
+    let store = Store::open(&path).unwrap();
+    for i in 0..200 {
+        store
+            .put_object(
+                &format!("default/configmap/c{i}"),
+                &json!({"data": {"v": "x".repeat(400)}}),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    store.shutdown().await;
+    let full = std::fs::read(&path).unwrap();
+    assert!(full.len() > 40_000, "{}", full.len());
+    let cut = &full[..full.len() / 2];
+    std::fs::write(&path, cut).unwrap();
+    let _ = std::fs::remove_file(path.with_extension("db-wal"));
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
     assert!(
-        matches!(err, StoreError::Open { .. } | StoreError::Schema { .. }),
+        err.to_string().contains("integrity check") || err.to_string().contains("malformed"),
         "{err}"
     );
+    assert_eq!(std::fs::read(&path).unwrap(), cut, "left untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::mpsc;
 
 use super::{BatchReply, Command, MetaKey, Op, OutboxEntry, Outcome, PutOutcome, ResourceVersion};
-use crate::error::StoreError;
+use crate::error::{StoreError, StoreFailure};
 
 /// How long a statement waits for a lock held by another process (e.g. a KubeEdge tool).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,22 +61,45 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
         path: path.to_owned(),
         source: StoreError::cause(e),
     };
+    let damaged = |e: rusqlite::Error| match StoreFailure::of(&e) {
+        StoreFailure::Damaged => StoreError::Damaged {
+            path: path.to_owned(),
+            report: e.to_string(),
+        },
+        StoreFailure::ReadOnly => StoreError::ReadOnly {
+            path: path.to_owned(),
+            source: StoreError::cause(e),
+        },
+        _ => open_err(e),
+    };
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(open_err)?;
+        .map_err(damaged)?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(path = %path.display(), mode, "database does not support WAL; using its journal mode");
     }
     conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(open_err)?;
+        .map_err(damaged)?;
     conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)
         .map_err(open_err)?;
-    conn.execute_batch(SCHEMA).map_err(|e| StoreError::Schema {
-        path: path.to_owned(),
-        source: StoreError::cause(e),
-    })?;
+    check_integrity(&conn, path)?;
+    conn.execute_batch(SCHEMA)
+        .map_err(|e| match StoreFailure::of(&e) {
+            StoreFailure::Damaged => StoreError::Damaged {
+                path: path.to_owned(),
+                report: e.to_string(),
+            },
+            StoreFailure::ReadOnly => StoreError::ReadOnly {
+                path: path.to_owned(),
+                source: StoreError::cause(e),
+            },
+            _ => StoreError::Schema {
+                path: path.to_owned(),
+                source: StoreError::cause(e),
+            },
+        })?;
     tracing::info!(path = %path.display(), "store opened");
     Ok(conn)
 }
@@ -99,6 +122,26 @@ fn create_parent(path: &Path) -> Result<(), StoreError> {
         path: dir.to_owned(),
         source: StoreError::cause(e),
     })
+}
+
+/// SQLite's `quick_check` (the integrity check without the slow index cross-check): anything
+/// but `ok` refuses the file, which is left as it is.
+fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let damaged = |report: String| StoreError::Damaged {
+        path: path.to_owned(),
+        report,
+    };
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| damaged(e.to_string()))?;
+    let lines: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| damaged(e.to_string()))?;
+    match lines.as_slice() {
+        [ok] if ok == "ok" => Ok(()),
+        _ => Err(damaged(format!("integrity check: {}", lines.join("; ")))),
+    }
 }
 
 /// The writer loop: take a batch, merge whatever else is queued, commit once, answer each.
@@ -163,10 +206,12 @@ fn commit_group(conn: &mut Connection, group: Group) {
         answers.push((results, reply));
     }
     if let Err(e) = tx.commit() {
-        tracing::error!(error = %e, "store commit failed; writes of this batch were not applied");
+        let failure = StoreFailure::of(&e);
+        tracing::error!(error = %e, failure = failure.as_str(), "store commit failed; writes of this batch were not applied");
         let source = StoreError::cause(e);
         for (_, reply) in answers {
             let _ = reply.send(Err(StoreError::Commit {
+                failure,
                 source: source.clone(),
             }));
         }
@@ -180,10 +225,12 @@ fn commit_group(conn: &mut Connection, group: Group) {
 }
 
 fn fail_all(group: Group, e: rusqlite::Error) {
-    tracing::error!(error = %e, "store transaction could not start");
+    let failure = StoreFailure::of(&e);
+    tracing::error!(error = %e, failure = failure.as_str(), "store transaction could not start");
     let source = StoreError::cause(e);
     for (_, reply) in group {
         let _ = reply.send(Err(StoreError::Commit {
+            failure,
             source: source.clone(),
         }));
     }
@@ -192,6 +239,7 @@ fn fail_all(group: Group, e: rusqlite::Error) {
 fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Outcome, StoreError> {
     let what = op_name(op);
     let sql = |e: rusqlite::Error| StoreError::Statement {
+        failure: StoreFailure::of(&e),
         what,
         source: StoreError::cause(e),
     };

@@ -180,3 +180,166 @@ async fn sigterm_in_a_write_storm_leaves_every_committed_version_acked() -> Resu
     );
     Ok(())
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(at)?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "mount -t tmpfs at {} failed (needs root)", at.display());
+        Ok(Self(at.to_owned()))
+    }
+
+    fn resize(&self, size: &str) -> Result<()> {
+        self.remount(&format!("size={size}"))
+    }
+
+    fn remount(&self, options: &str) -> Result<()> {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "remount of {} with {options} failed", self.0.display());
+        Ok(())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The disk fills up during a write storm: SQLite says FULL, the edge acks nothing it could not
+/// store, says so in one error line and the write-failure metric, keeps running, and catches up
+/// by itself once space returns. Needs root for the tmpfs: tests/run.sh runs it with the
+/// `--ignored root_` tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root to mount a small tmpfs; tests/run.sh runs it"]
+async fn root_a_full_disk_acks_nothing_it_cannot_store_and_recovers() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::new()?;
+    let sim = lab.replica("cloud1").await?;
+    let mut events = sim.events();
+    let disk = Tmpfs::mount(&lab.dir.path().join("small"), "1m")?;
+    let mut opts = cloudsim::edge::EdgeOptions::new(
+        NODE,
+        &sim.addr().to_string(),
+        lab.paths.clone(),
+        &lab.dir.path().join("edge"),
+    );
+    opts.data_source = Some(disk.0.join("edgecore.db"));
+    let mut edge = cloudsim::edge::EdgeCore::spawn(opts.clone()).await?;
+    connected(&mut events, Duration::from_secs(30)).await?;
+    // About 3 MB of configmaps for a 1 MB disk.
+    lab.with_cluster(|c| {
+        for i in 0..150 {
+            c.upsert(
+                "configmap",
+                feed::NAMESPACE,
+                &format!("big-{i:03}"),
+                json!({"data": {"blob": "x".repeat(20_000)}}),
+            )?;
+        }
+        Ok(())
+    })
+    .await?;
+    let log = edge.options().dir.join("edgecore.log");
+    cloudsim::eventually("a disk_full store failure in the log", CONVERGE, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log)?;
+            anyhow::ensure!(text.contains("failure=\"disk_full\""), "not yet");
+            Ok(())
+        }
+    })
+    .await?;
+    edge.check_running()?;
+    // Nothing the cloud holds an ack for is missing at the edge.
+    let acked = lab.cluster.acked(NODE)?;
+    let stored = cloudsim::edge::read_meta(&edge.db_path())?;
+    for o in acked.objects.iter().filter(|o| !o.deleted) {
+        let row = stored.get(&o.resource);
+        assert!(
+            row.is_some(),
+            "{} acked at rv {} but not stored",
+            o.resource,
+            o.rv
+        );
+    }
+    assert!(
+        acked.objects.len() < 150,
+        "the disk did not fill: {} acked",
+        acked.objects.len()
+    );
+    let metrics = edge_metrics(&edge).await?;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("edgecore_store_write_failures_total{failure=\"disk_full\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // Space returns: the cloud's resends are stored and acked, nothing lost.
+    disk.resize("64m")?;
+    converged(&lab, &mut edge, CONVERGE).await?;
+    edge.check_running()?;
+
+    // A read-only file system at start: a clear error naming the file and the cause, no start,
+    // and the file untouched; writable again, the edge starts and serves from it.
+    edge.terminate(Duration::from_secs(20)).await?;
+    let before = std::fs::read(opts.db_path())?;
+    disk.remount("ro")?;
+    let mut refused = cloudsim::edge::EdgeCore::spawn(opts.clone()).await?;
+    let exited = cloudsim::eventually(
+        "edgecore to refuse the read-only database",
+        CONVERGE,
+        || {
+            let done = refused.check_running().is_err();
+            async move {
+                anyhow::ensure!(done, "still running");
+                Ok(())
+            }
+        },
+    )
+    .await;
+    exited?;
+    let text = std::fs::read_to_string(&log)?;
+    assert!(
+        text.contains("read-only") && text.contains(&opts.db_path().display().to_string()),
+        "{}",
+        text.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+    disk.remount("rw")?;
+    assert_eq!(
+        std::fs::read(opts.db_path())?,
+        before,
+        "the file was left as it was"
+    );
+    let mut edge = cloudsim::edge::EdgeCore::spawn(opts).await?;
+    converged(&lab, &mut edge, CONVERGE).await?;
+    Ok(())
+}
+
+/// The edge's /metrics text.
+async fn edge_metrics(edge: &cloudsim::edge::EdgeCore) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = edge
+        .health_addr()
+        .ok_or_else(|| anyhow::anyhow!("no health address logged"))?;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
