@@ -23,8 +23,10 @@ use crate::tls::ClientTls;
 /// The WebSocket to CloudHub.
 pub(crate) type CloudStream = WebSocketStream<TlsStream<TcpStream>>;
 
-/// Largest message (and frame) accepted: pod lists and configmaps can be large.
-pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest message (and frame) accepted from the cloud: 32 MiB, CloudHub's own cap since
+/// KubeEdge bounded its WebSocket reads (a larger message is refused before it is buffered:
+/// tungstenite checks the frame header's length first).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 32 << 20;
 
 /// Everything needed to dial one endpoint, prepared (and validated) at start.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::backoff::ReconnectBackoff;
-use crate::dial::{CloudStream, Target};
+use crate::dial::{CloudStream, MAX_MESSAGE_BYTES, Target};
 use crate::endpoints::{Endpoints, Round};
 use crate::error::DialErrorKind;
 use crate::link_state::{DisconnectReason, HubStats, LinkState};
@@ -303,7 +303,14 @@ impl Link {
         index: usize,
         ws: CloudStream,
     ) -> (SessionEnd, Option<usize>, Option<Vec<Target>>) {
-        let (mut sink, mut stream) = ws.split();
+        let (mut sink, stream) = ws.split();
+        // A cloud message over the size limit ends the session (the WebSocket cannot skip it);
+        // say so plainly, the session's own line only carries tungstenite's wording.
+        let mut stream = stream.inspect(|frame| {
+            if let Err(tokio_tungstenite::tungstenite::Error::Capacity(e)) = frame {
+                warn!(error = %e, limit_bytes = MAX_MESSAGE_BYTES, "cloud message over the size limit refused; the session ends and it is not stored");
+            }
+        });
         let preempt = CancellationToken::new();
         let preferred: Vec<usize> = self.endpoints.preferred_over(index).collect();
         let session = session::run(

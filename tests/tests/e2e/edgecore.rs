@@ -113,6 +113,36 @@ async fn edgecore_skips_malformed_frames_and_unknown_operations() -> Result<()> 
     Ok(())
 }
 
+/// A cloud message of hundreds of MB is refused at its frame header (32 MiB cap, as CloudHub's),
+/// with a log line that says so: the session ends, the edge reconnects and keeps syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_cloud_frame_is_refused_and_the_edge_carries_on() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::new()?;
+    let sim = lab.replica("cloud1").await?;
+    let mut events = sim.events();
+    let mut edge = lab.edge(sim.addr()).await?;
+    connected(&mut events, Duration::from_secs(30)).await?;
+    // 300 MB announced in the frame header; the edge never buffers it.
+    assert!(sim.inject_frame(NODE, WsFrame::Binary(vec![b' '; 300 << 20])));
+    connected(&mut events, Duration::from_secs(30)).await?;
+    lab.cluster.upsert(
+        "configmap",
+        "default",
+        "after-the-big-one",
+        json!({"data": {"ok": "yes"}}),
+    )?;
+    converged(&lab, &mut edge, CONVERGE).await?;
+    let log = std::fs::read_to_string(edge.options().dir.join("edgecore.log"))?;
+    assert!(
+        log.contains("cloud message over the size limit refused"),
+        "{}",
+        edge.options().dir.display()
+    );
+    edge.check_running()?;
+    Ok(())
+}
+
 /// SIGTERM while the cloud streams objects: metamanager finishes the transaction it is writing,
 /// its acks go out before the close frame, and so every version the edge committed is one the
 /// cloud has an ack for. What arrived too late to commit is resent on the next session, and the
