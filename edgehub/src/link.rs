@@ -96,10 +96,6 @@ impl Link {
             first: None,
         };
         loop {
-            if self.reload.has_changed().unwrap_or(false) {
-                self.reload.borrow_and_update();
-                self.reload_tls();
-            }
             if cycle.pause != Pause::Immediate {
                 let mut delay = self.backoff.next_delay();
                 if cycle.pause == Pause::Long {
@@ -127,6 +123,12 @@ impl Link {
                         }
                     }
                 }
+            }
+            // Renewed certificates (possibly while backing off) are loaded before dialing, so
+            // the next session starts with them instead of being ended for them.
+            if self.reload.has_changed().unwrap_or(false) {
+                self.reload.borrow_and_update();
+                self.reload_tls();
             }
             if let Some(first) = cycle.round.clone().next()
                 && cycle.first != Some(first)

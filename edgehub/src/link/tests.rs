@@ -261,6 +261,52 @@ async fn a_certificate_rotation_reloads_the_files_and_redials() {
     );
 }
 
+/// A renewed certificate landing while the hub is between attempts (KubeEdge's edgehub
+/// deadlocks there, kubeedge#7144): the handle returns at once, the next attempt dials with the
+/// new pair, and later rotations still work.
+#[tokio::test]
+async fn a_rotation_while_reconnecting_neither_blocks_nor_breaks_the_link() {
+    let pki = Pki::new();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut hub = pki.edge_config(KeyFormat::Sec1);
+    hub.websocket.server = format!("127.0.0.1:{port}");
+    let mut edge = start_edge(hub);
+    edge.until("a refused attempt", |s| {
+        *s == LinkState::Disconnected {
+            reason: DisconnectReason::DialFailed,
+        }
+    })
+    .await;
+    let _renewed = pki.edge_config(KeyFormat::Pkcs8);
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_millis(100), async {
+            edge.handle.certificates_rotated()
+        })
+        .await
+        .expect("certificates_rotated never waits for the link");
+    }
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let _cloud = Cloud::start(
+        pki.acceptor(&["127.0.0.1"]),
+        listener,
+        vec![Mode::Serve, Mode::Serve],
+    )
+    .await;
+    edge.session(1).await;
+    edge.handle.certificates_rotated();
+    edge.session(2).await;
+    assert_eq!(
+        edge.handle
+            .stats()
+            .reconnects(DisconnectReason::CertRotated),
+        1,
+        "the rotations during the outage were taken before the first session, not after it"
+    );
+}
+
 #[tokio::test]
 async fn a_rotation_to_unusable_files_keeps_the_session_and_the_old_pair() {
     let pki = Pki::new();
