@@ -258,11 +258,7 @@ fn start_edged(
         .edged
         .tailored_kubelet_config
         .container_runtime_endpoint;
-    let images = &config
-        .modules
-        .edged
-        .tailored_kubelet_config
-        .image_service_endpoint;
+    let images = image_endpoint(&config.modules.edged.tailored_kubelet_config);
     let runtime = edged_shim::CriRuntime::new(endpoint, settings.runtime_request_timeout)
         .with_context(|| {
             format!(
@@ -283,6 +279,20 @@ fn start_edged(
         cancel.child_token(),
         tracker,
     ))
+}
+
+/// Where image calls go: `imageServiceEndpoint`, except that an empty one, or KubeEdge's
+/// default left in place while `containerRuntimeEndpoint` was changed (a CRI-O node, a private
+/// containerd), means the runtime's own socket, as the kubelet takes an empty one.
+fn image_endpoint(k: &config::TailoredKubeletConfig) -> &str {
+    let default = config::TailoredKubeletConfig::default();
+    let left_default = k.image_service_endpoint == default.image_service_endpoint
+        && k.container_runtime_endpoint != default.container_runtime_endpoint;
+    if k.image_service_endpoint.is_empty() || left_default {
+        &k.container_runtime_endpoint
+    } else {
+        &k.image_service_endpoint
+    }
 }
 
 /// A future that resolves on SIGTERM or SIGINT. The handlers are installed by this call (so a
@@ -361,6 +371,30 @@ mod tests {
         stop.send(()).unwrap();
         run.await.unwrap().unwrap();
         assert!(dir.path().join("sub/edgecore.db").exists());
+    }
+
+    #[test]
+    fn images_go_to_the_runtime_unless_another_image_endpoint_is_set() {
+        let mut k = config::TailoredKubeletConfig::default();
+        assert_eq!(image_endpoint(&k), "unix:///run/containerd/containerd.sock");
+        k.container_runtime_endpoint = "unix:///var/run/crio/crio.sock".into();
+        assert_eq!(
+            image_endpoint(&k),
+            "unix:///var/run/crio/crio.sock",
+            "default left in place"
+        );
+        k.image_service_endpoint = String::new();
+        assert_eq!(
+            image_endpoint(&k),
+            "unix:///var/run/crio/crio.sock",
+            "empty"
+        );
+        k.image_service_endpoint = "unix:///run/images.sock".into();
+        assert_eq!(
+            image_endpoint(&k),
+            "unix:///run/images.sock",
+            "set on purpose"
+        );
     }
 
     #[tokio::test]
