@@ -61,17 +61,7 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
         path: path.to_owned(),
         source: StoreError::cause(e),
     };
-    let damaged = |e: rusqlite::Error| match StoreFailure::of(&e) {
-        StoreFailure::Damaged => StoreError::Damaged {
-            path: path.to_owned(),
-            report: e.to_string(),
-        },
-        StoreFailure::ReadOnly => StoreError::ReadOnly {
-            path: path.to_owned(),
-            source: StoreError::cause(e),
-        },
-        _ => open_err(e),
-    };
+    let damaged = |e: rusqlite::Error| refused(path, e).unwrap_or_else(open_err);
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     let mode: String = conn
@@ -85,21 +75,12 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)
         .map_err(open_err)?;
     check_integrity(&conn, path)?;
-    conn.execute_batch(SCHEMA)
-        .map_err(|e| match StoreFailure::of(&e) {
-            StoreFailure::Damaged => StoreError::Damaged {
-                path: path.to_owned(),
-                report: e.to_string(),
-            },
-            StoreFailure::ReadOnly => StoreError::ReadOnly {
-                path: path.to_owned(),
-                source: StoreError::cause(e),
-            },
-            _ => StoreError::Schema {
-                path: path.to_owned(),
-                source: StoreError::cause(e),
-            },
-        })?;
+    conn.execute_batch(SCHEMA).map_err(|e| {
+        refused(path, e).unwrap_or_else(|e| StoreError::Schema {
+            path: path.to_owned(),
+            source: StoreError::cause(e),
+        })
+    })?;
     tracing::info!(path = %path.display(), "store opened");
     Ok(conn)
 }
@@ -122,6 +103,21 @@ fn create_parent(path: &Path) -> Result<(), StoreError> {
         path: dir.to_owned(),
         source: StoreError::cause(e),
     })
+}
+
+/// The error for a file SQLite refuses as damaged or cannot write; any other error back.
+fn refused(path: &Path, e: rusqlite::Error) -> Result<StoreError, rusqlite::Error> {
+    match StoreFailure::of(&e) {
+        StoreFailure::Damaged => Ok(StoreError::Damaged {
+            path: path.to_owned(),
+            report: e.to_string(),
+        }),
+        StoreFailure::ReadOnly => Ok(StoreError::ReadOnly {
+            path: path.to_owned(),
+            source: StoreError::cause(e),
+        }),
+        _ => Err(e),
+    }
 }
 
 /// SQLite's `quick_check` (the integrity check without the slow index cross-check): anything
