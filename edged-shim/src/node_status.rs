@@ -176,6 +176,41 @@ mod tests {
         s
     }
 
+    /// The status loop running against `meta`; cancel it and join through `stop`.
+    struct Loop {
+        task: tokio::task::JoinHandle<()>,
+        cancel: CancellationToken,
+        registered: watch::Receiver<bool>,
+    }
+
+    impl Loop {
+        fn start(
+            meta: &std::sync::Arc<RecordingMeta>,
+            state_rx: watch::Receiver<RuntimeState>,
+        ) -> Self {
+            let (registered_tx, registered) = watch::channel(false);
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(run(
+                settings(),
+                meta.clone(),
+                Box::new(FixedProbe),
+                state_rx,
+                registered_tx,
+                cancel.clone(),
+            ));
+            Self {
+                task,
+                cancel,
+                registered,
+            }
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn registers_with_retry_then_reports_an_unchanged_status_every_report_period() {
         let (meta, mut calls) = RecordingMeta::new();
@@ -183,15 +218,7 @@ mod tests {
         let (_state_tx, state_rx) = watch::channel(RuntimeState::Up {
             version: "containerd://1.6.20".to_owned(),
         });
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(
-            settings(),
-            meta.clone(),
-            Box::new(FixedProbe),
-            state_rx,
-            watch::channel(false).0,
-            cancel.clone(),
-        ));
+        let running = Loop::start(&meta, state_rx);
         let start = tokio::time::Instant::now();
         for attempt in 0..3 {
             match calls.recv().await {
@@ -226,8 +253,7 @@ mod tests {
         }
         // Unchanged: once per nodeStatusReportFrequency (5 min), the Lease beats in between.
         assert_eq!(at, [0, 300, 600]);
-        cancel.cancel();
-        task.await.unwrap();
+        running.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -236,15 +262,7 @@ mod tests {
         let (_state_tx, state_rx) = watch::channel(RuntimeState::Down {
             reason: "no socket".to_owned(),
         });
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(
-            settings(),
-            meta.clone(),
-            Box::new(FixedProbe),
-            state_rx,
-            watch::channel(false).0,
-            cancel.clone(),
-        ));
+        let running = Loop::start(&meta, state_rx);
         assert!(matches!(
             calls.recv().await,
             Some(MetaCall::RegisterNode(_))
@@ -257,8 +275,7 @@ mod tests {
             }
             other => panic!("expected node patch, got {other:?}"),
         }
-        cancel.cancel();
-        task.await.unwrap();
+        running.stop().await;
     }
 
     /// A change (the runtime going down) goes up at the next computation, not after the
@@ -269,21 +286,12 @@ mod tests {
         let (state_tx, state_rx) = watch::channel(RuntimeState::Up {
             version: "containerd://1.6.20".to_owned(),
         });
-        let (registered_tx, mut registered) = watch::channel(false);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(
-            settings(),
-            meta.clone(),
-            Box::new(FixedProbe),
-            state_rx,
-            registered_tx,
-            cancel.clone(),
-        ));
+        let mut running = Loop::start(&meta, state_rx);
         assert!(matches!(
             calls.recv().await,
             Some(MetaCall::RegisterNode(_))
         ));
-        registered.wait_for(|r| *r).await.unwrap();
+        running.registered.wait_for(|r| *r).await.unwrap();
         let start = tokio::time::Instant::now();
         assert!(matches!(
             calls.recv().await,
@@ -306,8 +314,7 @@ mod tests {
             "at the next 10 s tick"
         );
         assert!(calls.try_recv().is_err());
-        cancel.cancel();
-        task.await.unwrap();
+        running.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -316,15 +323,7 @@ mod tests {
         meta.node_exists
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let (_state_tx, state_rx) = watch::channel(RuntimeState::Unknown);
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(
-            settings(),
-            meta.clone(),
-            Box::new(FixedProbe),
-            state_rx,
-            watch::channel(false).0,
-            cancel.clone(),
-        ));
+        let running = Loop::start(&meta, state_rx);
         assert!(matches!(
             calls.recv().await,
             Some(MetaCall::RegisterNode(_))
@@ -333,8 +332,7 @@ mod tests {
             calls.recv().await,
             Some(MetaCall::PatchNode { .. })
         ));
-        cancel.cancel();
-        task.await.unwrap();
+        running.stop().await;
     }
 
     #[test]
