@@ -154,7 +154,7 @@ ports_free() {
     (exec 3<>"/dev/tcp/${p%:*}/${p#*:}") 2>/dev/null && busy="$busy $p"
   done
   [ -z "$busy" ] || die "ports$busy are taken by something this script did not start (another real-cloud lab? \
-stop it first, e.g. ../shared/lab/realcloud/down.sh)"
+stop it first: tests/realcloud/lab.sh down, or ../shared/lab/realcloud/down.sh)"
 }
 
 up() {
@@ -181,11 +181,26 @@ stop_pid() { # name pid
   log "stopped $1 ($2)"
 }
 
+# Processes whose command line names this lab's state root: what an earlier `up` started even
+# when its PID file was lost (a wiped $RC_ROOT, an interrupted run).
+strays() {
+  local d cmd
+  for d in /proc/[0-9]*; do
+    cmd=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+    case "$cmd" in *"$RC_ROOT/"*) ;; *) continue ;; esac
+    case "$(basename "${cmd%% *}")" in
+      etcd | kube-apiserver | cloudcore | haproxy | containerd | edgecore) echo "${d#/proc/}" ;;
+    esac
+  done
+}
+
 down() {
   if [ -f "$RC_PIDS" ]; then
     tac "$RC_PIDS" | while read -r name pid; do stop_pid "$name" "$pid"; done
     : >"$RC_PIDS"
   fi
+  local pid
+  for pid in $(strays); do stop_pid "stray $(basename "$(readlink "/proc/$pid/exe" 2>/dev/null)")" "$pid"; done
   "$ROOT/tests/cri/setup.sh" down >/dev/null 2>&1 || true
   # A Go edged (kubelet) leaves tmpfs mounts for secret and projected volumes under its root.
   awk -v p="$RC_RUN/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
