@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+# apt-get install, with one `apt-get update` if the package lists are stale.
+apt_install() {
+  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300)
+  "${apt[@]}" install -y "$@" >/dev/null 2>&1 || {
+    "${apt[@]}" update >/dev/null 2>&1
+    "${apt[@]}" install -y "$@" >/dev/null
+  }
+}
 started=$(date +%s)
 
 # Incremental artifacts are of no use to a one-shot run and doubled the build dir's size.
@@ -37,10 +45,7 @@ if ! command -v cargo-deny >/dev/null; then
 fi
 cargo deny --locked check bans licenses sources
 if ! command -v protoc >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 protobuf-compiler >/dev/null 2>&1 || {
-    DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=300 >/dev/null 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 protobuf-compiler >/dev/null
-  }
+  apt_install protobuf-compiler
 fi
 bash edged-shim/proto/regen.sh --check
 
@@ -49,6 +54,12 @@ cargo test --workspace --locked
 
 step "faults that need root (the ignored root_ tests: a disk that fills up, a read-only one)"
 cargo test --workspace --locked --tests -- --ignored root_
+
+step "the wall clock jumping back a day (the ignored faketime_ test, through libfaketime)"
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+  apt_install faketime
+fi
+cargo test --workspace --locked --tests -- --ignored faketime_
 
 step "pods on a real containerd (tests/cri: the ignored cri_ tests)"
 cri_started=$(date +%s)

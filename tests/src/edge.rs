@@ -45,6 +45,8 @@ pub struct EdgeOptions {
     pub edged: Option<EdgedOptions>,
     /// `database.dataSource` somewhere else than `dir` (a small or read-only disk in a test).
     pub data_source: Option<PathBuf>,
+    /// Extra environment for the process (e.g. `LD_PRELOAD` of libfaketime).
+    pub env: Vec<(String, String)>,
 }
 
 /// `modules.edged` when enabled: where the runtime is and where pods leave files.
@@ -94,6 +96,7 @@ impl EdgeOptions {
             message_qps: 30,
             edged: None,
             data_source: None,
+            env: Vec::new(),
         }
     }
 
@@ -295,6 +298,7 @@ impl EdgeCore {
                 "RUST_LOG",
                 std::env::var("EDGECORE_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -4,6 +4,7 @@
 
 mod e2e {
     mod chaos;
+    mod clock;
     pub(crate) mod common;
     mod cri;
     mod edgecore;

@@ -36,14 +36,14 @@ fn env(name: &str) -> String {
 
 /// A simulator that pushes pods only: configmaps and secrets reach the edge as answers to its
 /// queries.
-async fn pods_only_replica(lab: &Lab, listen: SocketAddr) -> Result<CloudSim> {
+pub(super) async fn pods_only_replica(lab: &Lab, listen: SocketAddr) -> Result<CloudSim> {
     let mut cfg = lab.sim_config("cloud1");
     cfg.listen = listen;
     cfg.pushed_kinds = Some(vec!["pod".to_owned()]);
     CloudSim::start(cfg).await
 }
 
-fn edge_options(lab: &Lab, server: SocketAddr, endpoint: &str) -> EdgeOptions {
+pub(super) fn edge_options(lab: &Lab, server: SocketAddr, endpoint: &str) -> EdgeOptions {
     let dir = lab.dir.path().join("edge");
     let mut opts = EdgeOptions::new(NODE, &server.to_string(), lab.paths.clone(), &dir);
     opts.edged = Some(EdgedOptions::new(endpoint, &dir));
@@ -329,7 +329,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<u16> {
 }
 
 /// Fails with the edge's log tail when `res` is an error.
-fn with_log<T>(res: Result<T>, edge: &EdgeCore) -> Result<T> {
+pub(super) fn with_log<T>(res: Result<T>, edge: &EdgeCore) -> Result<T> {
     res.map_err(|e| anyhow::anyhow!("{e:#}\nedgecore log tail:\n{}", edge.log_tail(40)))
 }
 
