@@ -81,7 +81,7 @@ pub struct Edged {
 /// kept as written in [`rest`](Self::rest) (KubeEdge's defaults fill the ones left out), printed
 /// back and never warned about.
 ///
-/// String keys whose default is not empty (`imageServiceEndpoint`, `clusterDomain`,
+/// String keys whose default is not empty (`imageServiceEndpoint`, `clusterDomain`, `resolvConf`,
 /// `staticPodPath`, `podLogsDir`) are printed even when empty: left out, an explicit "" would
 /// load back as the default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +113,8 @@ pub struct TailoredKubeletConfig {
         deserialize_with = "de::null_as_default"
     )]
     pub cluster_dns: Vec<String>,
+    /// The node's resolver file, the base of pods' DNS; empty: none (pods get localhost).
+    pub resolv_conf: String,
     /// Directory of static pod manifests.
     pub static_pod_path: String,
     /// Directory of pod log files.
@@ -219,7 +221,6 @@ podPidsLimit: -1
 readOnlyPort: 10350
 registryBurst: 10
 registryPullQPS: 5
-resolvConf: /etc/resolv.conf
 seccompDefault: false
 serializeImagePulls: true
 shutdownGracePeriod: 0s
@@ -260,6 +261,7 @@ impl Default for TailoredKubeletConfig {
             cgroup_driver: "cgroupfs".to_owned(),
             cluster_domain: "cluster.local".to_owned(),
             cluster_dns: Vec::new(),
+            resolv_conf: "/etc/resolv.conf".to_owned(),
             static_pod_path: "/etc/kubeedge/manifests".to_owned(),
             pod_logs_dir: "/var/log/pods".to_owned(),
             register_node: true,
@@ -276,7 +278,7 @@ mod tests {
     #[test]
     fn default_rest_parses_and_holds_no_typed_key() {
         let rest: BTreeMap<String, Value> = serde_yaml_ng::from_str(DEFAULT_REST).unwrap();
-        assert_eq!(rest.len(), 56);
+        assert_eq!(rest.len(), 55);
         let typed = serde_yaml_ng::to_value(TailoredKubeletConfig {
             rest: BTreeMap::new(),
             ..TailoredKubeletConfig::default()
@@ -306,6 +308,6 @@ mod tests {
         assert_eq!(k.rest.get("readOnlyPort"), Some(&Value::from(10350)));
         let k: TailoredKubeletConfig = serde_yaml_ng::from_str("readOnlyPort: 0").unwrap();
         assert_eq!(k.rest.get("readOnlyPort"), Some(&Value::from(0)));
-        assert_eq!(k.rest.len(), 56);
+        assert_eq!(k.rest.len(), 55);
     }
 }

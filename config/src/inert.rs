@@ -45,6 +45,9 @@ const HONOURED: &[&str] = &[
     "modules.edged.tailoredKubeletConfig.runtimeRequestTimeout",
     "modules.edged.tailoredKubeletConfig.maxPods",
     "modules.edged.tailoredKubeletConfig.podLogsDir",
+    "modules.edged.tailoredKubeletConfig.clusterDNS",
+    "modules.edged.tailoredKubeletConfig.clusterDomain",
+    "modules.edged.tailoredKubeletConfig.resolvConf",
     "modules.health",
 ];
 
@@ -189,10 +192,9 @@ mod tests {
                 "modules.edgeHub.websocket.readDeadline",
                 "modules.edged.podSandboxImage",
                 "modules.edged.tailoredKubeletConfig.cgroupDriver",
-                "modules.edged.tailoredKubeletConfig.clusterDNS",
                 "modules.edged.tailoredKubeletConfig.someNewKubeletKey",
             ],
-            "heartbeat and maxPods act; a disabled module's keys are not listed"
+            "heartbeat, maxPods and clusterDNS act; a disabled module's keys are not listed"
         );
         assert_eq!(
             i.modules,

@@ -245,6 +245,15 @@ fn edged(c: &EdgeCoreConfig, p: &mut Problems) {
             "a positive number of seconds (KubeEdge's default is 40)",
         );
     }
+    for (i, server) in k.cluster_dns.iter().enumerate() {
+        if server.parse::<IpAddr>().is_err() {
+            p.push(
+                format!("modules.edged.tailoredKubeletConfig.clusterDNS[{i}]"),
+                quoted(server),
+                "the IP address of a cluster DNS server, such as 10.96.0.10",
+            );
+        }
+    }
     if k.cgroup_driver != "cgroupfs" && k.cgroup_driver != "systemd" {
         p.push(
             "modules.edged.tailoredKubeletConfig.cgroupDriver",
@@ -549,6 +558,8 @@ mod tests {
             .tailored_kubelet_config
             .image_service_endpoint = "x".to_owned();
         c.modules.edged.tailored_kubelet_config.cgroup_driver = "cgroup".to_owned();
+        c.modules.edged.tailored_kubelet_config.cluster_dns =
+            vec!["10.96.0.10".to_owned(), "kube-dns".to_owned()];
         c.modules
             .edged
             .tailored_kubelet_config
@@ -564,12 +575,13 @@ mod tests {
             "modules.edged.tailoredKubeletConfig.containerRuntimeEndpoint",
             "modules.edged.tailoredKubeletConfig.imageServiceEndpoint",
             "modules.edged.tailoredKubeletConfig.cgroupDriver",
+            "modules.edged.tailoredKubeletConfig.clusterDNS[1]",
             "modules.edged.tailoredKubeletConfig.nodeLeaseDurationSeconds",
             "modules.eventBus.mqttMode",
         ] {
             assert!(e.at(path).is_some(), "{path} not reported in {e}");
         }
-        assert_eq!(e.errors().len(), 10, "{e}");
+        assert_eq!(e.errors().len(), 11, "{e}");
 
         let mut c = default_config("n");
         c.modules.edge_hub.tls_server_name = "cloudcore.example.com".to_owned();

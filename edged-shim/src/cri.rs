@@ -172,6 +172,11 @@ pub(crate) fn sandbox_config(c: &SandboxConfig) -> api::PodSandboxConfig {
         }),
         hostname: c.hostname.clone(),
         log_directory: c.log_directory.to_string_lossy().into_owned(),
+        dns_config: c.dns.as_ref().map(|d| api::DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
         labels: pod_labels(c),
         linux: Some(api::LinuxPodSandboxConfig {
             cgroup_parent: c.cgroup_parent.clone().unwrap_or_default(),
@@ -558,8 +563,17 @@ mod tests {
             log_directory: PathBuf::from("/var/log/pods/ns_p_u"),
             cgroup_parent: None,
             labels: BTreeMap::new(),
+            dns: Some(crate::runtime::DnsConfig {
+                servers: vec!["10.96.0.10".to_owned()],
+                searches: vec!["ns.svc.cluster.local".to_owned()],
+                options: vec!["ndots:5".to_owned()],
+            }),
         };
         let cfg = sandbox_config(&s);
+        let dns = cfg.dns_config.clone().unwrap();
+        assert_eq!(dns.servers, ["10.96.0.10"]);
+        assert_eq!(dns.searches, ["ns.svc.cluster.local"]);
+        assert_eq!(dns.options, ["ndots:5"]);
         let ns = cfg
             .linux
             .and_then(|l| l.security_context)

@@ -10,6 +10,7 @@ mod backoff;
 mod cgroup;
 mod cri;
 mod cri_api;
+mod dns;
 mod edged;
 mod env;
 #[cfg(test)]
@@ -30,10 +31,11 @@ mod time;
 mod volumes;
 
 pub use cri::CriRuntime;
+pub use dns::DnsSettings;
 pub use edged::{EdgedHandle, spawn};
 pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent, VolumeSource};
 pub use runtime::{
-    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, MANAGED_LABEL, Mount, Runtime,
-    RuntimeError, RuntimeFuture, RuntimeState, SandboxConfig, SandboxInfo,
+    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, DnsConfig, MANAGED_LABEL,
+    Mount, Runtime, RuntimeError, RuntimeFuture, RuntimeState, SandboxConfig, SandboxInfo,
 };
 pub use settings::{EdgedSettings, PressureThresholds};

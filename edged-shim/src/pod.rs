@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::dns::PodDnsConfig;
+
 /// Why a Pod JSON could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -88,6 +90,9 @@ pub(crate) struct PodSpec {
     pub(crate) termination_grace_period_seconds: Option<u64>,
     /// The service account whose token a projected volume carries (`default` when unset).
     pub(crate) service_account_name: String,
+    /// `ClusterFirst` (when unset), `ClusterFirstWithHostNet`, `Default` or `None`.
+    pub(crate) dns_policy: Option<String>,
+    pub(crate) dns_config: Option<PodDnsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]

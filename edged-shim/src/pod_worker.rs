@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
+use crate::dns;
 use crate::env::{Objects, container_env, expand_refs};
 use crate::meta::{MetaClient, PodEvent, VolumeSource};
 use crate::node_status::META_CALL_TIMEOUT;

@@ -92,6 +92,19 @@ pub struct SandboxConfig {
     pub cgroup_parent: Option<String>,
     /// Pod labels.
     pub labels: BTreeMap<String, String>,
+    /// The pod's `/etc/resolv.conf`; `None` leaves it to the runtime (the node's file).
+    pub dns: Option<DnsConfig>,
+}
+
+/// A pod's resolver configuration (CRI `DNSConfig`): what its `/etc/resolv.conf` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `nameserver` lines.
+    pub servers: Vec<String>,
+    /// The `search` line.
+    pub searches: Vec<String>,
+    /// The `options` line.
+    pub options: Vec<String>,
 }
 
 /// A bind mount into a container.

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::dns::DnsSettings;
+
 /// Thresholds below which a node reports pressure (kubelet's default hard eviction signals).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PressureThresholds {
@@ -63,6 +65,8 @@ pub struct EdgedSettings {
     /// How often every pod's configmap and secret volume files are checked against the stored
     /// objects (`syncFrequency`, default 1 min); a cloud change rewrites them at once anyway.
     pub sync_frequency: Duration,
+    /// Pods' DNS: `clusterDNS`, `clusterDomain`, `resolvConf`.
+    pub dns: DnsSettings,
 }
 
 impl EdgedSettings {
@@ -103,6 +107,16 @@ impl EdgedSettings {
             runtime_request_timeout: or(k.runtime_request_timeout.as_duration(), 120),
             pod_sync_period: Duration::from_secs(2),
             sync_frequency: or(k.sync_frequency.as_duration(), 60),
+            dns: DnsSettings {
+                // Validation rejects an entry that is not an IP address.
+                cluster_dns: k
+                    .cluster_dns
+                    .iter()
+                    .filter_map(|s| s.parse().ok())
+                    .collect(),
+                cluster_domain: k.cluster_domain.trim_end_matches('.').to_owned(),
+                resolv_conf: (!k.resolv_conf.is_empty()).then(|| PathBuf::from(&k.resolv_conf)),
+            },
         }
     }
 }

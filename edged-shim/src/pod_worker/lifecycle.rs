@@ -31,6 +31,7 @@ impl PodWorker {
                 .as_ref()
                 .map(|p| format!("{}/pod{}", p.trim_end_matches('/'), m.uid)),
             labels: m.labels.clone(),
+            dns: None,
         }
     }
 
@@ -70,6 +71,33 @@ impl PodWorker {
             if rec.sandbox_retry_at.is_some_and(|at| Instant::now() < at) {
                 return;
             }
+            let spec = &rec.pod.spec;
+            let dns = dns::pod_dns(
+                &self.settings.dns,
+                self.host_ip.parse().ok(),
+                &rec.pod.metadata.namespace,
+                spec.dns_policy.as_deref(),
+                spec.host_network,
+                spec.dns_config.as_ref(),
+            )
+            .await;
+            let sandbox = match dns {
+                Ok(formed) => {
+                    for warning in &formed.warnings {
+                        warn!(pod = %key, "DNS: {warning}");
+                    }
+                    SandboxConfig {
+                        dns: Some(formed.config),
+                        ..sandbox.clone()
+                    }
+                }
+                Err(error) => {
+                    warn!(pod = %key, %error, "sandbox not started");
+                    rec.sandbox_retry_at = Some(Instant::now() + rec.sandbox_backoff.next_delay());
+                    rec.set_waiting("ContainerCreating", &error.to_string());
+                    return;
+                }
+            };
             match self
                 .call("RunPodSandbox", self.runtime.run_sandbox(&sandbox))
                 .await

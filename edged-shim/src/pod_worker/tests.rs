@@ -18,11 +18,23 @@ struct Harness {
 
 impl Harness {
     fn start(rt: FakeRuntime) -> Self {
+        Self::start_with(rt, |_| {})
+    }
+
+    /// With the node's resolver file at `<root>/resolv.conf` (written by the caller, or not).
+    fn start_with(rt: FakeRuntime, tweak: impl FnOnce(&mut EdgedSettings)) -> Self {
         let root = tempfile::tempdir().unwrap();
         let mut settings = EdgedSettings::from_config(&config::Edged::default());
         settings.node_name = "n1".to_owned();
         settings.root_directory = root.path().join("root");
         settings.pod_log_directory = root.path().join("logs");
+        settings.dns.resolv_conf = Some(root.path().join("resolv.conf"));
+        std::fs::write(
+            root.path().join("resolv.conf"),
+            "nameserver 192.168.1.1\nsearch lan\n",
+        )
+        .unwrap();
+        tweak(&mut settings);
         let (meta, calls) = RecordingMeta::new();
         meta.put(
             "configmap",
@@ -576,6 +588,7 @@ fn running_pair(
             log_directory: PathBuf::from("/tmp"),
             cgroup_parent: None,
             labels: Default::default(),
+            dns: None,
         },
         ContainerConfig {
             name: ready_container.to_owned(),
@@ -749,5 +762,67 @@ async fn an_image_update_replaces_the_container() {
                 .all(|c| c.config.image == "localhost/app:v2")
         );
     }
+    h.stop().await;
+}
+
+/// The sandbox carries the pod's DNS as the kubelet forms it; an unreadable resolver file holds
+/// the sandbox back with a message naming it, until it is readable.
+#[tokio::test(start_paused = true)]
+async fn the_sandbox_gets_the_pods_dns_and_waits_for_a_readable_resolver_file() {
+    let missing = tempfile::tempdir().unwrap();
+    let resolv = missing.path().join("resolv.conf");
+    let path = resolv.clone();
+    let mut h = Harness::start_with(FakeRuntime::with_images(&[APP]), move |s| {
+        s.dns.cluster_dns = vec!["10.96.0.10".parse().unwrap()];
+        s.dns.resolv_conf = Some(path);
+    });
+    let mut web = pod("web", "Always", json!({}));
+    web["spec"]["dnsPolicy"] = json!("ClusterFirstWithHostNet");
+    web["spec"]["dnsConfig"] = json!({"options": [{"name": "ndots", "value": "2"}]});
+    h.events.send(PodEvent::Upsert(web)).await.unwrap();
+    let s = h
+        .status("web", "waiting on the resolver file", |s| {
+            s["containerStatuses"][0]["state"]["waiting"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("resolvConf") && m.contains("resolv.conf"))
+        })
+        .await;
+    assert_eq!(s["status"]["phase"], "Pending");
+    assert_eq!(h.rt.calls_named("RunPodSandbox"), 0);
+
+    std::fs::write(&resolv, "nameserver 192.168.1.1\nsearch lan\n").unwrap();
+    h.status("web", "running once the file is there", running)
+        .await;
+    {
+        let st = h.rt.state();
+        let dns = st.sandboxes.values().next().unwrap().dns.clone().unwrap();
+        assert_eq!(dns.servers, ["10.96.0.10"]);
+        assert_eq!(
+            dns.searches,
+            [
+                "default.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local",
+                "lan"
+            ]
+        );
+        assert_eq!(dns.options, ["ndots:2"]);
+    }
+    h.stop().await;
+}
+
+/// A host-network pod with the default policy gets the node's resolver configuration.
+#[tokio::test(start_paused = true)]
+async fn a_host_network_pod_gets_the_nodes_dns() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("web", "running", running).await;
+    let dns = h.rt.state().sandboxes.values().next().unwrap().dns.clone();
+    let dns = dns.unwrap();
+    assert_eq!(dns.servers, ["192.168.1.1"]);
+    assert_eq!(dns.searches, ["lan"]);
     h.stop().await;
 }

@@ -24,6 +24,8 @@ const NS: &str = "default";
 const POD: &str = "printer";
 /// Starting a pod on a loaded 2-core machine: pause image, sandbox, container.
 const POD_START: Duration = Duration::from_secs(90);
+/// The nameserver of the pod's `dnsConfig` (TEST-NET-1: never asked).
+const DNS_SERVER: &str = "192.0.2.53";
 /// The log line the container prints from its environment.
 const VALUES: &str = "cm=hello-from-configmap env-from-cm=blue secret=s3cret-from-secret \
                       env-from-secret=admin";
@@ -116,11 +118,15 @@ async fn create_pod(lab: &Lab, image: &str) -> Result<String> {
                 "hostNetwork": true,
                 "restartPolicy": "Always",
                 "terminationGracePeriodSeconds": 2,
+                // The resolver the container sees comes from here alone (the kubelet's None).
+                "dnsPolicy": "None",
+                "dnsConfig": {"nameservers": [DNS_SERVER], "searches": ["edge.example"]},
                 "containers": [{
                     "name": "app",
                     "image": image,
                     "command": ["/bin/sh", "-c",
-                        "echo \"cm=$GREETING env-from-cm=$COLOR secret=$PASSWORD env-from-secret=$USER\"; exec sleep 3600"],
+                        "while read k v; do [ \"$k\" = nameserver ] && echo \"dns=$v\"; done < /etc/resolv.conf; \
+                         echo \"cm=$GREETING env-from-cm=$COLOR secret=$PASSWORD env-from-secret=$USER\"; exec sleep 3600"],
                     "env": [
                         {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "greeting"}}},
                         {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "password"}}}
@@ -378,6 +384,11 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
 
     let text = logged_values(&log_file(&opts, &uid)?).await?;
     assert!(text.contains(&format!("stdout F {VALUES}")), "log: {text}");
+    // Its /etc/resolv.conf is the pod's dnsConfig, through CRI's DNSConfig, and nothing else.
+    assert!(
+        text.contains(&format!("stdout F dns={DNS_SERVER}\n")) && text.matches("dns=").count() == 1,
+        "log: {text}"
+    );
     assert_eq!(sandboxes_of(&runtime, &uid).await?.len(), 1);
     edge.check_running()?;
 
