@@ -13,8 +13,8 @@ use crate::cri_api as api;
 use crate::cri_api::image_service_client::ImageServiceClient;
 use crate::cri_api::runtime_service_client::RuntimeServiceClient;
 use crate::runtime::{
-    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, MANAGED_LABEL, Runtime,
-    RuntimeError, RuntimeFuture, SandboxConfig, SandboxInfo,
+    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, MANAGED_LABEL, RegistryAuth,
+    Runtime, RuntimeError, RuntimeFuture, SandboxConfig, SandboxInfo,
 };
 
 /// How long to wait for the socket to accept a connection.
@@ -286,7 +286,11 @@ impl Runtime for CriRuntime {
         })
     }
 
-    fn pull_image<'a>(&'a self, image: &'a str) -> RuntimeFuture<'a, String> {
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> RuntimeFuture<'a, String> {
         Box::pin(async move {
             let mut client = self.images.clone();
             let r = self
@@ -295,6 +299,11 @@ impl Runtime for CriRuntime {
                     client.pull_image(api::PullImageRequest {
                         image: Some(api::ImageSpec {
                             image: image.to_owned(),
+                            ..Default::default()
+                        }),
+                        auth: auth.map(|a| api::AuthConfig {
+                            username: a.username.clone(),
+                            password: a.password.clone(),
                             ..Default::default()
                         }),
                         ..Default::default()

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::runtime::{
-    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, Runtime, RuntimeError,
-    RuntimeFuture, SandboxConfig, SandboxInfo,
+    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, RegistryAuth, Runtime,
+    RuntimeError, RuntimeFuture, SandboxConfig, SandboxInfo,
 };
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,10 @@ pub(crate) struct FakeState {
     pub(crate) failing_sandboxes: u32,
     pub(crate) images: HashSet<String>,
     pub(crate) pullable: HashSet<String>,
+    /// Images that pull only with this user's credentials.
+    pub(crate) private: HashMap<String, String>,
+    /// The user of every PullImage's credentials (`None`: anonymous), in call order.
+    pub(crate) pull_auths: Vec<Option<String>>,
     pub(crate) sandboxes: HashMap<String, SandboxConfig>,
     pub(crate) containers: HashMap<String, FakeContainer>,
     pub(crate) calls: Vec<String>,
@@ -134,8 +138,23 @@ impl Runtime for FakeRuntime {
         Box::pin(async move { r })
     }
 
-    fn pull_image<'a>(&'a self, image: &'a str) -> RuntimeFuture<'a, String> {
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> RuntimeFuture<'a, String> {
         let r = self.op("PullImage", |s| {
+            s.pull_auths.push(auth.map(|a| a.username.clone()));
+            let allowed = s
+                .private
+                .get(image)
+                .is_none_or(|user| auth.is_some_and(|a| &a.username == user));
+            if !allowed {
+                return Err(RuntimeError::Call {
+                    call: "PullImage",
+                    message: format!("pulling {image:?}: 401 Unauthorized"),
+                });
+            }
             if s.pullable.contains(image) {
                 s.images.insert(image.to_owned());
                 Ok(image.to_owned())

@@ -16,6 +16,7 @@ mod env;
 #[cfg(test)]
 mod fake_runtime;
 mod host;
+mod keyring;
 mod meta;
 mod node;
 mod node_lease;
@@ -36,6 +37,7 @@ pub use edged::{EdgedHandle, spawn};
 pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent, VolumeSource};
 pub use runtime::{
     ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, DnsConfig, MANAGED_LABEL,
-    Mount, Runtime, RuntimeError, RuntimeFuture, RuntimeState, SandboxConfig, SandboxInfo,
+    Mount, RegistryAuth, Runtime, RuntimeError, RuntimeFuture, RuntimeState, SandboxConfig,
+    SandboxInfo,
 };
 pub use settings::{EdgedSettings, PressureThresholds};

@@ -93,6 +93,15 @@ pub(crate) struct PodSpec {
     /// `ClusterFirst` (when unset), `ClusterFirstWithHostNet`, `Default` or `None`.
     pub(crate) dns_policy: Option<String>,
     pub(crate) dns_config: Option<PodDnsConfig>,
+    /// Secrets with registry credentials for the pod's images.
+    pub(crate) image_pull_secrets: Vec<LocalObjectReference>,
+}
+
+/// `{name: ...}`: an object in the pod's namespace.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub(crate) struct LocalObjectReference {
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]

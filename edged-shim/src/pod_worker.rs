@@ -55,6 +55,10 @@ struct ContainerRecord {
     restart_at: Option<Instant>,
     /// The spec changed (image update): replace the running container.
     replace: bool,
+    /// The kubelet's image pull back-off (10 s doubling to 5 min) and the failed pull it
+    /// follows: until `pull_retry_at` the container waits in `ImagePullBackOff`.
+    pull_backoff: Backoff,
+    pull_retry_at: Option<(Instant, String)>,
 }
 
 impl ContainerRecord {
@@ -70,6 +74,8 @@ impl ContainerRecord {
             backoff: Backoff::exact(CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX),
             restart_at: None,
             replace: false,
+            pull_backoff: Backoff::exact(CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX),
+            pull_retry_at: None,
         }
     }
 }
@@ -492,6 +498,7 @@ impl PodWorker {
     }
 }
 
+mod images;
 mod lifecycle;
 mod recovery;
 mod refresh;

@@ -96,6 +96,24 @@ pub struct SandboxConfig {
     pub dns: Option<DnsConfig>,
 }
 
+/// Credentials for a registry, from a pod's `imagePullSecrets` (CRI `AuthConfig`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A pod's resolver configuration (CRI `DNSConfig`): what its `/etc/resolv.conf` says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DnsConfig {
@@ -215,8 +233,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn version(&self) -> RuntimeFuture<'_, String>;
     /// The image's ID when present locally, `None` when it must be pulled.
     fn image_status<'a>(&'a self, image: &'a str) -> RuntimeFuture<'a, Option<String>>;
-    /// Pull an image; returns its reference.
-    fn pull_image<'a>(&'a self, image: &'a str) -> RuntimeFuture<'a, String>;
+    /// Pull an image, with registry credentials when given; returns its reference.
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> RuntimeFuture<'a, String>;
     /// Create and start a pod sandbox; returns its ID.
     fn run_sandbox<'a>(&'a self, config: &'a SandboxConfig) -> RuntimeFuture<'a, String>;
     /// Stop a sandbox and everything in it.

@@ -274,19 +274,35 @@ impl PodWorker {
             _ => false,
         };
         if pull {
-            info!(pod = %key, image = %spec.image, "pulling image");
-            if let Err(error) = self
-                .call("PullImage", self.runtime.pull_image(&spec.image))
-                .await
+            if let Some((at, error)) = &c.pull_retry_at
+                && Instant::now() < *at
             {
+                c.waiting = Some((
+                    "ImagePullBackOff".to_owned(),
+                    format!(
+                        "Back-off pulling image {:?}: ErrImagePull: {error}",
+                        spec.image
+                    ),
+                ));
+                return;
+            }
+            let credentials = self.pull_credentials(&rec.pod, &spec.image).await;
+            info!(pod = %key, image = %spec.image, credentials = credentials.len(), "pulling image");
+            if let Err(error) = self.pull(&spec.image, &credentials).await {
                 if present.is_none() {
                     warn!(pod = %key, image = %spec.image, %error, "image pull failed");
                     c.waiting = Some(("ErrImagePull".to_owned(), error.to_string()));
+                    c.pull_retry_at = Some((
+                        Instant::now() + c.pull_backoff.next_delay(),
+                        error.to_string(),
+                    ));
                     self.failed(&error);
                     return;
                 }
                 warn!(pod = %key, image = %spec.image, %error, "pull failed; using the local image");
             }
+            c.pull_backoff.reset();
+            c.pull_retry_at = None;
         }
         let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
         let env = match container_env(&rec.pod, &spec, &self.host_ip, &mut objects).await {

@@ -1,6 +1,7 @@
 use super::*;
 use crate::fake_runtime::FakeRuntime;
 use crate::testutil::{MetaCall, RecordingMeta};
+use base64::Engine as _;
 use serde_json::{Value, json};
 
 const APP: &str = "localhost/app:local";
@@ -824,5 +825,122 @@ async fn a_host_network_pod_gets_the_nodes_dns() {
     let dns = dns.unwrap();
     assert_eq!(dns.servers, ["192.168.1.1"]);
     assert_eq!(dns.searches, ["lan"]);
+    h.stop().await;
+}
+
+/// A failed pull is `ErrImagePull`, then `ImagePullBackOff` while the kubelet's back-off runs
+/// (10 s, 20 s, ...), with a retry at each step.
+#[tokio::test(start_paused = true)]
+async fn failed_pulls_back_off_as_the_kubelet_does() {
+    let mut h = Harness::start(FakeRuntime::default());
+    let start = Instant::now();
+    h.events
+        .send(PodEvent::Upsert(pod(
+            "bad",
+            "Always",
+            json!({"image": "nowhere/img:1"}),
+        )))
+        .await
+        .unwrap();
+    let reason = |r: &'static str| {
+        move |s: &Value| s["containerStatuses"][0]["state"]["waiting"]["reason"] == r
+    };
+    h.status("bad", "pull error", reason("ErrImagePull")).await;
+    let s = h
+        .status("bad", "back-off", reason("ImagePullBackOff"))
+        .await;
+    let message = s["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with("Back-off pulling image \"nowhere/img:1\": ErrImagePull: "),
+        "{message}"
+    );
+    assert_eq!(
+        h.rt.calls_named("PullImage"),
+        1,
+        "no pull during the back-off"
+    );
+    h.status("bad", "second pull error", reason("ErrImagePull"))
+        .await;
+    assert_eq!(h.rt.calls_named("PullImage"), 2);
+    let first_retry = start.elapsed();
+    assert!(
+        (Duration::from_secs(10)..Duration::from_secs(13)).contains(&first_retry),
+        "{first_retry:?}"
+    );
+    h.status("bad", "back-off again", reason("ImagePullBackOff"))
+        .await;
+    h.status("bad", "third pull error", reason("ErrImagePull"))
+        .await;
+    let second_retry = start.elapsed() - first_retry;
+    assert!(
+        (Duration::from_secs(20)..Duration::from_secs(23)).contains(&second_retry),
+        "{second_retry:?}"
+    );
+
+    // Once the image can be pulled, the next retry starts the container.
+    h.rt.state().pullable.insert("nowhere/img:1".to_owned());
+    h.status("bad", "running after the registry came back", running)
+        .await;
+    h.stop().await;
+}
+
+/// The pod's `imagePullSecrets` reach the runtime: the matching credential is tried first, a
+/// missing or malformed secret is skipped, and the pull succeeds with the right one.
+#[tokio::test(start_paused = true)]
+async fn image_pull_secrets_give_the_pull_its_credentials() {
+    const PRIVATE: &str = "registry.example.com/team/app:v1";
+    let rt = FakeRuntime::default();
+    {
+        let mut st = rt.state();
+        st.pullable.insert(PRIVATE.to_owned());
+        st.private.insert(PRIVATE.to_owned(), "robot".to_owned());
+    }
+    let mut h = Harness::start(rt);
+    let config = json!({"auths": {
+        "registry.example.com": {"username": "someone-else", "password": "x"},
+        "https://registry.example.com/team": {"username": "robot", "password": "s3cret"}
+    }});
+    h.meta.put(
+        "secret",
+        "default",
+        "regcred",
+        json!({"type": "kubernetes.io/dockerconfigjson",
+               "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD
+                   .encode(config.to_string())}}),
+    );
+    h.meta.put(
+        "secret",
+        "default",
+        "not-a-docker-config",
+        json!({"data": {"password": "eA=="}}),
+    );
+    let mut web = pod("web", "Always", json!({"image": PRIVATE}));
+    web["spec"]["imagePullSecrets"] =
+        json!([{"name": "missing"}, {"name": "not-a-docker-config"}, {"name": "regcred"}]);
+    h.events.send(PodEvent::Upsert(web)).await.unwrap();
+    h.status("web", "running with the private image", running)
+        .await;
+    assert_eq!(
+        h.rt.state().pull_auths,
+        [Some("robot".to_owned())],
+        "the most specific credential first, and it worked"
+    );
+
+    // Without the secrets the same pull is anonymous and refused.
+    let mut other = pod("other", "Always", json!({"image": PRIVATE}));
+    other["spec"]["containers"][0]["imagePullPolicy"] = json!("Always");
+    h.events.send(PodEvent::Upsert(other)).await.unwrap();
+    let s = h
+        .status("other", "unauthorized pull", |s| {
+            s["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
+                || s["containerStatuses"][0]["state"]["running"].is_object()
+        })
+        .await;
+    // The image is present by now, so a refused Always pull falls back to the local image.
+    assert!(running(&s["status"]), "{s}");
+    assert_eq!(h.rt.state().pull_auths.last(), Some(&None));
     h.stop().await;
 }
