@@ -232,11 +232,18 @@ pub(crate) fn container_config(s: &SandboxConfig, c: &ContainerConfig) -> api::C
         log_path: c.log_path.clone(),
         labels,
         linux: Some(api::LinuxContainerConfig {
+            resources: Some(api::LinuxContainerResources {
+                cpu_period: c.resources.cpu_period,
+                cpu_quota: c.resources.cpu_quota,
+                cpu_shares: c.resources.cpu_shares,
+                memory_limit_in_bytes: c.resources.memory_limit_bytes,
+                oom_score_adj: c.resources.oom_score_adj,
+                ..Default::default()
+            }),
             security_context: Some(api::LinuxContainerSecurityContext {
                 namespace_options: Some(namespaces(s.host_network)),
                 ..Default::default()
             }),
-            ..Default::default()
         }),
         ..Default::default()
     }
@@ -602,9 +609,27 @@ mod tests {
                 working_dir: String::new(),
                 log_path: "c/0.log".to_owned(),
                 attempt: 0,
+                resources: crate::runtime::LinuxResources {
+                    cpu_shares: 256,
+                    cpu_period: 100_000,
+                    cpu_quota: 50_000,
+                    memory_limit_bytes: 64 << 20,
+                    oom_score_adj: 936,
+                },
             },
         );
         assert_eq!(c.envs[0].key, "A");
+        let r = c.linux.clone().and_then(|l| l.resources).unwrap();
+        assert_eq!(
+            (
+                r.cpu_shares,
+                r.cpu_period,
+                r.cpu_quota,
+                r.memory_limit_in_bytes,
+                r.oom_score_adj
+            ),
+            (256, 100_000, 50_000, 64 << 20, 936)
+        );
         assert_eq!(
             c.linux
                 .and_then(|l| l.security_context)

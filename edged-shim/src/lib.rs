@@ -24,6 +24,7 @@ mod node_status;
 mod pod;
 mod pod_status;
 mod pod_worker;
+mod resources;
 mod runtime;
 mod settings;
 #[cfg(test)]
@@ -36,8 +37,8 @@ pub use dns::DnsSettings;
 pub use edged::{EdgedHandle, spawn};
 pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent, VolumeSource};
 pub use runtime::{
-    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, DnsConfig, MANAGED_LABEL,
-    Mount, RegistryAuth, Runtime, RuntimeError, RuntimeFuture, RuntimeState, SandboxConfig,
-    SandboxInfo,
+    ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, DnsConfig, LinuxResources,
+    MANAGED_LABEL, Mount, RegistryAuth, Runtime, RuntimeError, RuntimeFuture, RuntimeState,
+    SandboxConfig, SandboxInfo,
 };
 pub use settings::{EdgedSettings, PressureThresholds};

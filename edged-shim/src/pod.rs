@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::dns::PodDnsConfig;
+use crate::resources::{QosClass, ResourceRequirements, qos_class};
 
 /// Why a Pod JSON could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,17 @@ pub(crate) struct Pod {
 }
 
 impl Pod {
+    /// The QoS class of its init and app containers' requests and limits.
+    pub(crate) fn qos_class(&self) -> QosClass {
+        qos_class(
+            self.spec
+                .init_containers
+                .iter()
+                .chain(&self.spec.containers)
+                .map(|c| &c.resources),
+        )
+    }
+
     /// When the cloud marked the pod `PodScheduled=True` (a scheduler's time), if it did.
     pub(crate) fn scheduled_at(&self) -> Option<&str> {
         self.status
@@ -95,6 +107,9 @@ pub(crate) struct PodSpec {
     pub(crate) dns_config: Option<PodDnsConfig>,
     /// Secrets with registry credentials for the pod's images.
     pub(crate) image_pull_secrets: Vec<LocalObjectReference>,
+    /// Not run here yet; they count for the pod's QoS class.
+    pub(crate) init_containers: Vec<Container>,
+    pub(crate) priority_class_name: String,
 }
 
 /// `{name: ...}`: an object in the pod's namespace.
@@ -124,6 +139,7 @@ pub(crate) struct Container {
     pub(crate) env_from: Vec<EnvFromSource>,
     pub(crate) volume_mounts: Vec<VolumeMount>,
     pub(crate) image_pull_policy: Option<PullPolicy>,
+    pub(crate) resources: ResourceRequirements,
 }
 
 impl Container {

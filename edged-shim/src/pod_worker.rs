@@ -21,6 +21,7 @@ use crate::pod_status::{
     ApiState, CONDITIONS, ContainerView, MountView, POD_SCHEDULED, PodView, condition_states,
     status_patch,
 };
+use crate::resources;
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,
     RuntimeState, SandboxConfig, SandboxInfo,
@@ -173,6 +174,8 @@ pub(crate) struct PodWorker {
     next_refresh: Instant,
     /// UIDs of pods torn down for good: later events for them are stale.
     removed: RemovedPods,
+    /// The node's memory in bytes: burstable containers' OOM score adjustment is relative to it.
+    memory_capacity: u64,
 }
 
 /// A runtime timestamp (nanoseconds since the epoch) as the API writes it; empty for the
@@ -244,6 +247,7 @@ impl PodWorker {
             gc_after: Instant::now() + ORPHAN_GRACE,
             removed: RemovedPods::default(),
             next_refresh: Instant::now() + settings_sync_frequency,
+            memory_capacity: crate::host::memory_capacity(),
         }
     }
 

@@ -157,6 +157,24 @@ pub struct ContainerConfig {
     pub log_path: String,
     /// How many times this container was created before.
     pub attempt: u32,
+    /// CPU and memory controls and the OOM score adjustment.
+    pub resources: LinuxResources,
+}
+
+/// What the runtime applies to a container's cgroup and process (CRI
+/// `LinuxContainerResources`), as the kubelet derives it from requests, limits and QoS class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinuxResources {
+    /// `cpu.shares` (cgroup v1 units; 2 to 262144).
+    pub cpu_shares: i64,
+    /// CFS period in microseconds.
+    pub cpu_period: i64,
+    /// CFS quota in microseconds per period; 0 for none.
+    pub cpu_quota: i64,
+    /// Memory limit in bytes; 0 for none.
+    pub memory_limit_bytes: i64,
+    /// `oom_score_adj` of the container's processes.
+    pub oom_score_adj: i64,
 }
 
 /// Container state as the runtime reports it.

@@ -323,6 +323,12 @@ impl PodWorker {
             working_dir: spec.working_dir.clone(),
             log_path: format!("{}/{}.log", spec.name, c.attempt),
             attempt: c.attempt,
+            resources: resources::linux_resources(
+                &spec.resources,
+                rec.pod.qos_class(),
+                rec.pod.spec.priority_class_name == "system-node-critical",
+                self.memory_capacity,
+            ),
         };
         let id = match self
             .call(

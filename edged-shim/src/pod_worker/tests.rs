@@ -51,13 +51,14 @@ impl Harness {
         );
         let (state_tx, state) = watch::channel(RuntimeState::Unknown);
         let (events, rx) = mpsc::channel(16);
-        let worker = PodWorker::new(
+        let mut worker = PodWorker::new(
             settings,
             meta.clone(),
             Box::new(rt.clone()),
             state_tx,
             "192.168.1.50".to_owned(),
         );
+        worker.memory_capacity = 4 << 30;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(worker.run(rx, cancel.clone()));
         Self {
@@ -601,6 +602,7 @@ fn running_pair(
             working_dir: String::new(),
             log_path: String::new(),
             attempt,
+            resources: Default::default(),
         },
     )
 }
@@ -942,5 +944,76 @@ async fn image_pull_secrets_give_the_pull_its_credentials() {
     // The image is present by now, so a refused Always pull falls back to the local image.
     assert!(running(&s["status"]), "{s}");
     assert_eq!(h.rt.state().pull_auths.last(), Some(&None));
+    h.stop().await;
+}
+
+/// Requests and limits reach the runtime as the kubelet derives them, with the pod's QoS class
+/// deciding the OOM score adjustment.
+#[tokio::test(start_paused = true)]
+async fn requests_and_limits_reach_the_runtime_by_qos_class() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    let burstable = json!({"resources": {
+        "requests": {"cpu": "250m", "memory": "256Mi"},
+        "limits": {"cpu": "500m", "memory": "512Mi"}}});
+    let guaranteed = json!({"resources": {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"cpu": "1", "memory": "1Gi"}}});
+    for (name, extra) in [
+        ("burst", burstable),
+        ("guar", guaranteed),
+        ("best", json!({})),
+    ] {
+        h.events
+            .send(PodEvent::Upsert(pod(name, "Always", extra)))
+            .await
+            .unwrap();
+        h.status(name, "running", running).await;
+    }
+    {
+        let st = h.rt.state();
+        let of = |name: &str| {
+            let sandbox = st
+                .sandboxes
+                .iter()
+                .find(|(_, s)| s.name == name)
+                .map(|(id, _)| id.clone())
+                .unwrap();
+            st.containers
+                .values()
+                .find(|c| c.sandbox == sandbox)
+                .map(|c| c.config.resources)
+                .unwrap()
+        };
+        let b = of("burst");
+        assert_eq!(
+            (
+                b.cpu_shares,
+                b.cpu_quota,
+                b.cpu_period,
+                b.memory_limit_bytes
+            ),
+            (256, 50_000, 100_000, 512 << 20)
+        );
+        assert_eq!(
+            b.oom_score_adj,
+            1000 - 1000 * 256 / 4096,
+            "relative to the node's 4 GiB"
+        );
+        let g = of("guar");
+        assert_eq!(
+            (g.cpu_shares, g.cpu_quota, g.oom_score_adj),
+            (1024, 100_000, -997)
+        );
+        let e = of("best");
+        assert_eq!(
+            (
+                e.cpu_shares,
+                e.cpu_quota,
+                e.memory_limit_bytes,
+                e.oom_score_adj
+            ),
+            (2, 0, 0, 1000)
+        );
+    }
     h.stop().await;
 }

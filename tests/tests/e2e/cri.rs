@@ -126,6 +126,8 @@ async fn create_pod(lab: &Lab, image: &str) -> Result<String> {
                     "image": image,
                     "command": ["/bin/sh", "-c",
                         "while read k v; do [ \"$k\" = nameserver ] && echo \"dns=$v\"; done < /etc/resolv.conf; \
+                         echo \"mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)\"; \
+                         echo \"cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max)\"; \
                          echo \"cm=$GREETING env-from-cm=$COLOR secret=$PASSWORD env-from-secret=$USER\"; exec sleep 3600"],
                     "env": [
                         {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "greeting"}}},
@@ -134,7 +136,9 @@ async fn create_pod(lab: &Lab, image: &str) -> Result<String> {
                     "envFrom": [
                         {"configMapRef": {"name": "app-config"}},
                         {"secretRef": {"name": "app-secret"}}
-                    ]
+                    ],
+                    "resources": {"requests": {"cpu": "100m", "memory": "32Mi"},
+                                  "limits": {"cpu": "500m", "memory": "64Mi"}}
                 }]
             }}),
         )?;
@@ -389,6 +393,9 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
         text.contains(&format!("stdout F dns={DNS_SERVER}\n")) && text.matches("dns=").count() == 1,
         "log: {text}"
     );
+    // Its limits are its cgroup's (cgroup v1 or v2 files, read from inside).
+    assert!(text.contains("stdout F mem=67108864\n"), "log: {text}");
+    assert!(text.contains("stdout F cpu=50000"), "log: {text}");
     assert_eq!(sandboxes_of(&runtime, &uid).await?.len(), 1);
     edge.check_running()?;
 
