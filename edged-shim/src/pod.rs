@@ -30,15 +30,22 @@ pub(crate) struct Pod {
 }
 
 impl Pod {
+    /// Init containers, then app containers: the order of edged's container records.
+    pub(crate) fn all_containers(&self) -> impl Iterator<Item = &Container> {
+        self.spec
+            .init_containers
+            .iter()
+            .chain(&self.spec.containers)
+    }
+
+    /// The `idx`th of [`Pod::all_containers`].
+    pub(crate) fn container_at(&self, idx: usize) -> Option<&Container> {
+        self.all_containers().nth(idx)
+    }
+
     /// The QoS class of its init and app containers' requests and limits.
     pub(crate) fn qos_class(&self) -> QosClass {
-        qos_class(
-            self.spec
-                .init_containers
-                .iter()
-                .chain(&self.spec.containers)
-                .map(|c| &c.resources),
-        )
+        qos_class(self.all_containers().map(|c| &c.resources))
     }
 
     /// When the cloud marked the pod `PodScheduled=True` (a scheduler's time), if it did.
@@ -107,7 +114,7 @@ pub(crate) struct PodSpec {
     pub(crate) dns_config: Option<PodDnsConfig>,
     /// Secrets with registry credentials for the pod's images.
     pub(crate) image_pull_secrets: Vec<LocalObjectReference>,
-    /// Not run here yet; they count for the pod's QoS class.
+    /// Run in order, each to a clean exit, before the app containers.
     pub(crate) init_containers: Vec<Container>,
     pub(crate) priority_class_name: String,
 }

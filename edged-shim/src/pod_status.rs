@@ -107,6 +107,51 @@ impl ContainerView {
     fn running(&self) -> bool {
         matches!(self.state, ApiState::Running { .. })
     }
+
+    /// Its entry in `containerStatuses` or `initContainerStatuses`. An init container is ready
+    /// once it completed.
+    fn to_json(&self, init: bool) -> Value {
+        let ready = if init {
+            self.completed()
+        } else {
+            self.running()
+        };
+        let mut s = json!({
+            "image": self.image,
+            "imageID": self.image_id,
+            "lastState": self.last_state.as_ref().map_or_else(|| json!({}), ApiState::to_json),
+            "name": self.name,
+            "ready": ready,
+            "restartCount": self.restart_count,
+            "started": self.running(),
+            "state": self.state.to_json(),
+        });
+        if !self.container_id.is_empty() {
+            s["containerID"] = json!(self.container_id);
+        }
+        if !self.volume_mounts.is_empty() {
+            s["volumeMounts"] =
+                Value::Array(self.volume_mounts.iter().map(MountView::to_json).collect());
+        }
+        s
+    }
+
+    /// An init container that ran to a clean exit.
+    fn completed(&self) -> bool {
+        matches!(self.state, ApiState::Terminated { exit_code: 0, .. })
+    }
+
+    /// An init container that failed: it exited non-zero, or waits to restart after doing so.
+    fn failed(&self) -> bool {
+        match &self.state {
+            ApiState::Terminated { exit_code, .. } => *exit_code != 0,
+            ApiState::Waiting { .. } => matches!(
+                self.last_state,
+                Some(ApiState::Terminated { exit_code, .. }) if exit_code != 0
+            ),
+            ApiState::Running { .. } => false,
+        }
+    }
 }
 
 /// Everything the patch says about a pod.
@@ -118,11 +163,25 @@ pub(crate) struct PodView {
     pub(crate) host_ip: String,
     pub(crate) pod_ip: String,
     pub(crate) start_time: String,
+    /// Init containers, in their order.
+    pub(crate) init_containers: Vec<ContainerView>,
+    /// App containers.
     pub(crate) containers: Vec<ContainerView>,
 }
 
-/// Kubernetes pod phase from container states and the restart policy.
-pub(crate) fn phase(policy: &RestartPolicy, containers: &[ContainerView]) -> &'static str {
+/// Kubernetes pod phase from container states and the restart policy: `Failed` once an init
+/// container failed under `Never`, `Pending` until every init container completed.
+pub(crate) fn phase(
+    policy: &RestartPolicy,
+    init: &[ContainerView],
+    containers: &[ContainerView],
+) -> &'static str {
+    if *policy == RestartPolicy::Never && init.iter().any(ContainerView::failed) {
+        return "Failed";
+    }
+    if !init.iter().all(ContainerView::completed) {
+        return "Pending";
+    }
     let (mut pending, mut running, mut failed) = (0, 0, 0);
     for c in containers {
         match &c.state {
@@ -172,9 +231,23 @@ pub(crate) fn condition_states(view: &PodView) -> [(bool, &'static str, String);
         .collect();
     let ready = not_ready.is_empty() && !view.containers.is_empty();
     let why = format!("containers with unready status: [{}]", not_ready.join(" "));
+    let incomplete: Vec<&str> = view
+        .init_containers
+        .iter()
+        .filter(|c| !c.completed())
+        .map(|c| c.name.as_str())
+        .collect();
+    let initialized = (
+        incomplete.is_empty(),
+        "ContainersNotInitialized",
+        format!(
+            "containers with incomplete status: [{}]",
+            incomplete.join(" ")
+        ),
+    );
     [
         (view.sandbox_ready, "", String::new()),
-        (true, "", String::new()),
+        initialized,
         (ready, "ContainersNotReady", why.clone()),
         (ready, "ContainersNotReady", why),
         (true, "", String::new()),
@@ -214,36 +287,21 @@ pub(crate) fn status_patch(view: &PodView, transitions: &[String; 5]) -> String 
             c
         })
         .collect();
-    let statuses: Vec<Value> = view
-        .containers
-        .iter()
-        .map(|c| {
-            let mut s = json!({
-                "image": c.image,
-                "imageID": c.image_id,
-                "lastState": c.last_state.as_ref().map_or_else(|| json!({}), ApiState::to_json),
-                "name": c.name,
-                "ready": c.running(),
-                "restartCount": c.restart_count,
-                "started": c.running(),
-                "state": c.state.to_json(),
-            });
-            if !c.container_id.is_empty() {
-                s["containerID"] = json!(c.container_id);
-            }
-            if !c.volume_mounts.is_empty() {
-                s["volumeMounts"] =
-                    Value::Array(c.volume_mounts.iter().map(MountView::to_json).collect());
-            }
-            s
-        })
-        .collect();
+    let statuses: Vec<Value> = view.containers.iter().map(|c| c.to_json(false)).collect();
     let mut status = json!({
         "$setElementOrder/conditions": order,
         "conditions": conditions,
         "containerStatuses": statuses,
-        "phase": phase(&view.restart_policy, &view.containers),
+        "phase": phase(&view.restart_policy, &view.init_containers, &view.containers),
     });
+    if !view.init_containers.is_empty() {
+        status["initContainerStatuses"] = Value::Array(
+            view.init_containers
+                .iter()
+                .map(|c| c.to_json(true))
+                .collect(),
+        );
+    }
     if !view.host_ip.is_empty() {
         status["hostIP"] = json!(view.host_ip);
         status["hostIPs"] = json!([{"ip": view.host_ip}]);
@@ -296,6 +354,7 @@ mod tests {
             host_ip: "192.168.1.50".to_owned(),
             pod_ip: "10.88.0.7".to_owned(),
             start_time: "2025-06-01T08:00:01Z".to_owned(),
+            init_containers: Vec::new(),
             containers: vec![running("nginx")],
         }
     }
@@ -407,27 +466,57 @@ mod tests {
             message: String::new(),
         };
         use RestartPolicy::*;
-        assert_eq!(phase(&Always, &[with(waiting.clone(), false)]), "Pending");
-        assert_eq!(phase(&Always, &[with(waiting, true)]), "Running");
-        assert_eq!(phase(&Always, &[running("c")]), "Running");
-        assert_eq!(phase(&Never, &[with(terminated(0), false)]), "Succeeded");
         assert_eq!(
-            phase(&Never, &[with(terminated(2), false), running("d")]),
+            phase(&Always, &[], &[with(waiting.clone(), false)]),
+            "Pending"
+        );
+        assert_eq!(phase(&Always, &[], &[with(waiting, true)]), "Running");
+        assert_eq!(phase(&Always, &[], &[running("c")]), "Running");
+        assert_eq!(
+            phase(&Never, &[], &[with(terminated(0), false)]),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase(&Never, &[], &[with(terminated(2), false), running("d")]),
             "Running"
         );
         assert_eq!(
             phase(
                 &Never,
+                &[],
                 &[with(terminated(2), false), with(terminated(0), false)]
             ),
             "Failed"
         );
-        assert_eq!(phase(&OnFailure, &[with(terminated(2), false)]), "Running");
         assert_eq!(
-            phase(&OnFailure, &[with(terminated(0), false)]),
+            phase(&OnFailure, &[], &[with(terminated(2), false)]),
+            "Running"
+        );
+        assert_eq!(
+            phase(&OnFailure, &[], &[with(terminated(0), false)]),
             "Succeeded"
         );
-        assert_eq!(phase(&Always, &[]), "Pending");
+        assert_eq!(phase(&Always, &[], &[]), "Pending");
+
+        // Init containers: pending until all completed; a failed one fails the pod under Never.
+        let done = with(terminated(0), false);
+        let app = [running("app")];
+        assert_eq!(
+            phase(&Always, &[done.clone(), running("i2")], &app),
+            "Pending"
+        );
+        assert_eq!(
+            phase(&Always, &[done.clone(), done.clone()], &app),
+            "Running"
+        );
+        let crashed = with(terminated(1), false);
+        assert_eq!(phase(&Never, &[crashed.clone()], &app), "Failed");
+        assert_eq!(phase(&OnFailure, &[crashed], &app), "Pending");
+        let backing_off = ApiState::Waiting {
+            reason: "CrashLoopBackOff".to_owned(),
+            message: String::new(),
+        };
+        assert_eq!(phase(&Always, &[with(backing_off, true)], &app), "Pending");
     }
 
     #[test]
@@ -444,6 +533,7 @@ mod tests {
             host_ip: String::new(),
             pod_ip: String::new(),
             start_time: String::new(),
+            init_containers: Vec::new(),
             containers: vec![c],
         };
         let t: [String; 5] = Default::default();

@@ -63,6 +63,13 @@ struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Exited with code 0 when last looked at.
+    fn succeeded(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| s.state == ContainerState::Exited && s.exit_code == 0)
+    }
+
     fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
@@ -113,7 +120,10 @@ struct PodRecord {
     sandbox_id: Option<String>,
     sandbox_attempt: u32,
     volumes: HashMap<String, PathBuf>,
+    /// The init containers' records, then the app containers'.
     containers: Vec<ContainerRecord>,
+    /// How many of `containers` are init containers.
+    init_count: usize,
     start_time: String,
     transitions: [(Option<bool>, String); CONDITIONS.len()],
     last_patch: Option<String>,
@@ -127,11 +137,10 @@ struct PodRecord {
 impl PodRecord {
     fn new(pod: Pod) -> Self {
         let containers = pod
-            .spec
-            .containers
-            .iter()
+            .all_containers()
             .map(|c| ContainerRecord::new(&c.name))
             .collect();
+        let init_count = pod.spec.init_containers.len();
         Self {
             pod,
             desired: Desired::Running,
@@ -139,6 +148,7 @@ impl PodRecord {
             sandbox_attempt: 0,
             volumes: HashMap::new(),
             containers,
+            init_count,
             start_time: String::new(),
             transitions: Default::default(),
             last_patch: None,
@@ -146,6 +156,13 @@ impl PodRecord {
             sandbox_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             sandbox_retry_at: None,
         }
+    }
+
+    /// Every init container has run to a clean exit (or there are none).
+    fn initialized(&self) -> bool {
+        self.containers[..self.init_count.min(self.containers.len())]
+            .iter()
+            .all(ContainerRecord::succeeded)
     }
 
     fn set_waiting(&mut self, reason: &str, message: &str) {
@@ -326,7 +343,8 @@ impl PodWorker {
                             rec.desired = Desired::Gone { notify_cloud: true };
                         }
                         // Only the image of a container may change in a running pod.
-                        for (c, new) in rec.containers.iter_mut().zip(&pod.spec.containers) {
+                        let apps = rec.containers.iter_mut().skip(rec.init_count);
+                        for (c, new) in apps.zip(&pod.spec.containers) {
                             let old = rec.pod.spec.containers.iter().find(|o| o.name == new.name);
                             if old.is_some_and(|o| o.image != new.image) {
                                 info!(pod = %key, container = %c.name, image = %new.image, "image changed");

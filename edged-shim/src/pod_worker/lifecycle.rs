@@ -121,7 +121,26 @@ impl PodWorker {
         let Some(sandbox_id) = rec.sandbox_id.clone() else {
             return;
         };
-        for idx in 0..rec.containers.len() {
+        // Init containers one at a time, each to a clean exit, before any app container.
+        for idx in 0..rec.init_count {
+            if rec
+                .containers
+                .get(idx)
+                .is_some_and(ContainerRecord::succeeded)
+            {
+                continue;
+            }
+            self.drive_container(rec, idx, &sandbox_id, &sandbox).await;
+            if !rec
+                .containers
+                .get(idx)
+                .is_some_and(ContainerRecord::succeeded)
+            {
+                return;
+            }
+            info!(pod = %key, container = %rec.containers[idx].name, "init container completed");
+        }
+        for idx in rec.init_count..rec.containers.len() {
             self.drive_container(rec, idx, &sandbox_id, &sandbox).await;
             if matches!(&*self.state.borrow(), RuntimeState::Down { .. }) {
                 return;
@@ -137,9 +156,14 @@ impl PodWorker {
         sandbox: &SandboxConfig,
     ) {
         let key = rec.pod.key();
-        let policy = rec.pod.spec.restart_policy.clone();
+        // An init container is restarted only when it failed, and not at all under Never.
+        let policy = match rec.pod.spec.restart_policy {
+            RestartPolicy::Never => RestartPolicy::Never,
+            _ if idx < rec.init_count => RestartPolicy::OnFailure,
+            ref p => p.clone(),
+        };
         let (Some(spec), Some(c)) = (
-            rec.pod.spec.containers.get(idx).cloned(),
+            rec.pod.container_at(idx).cloned(),
             rec.containers.get_mut(idx),
         ) else {
             return;

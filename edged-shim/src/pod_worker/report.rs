@@ -4,13 +4,13 @@ use super::*;
 
 impl PodWorker {
     pub(super) fn view(&self, rec: &PodRecord) -> PodView {
-        let containers = rec
+        let initialized = rec.initialized();
+        let mut containers: Vec<ContainerView> = rec
             .pod
-            .spec
-            .containers
-            .iter()
+            .all_containers()
             .zip(&rec.containers)
-            .map(|(spec, c)| {
+            .enumerate()
+            .map(|(idx, (spec, c))| {
                 let state = match (&c.waiting, &c.status) {
                     (Some((reason, message)), _) => ApiState::Waiting {
                         reason: reason.clone(),
@@ -18,7 +18,13 @@ impl PodWorker {
                     },
                     (None, Some(s)) => api_state(s),
                     (None, None) => ApiState::Waiting {
-                        reason: "ContainerCreating".to_owned(),
+                        // App containers wait for the init containers.
+                        reason: if idx >= rec.init_count && !initialized {
+                            "PodInitializing"
+                        } else {
+                            "ContainerCreating"
+                        }
+                        .to_owned(),
                         message: String::new(),
                     },
                 };
@@ -57,6 +63,7 @@ impl PodWorker {
                 }
             })
             .collect();
+        let apps = containers.split_off(rec.init_count.min(containers.len()));
         let pod_ip = if rec.pod.spec.host_network {
             self.host_ip.clone()
         } else {
@@ -69,7 +76,8 @@ impl PodWorker {
             host_ip: self.host_ip.clone(),
             pod_ip,
             start_time: rec.start_time.clone(),
-            containers,
+            init_containers: containers,
+            containers: apps,
         }
     }
 

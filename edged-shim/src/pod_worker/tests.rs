@@ -1017,3 +1017,121 @@ async fn requests_and_limits_reach_the_runtime_by_qos_class() {
     }
     h.stop().await;
 }
+
+/// Init containers run one at a time, each to a clean exit, before the app container; their
+/// statuses and the Initialized condition go up as the kubelet reports them.
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_in_order_before_the_app() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    let mut h = Harness::start(rt);
+    let mut web = pod("web", "Always", json!({}));
+    web["spec"]["initContainers"] = json!([
+        {"name": "first", "image": APP, "command": ["/bin/true"]},
+        {"name": "second", "image": APP, "command": ["/bin/true"]}
+    ]);
+    h.events.send(PodEvent::Upsert(web)).await.unwrap();
+    let s = h
+        .status("web", "initializing", |s| {
+            s["initContainerStatuses"][0]["state"]["running"].is_object()
+        })
+        .await;
+    let s = &s["status"];
+    assert_eq!(s["phase"], "Pending");
+    assert_eq!(s["conditions"][1]["type"], "Initialized");
+    assert_eq!(s["conditions"][1]["status"], "False");
+    assert_eq!(s["conditions"][1]["reason"], "ContainersNotInitialized");
+    assert_eq!(
+        s["conditions"][1]["message"],
+        "containers with incomplete status: [first second]"
+    );
+    assert_eq!(
+        s["initContainerStatuses"][1]["state"]["waiting"]["reason"],
+        "ContainerCreating"
+    );
+    assert_eq!(
+        s["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    assert_eq!(
+        h.rt.calls_named("StartContainer"),
+        1,
+        "only the first init container"
+    );
+
+    // The first exits cleanly: the second starts, then the app.
+    h.rt.exit("first", 0);
+    h.status("web", "second init running", |s| {
+        s["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+            && s["initContainerStatuses"][0]["ready"] == true
+            && s["initContainerStatuses"][1]["state"]["running"].is_object()
+    })
+    .await;
+    assert_eq!(h.rt.calls_named("StartContainer"), 2);
+    h.rt.exit("second", 0);
+    let s = h.status("web", "running", running).await;
+    let s = &s["status"];
+    assert_eq!(s["conditions"][1]["status"], "True");
+    assert_eq!(s["conditions"][1]["reason"], Value::Null);
+    assert_eq!(
+        s["initContainerStatuses"][1]["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    assert_eq!(h.rt.calls_named("StartContainer"), 3);
+    h.stop().await;
+}
+
+/// A failing init container is restarted with back-off (the app never starts); under
+/// `restartPolicy: Never` it fails the pod instead.
+#[tokio::test(start_paused = true)]
+async fn a_failing_init_container_is_retried_or_fails_the_pod() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    let start_init = |name: &str, policy: &str| {
+        let mut p = pod(name, policy, json!({}));
+        p["spec"]["initContainers"] = json!([{"name": format!("init-{name}"), "image": APP}]);
+        p
+    };
+    let init_running = |s: &Value| s["initContainerStatuses"][0]["state"]["running"].is_object();
+
+    h.events
+        .send(PodEvent::Upsert(start_init("once", "Never")))
+        .await
+        .unwrap();
+    h.status("once", "init running", init_running).await;
+    h.rt.exit("init-once", 3);
+    let s = h.status("once", "failed", |s| s["phase"] == "Failed").await;
+    assert_eq!(
+        s["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        3
+    );
+    assert_eq!(
+        s["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+
+    h.events
+        .send(PodEvent::Upsert(start_init("retry", "Always")))
+        .await
+        .unwrap();
+    h.status("retry", "init running", init_running).await;
+    h.rt.exit("init-retry", 3);
+    let s = h
+        .status("retry", "init back-off", |s| {
+            s["initContainerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        })
+        .await;
+    assert_eq!(s["status"]["phase"], "Pending");
+    assert_eq!(s["status"]["initContainerStatuses"][0]["ready"], false);
+    h.status("retry", "init restarted", |s| {
+        s["initContainerStatuses"][0]["restartCount"] == 1 && init_running(s)
+    })
+    .await;
+    // No app container was ever created for either pod.
+    let apps =
+        h.rt.state()
+            .containers
+            .values()
+            .filter(|c| c.config.name == "app")
+            .count();
+    assert_eq!(apps, 0);
+    h.stop().await;
+}

@@ -121,6 +121,9 @@ async fn create_pod(lab: &Lab, image: &str) -> Result<String> {
                 // The resolver the container sees comes from here alone (the kubelet's None).
                 "dnsPolicy": "None",
                 "dnsConfig": {"nameservers": [DNS_SERVER], "searches": ["edge.example"]},
+                // Runs to completion before the app container starts.
+                "initContainers": [{"name": "init", "image": image,
+                                    "command": ["/bin/sh", "-c", "echo init-done"]}],
                 "containers": [{
                     "name": "app",
                     "image": image,
@@ -379,6 +382,9 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
     );
     let id = container_id(&status)?;
     assert_eq!(status["containerStatuses"][0]["ready"], true, "{status}");
+    let init = &status["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["reason"], "Completed", "{status}");
+    assert_eq!(init["ready"], true, "{status}");
     assert!(
         status["conditions"].as_array().is_some_and(|c| c
             .iter()
@@ -501,10 +507,15 @@ async fn cri_edgecore_restarted_offline_brings_the_pod_back_and_reports_after_re
     let containers = runtime
         .list_containers(sandbox.first().context("the pod's sandbox")?)
         .await?;
+    let named = |name: &str| containers.iter().filter(|c| c.name == name).collect::<Vec<_>>();
     assert!(
-        matches!(containers.as_slice(), [c] if c.id == first
+        matches!(named("app").as_slice(), [c] if c.id == first
             && c.state == edged_shim::ContainerState::Running),
         "container adopted, not recreated: {containers:?}"
+    );
+    assert!(
+        matches!(named("init").as_slice(), [c] if c.state == edged_shim::ContainerState::Exited),
+        "the completed init container is not run again: {containers:?}"
     );
 
     // Stopped again, and the node loses its containers (a reboot).
