@@ -510,7 +510,10 @@ mod tests {
             "Running"
         );
         let crashed = with(terminated(1), false);
-        assert_eq!(phase(&Never, &[crashed.clone()], &app), "Failed");
+        assert_eq!(
+            phase(&Never, std::slice::from_ref(&crashed), &app),
+            "Failed"
+        );
         assert_eq!(phase(&OnFailure, &[crashed], &app), "Pending");
         let backing_off = ApiState::Waiting {
             reason: "CrashLoopBackOff".to_owned(),

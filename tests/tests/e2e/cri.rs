@@ -383,7 +383,10 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
     let id = container_id(&status)?;
     assert_eq!(status["containerStatuses"][0]["ready"], true, "{status}");
     let init = &status["initContainerStatuses"][0];
-    assert_eq!(init["state"]["terminated"]["reason"], "Completed", "{status}");
+    assert_eq!(
+        init["state"]["terminated"]["reason"], "Completed",
+        "{status}"
+    );
     assert_eq!(init["ready"], true, "{status}");
     assert!(
         status["conditions"].as_array().is_some_and(|c| c
@@ -507,7 +510,12 @@ async fn cri_edgecore_restarted_offline_brings_the_pod_back_and_reports_after_re
     let containers = runtime
         .list_containers(sandbox.first().context("the pod's sandbox")?)
         .await?;
-    let named = |name: &str| containers.iter().filter(|c| c.name == name).collect::<Vec<_>>();
+    let named = |name: &str| {
+        containers
+            .iter()
+            .filter(|c| c.name == name)
+            .collect::<Vec<_>>()
+    };
     assert!(
         matches!(named("app").as_slice(), [c] if c.id == first
             && c.state == edged_shim::ContainerState::Running),
