@@ -27,6 +27,7 @@ mod pod_worker;
 mod resources;
 mod runtime;
 mod settings;
+mod termination;
 #[cfg(test)]
 mod testutil;
 mod time;

@@ -147,6 +147,9 @@ pub(crate) struct Container {
     pub(crate) volume_mounts: Vec<VolumeMount>,
     pub(crate) image_pull_policy: Option<PullPolicy>,
     pub(crate) resources: ResourceRequirements,
+    pub(crate) termination_message_path: Option<String>,
+    /// `File` (the default) or `FallbackToLogsOnError`.
+    pub(crate) termination_message_policy: Option<String>,
 }
 
 impl Container {

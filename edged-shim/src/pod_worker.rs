@@ -27,6 +27,7 @@ use crate::runtime::{
     RuntimeState, SandboxConfig, SandboxInfo,
 };
 use crate::settings::EdgedSettings;
+use crate::termination;
 use crate::time::rfc3339;
 use crate::volumes;
 use removed::RemovedPods;
@@ -34,6 +35,9 @@ use removed::RemovedPods;
 /// Kubelet's crash-loop backoff: 10 s doubling to 5 min.
 const CRASH_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A back-off older than this starts again from the initial delay (twice the maximum, as the
+/// kubelet's).
+const CRASH_BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How long after start sandboxes of unknown pods are left alone (the startup pod list
 /// arrives well within it).
 const ORPHAN_GRACE: Duration = Duration::from_secs(60);
@@ -53,6 +57,8 @@ struct ContainerRecord {
     /// Why the container is not running yet (image, config, sandbox, runtime problems).
     waiting: Option<(String, String)>,
     backoff: Backoff,
+    /// When the last back-off was started.
+    backoff_at: Option<Instant>,
     restart_at: Option<Instant>,
     /// The spec changed (image update): replace the running container.
     replace: bool,
@@ -60,6 +66,8 @@ struct ContainerRecord {
     /// follows: until `pull_retry_at` the container waits in `ImagePullBackOff`.
     pull_backoff: Backoff,
     pull_retry_at: Option<(Instant, String)>,
+    /// The termination message of the exited container with this ID, read once.
+    exit_message: Option<(String, String)>,
 }
 
 impl ContainerRecord {
@@ -80,10 +88,12 @@ impl ContainerRecord {
             last_terminated: None,
             waiting: None,
             backoff: Backoff::exact(CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX),
+            backoff_at: None,
             restart_at: None,
             replace: false,
             pull_backoff: Backoff::exact(CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX),
             pull_retry_at: None,
+            exit_message: None,
         }
     }
 }

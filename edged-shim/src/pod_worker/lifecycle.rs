@@ -209,6 +209,31 @@ impl PodWorker {
                     return;
                 }
             };
+            let status = if status.state == ContainerState::Exited {
+                let message = match &c.exit_message {
+                    Some((of, message)) if *of == id => message.clone(),
+                    _ => {
+                        let file = termination::host_file(
+                            &self.settings.root_directory,
+                            &rec.pod.metadata.uid,
+                            &c.name,
+                            c.attempt,
+                        );
+                        let log = sandbox
+                            .log_directory
+                            .join(format!("{}/{}.log", spec.name, c.attempt));
+                        let fallback = spec.termination_message_policy.as_deref()
+                            == Some("FallbackToLogsOnError");
+                        let message =
+                            termination::message(&file, fallback, status.exit_code, &log).await;
+                        c.exit_message = Some((id.clone(), message.clone()));
+                        message
+                    }
+                };
+                with_message(status, &message)
+            } else {
+                status
+            };
             c.status = Some(status.clone());
             match status.state {
                 ContainerState::Running => {
@@ -235,9 +260,20 @@ impl PodWorker {
                         return;
                     }
                     let now = Instant::now();
-                    let due = *c
-                        .restart_at
-                        .get_or_insert_with(|| now + c.backoff.next_delay());
+                    let due = match c.restart_at {
+                        Some(due) => due,
+                        None => {
+                            // The kubelet forgets a container's back-off once it has gone
+                            // 10 minutes without needing one.
+                            if c.backoff_at
+                                .is_some_and(|at| now - at > CRASH_BACKOFF_RESET)
+                            {
+                                c.backoff.reset();
+                            }
+                            c.backoff_at = Some(now);
+                            *c.restart_at.insert(now + c.backoff.next_delay())
+                        }
+                    };
                     if now < due {
                         let wait = due - now;
                         c.waiting = Some((
@@ -337,13 +373,26 @@ impl PodWorker {
                 return;
             }
         };
+        let mut mounts = volumes::mounts(&rec.pod, &spec, &rec.volumes);
+        let file = termination::host_file(
+            &self.settings.root_directory,
+            &rec.pod.metadata.uid,
+            &c.name,
+            c.attempt,
+        );
+        match termination::prepare(&file, spec.termination_message_path.as_deref()).await {
+            Ok(mount) => mounts.push(mount),
+            Err(error) => {
+                warn!(pod = %key, container = %c.name, %error, "no termination message file; the container runs without one");
+            }
+        }
         let config = ContainerConfig {
             name: spec.name.clone(),
             image: spec.image.clone(),
             command: spec.command.iter().map(|a| expand_refs(a, &env)).collect(),
             args: spec.args.iter().map(|a| expand_refs(a, &env)).collect(),
             env,
-            mounts: volumes::mounts(&rec.pod, &spec, &rec.volumes),
+            mounts,
             working_dir: spec.working_dir.clone(),
             log_path: format!("{}/{}.log", spec.name, c.attempt),
             attempt: c.attempt,
@@ -494,4 +543,16 @@ impl PodWorker {
         info!(pod = %key, "pod removed");
         true
     }
+}
+
+/// The runtime's message and the termination message, as the kubelet joins them.
+fn with_message(mut status: ContainerStatus, message: &str) -> ContainerStatus {
+    if !message.is_empty() {
+        status.message = if status.message.is_empty() {
+            message.to_owned()
+        } else {
+            format!("{}: {message}", status.message)
+        };
+    }
+    status
 }

@@ -1135,3 +1135,97 @@ async fn a_failing_init_container_is_retried_or_fails_the_pod() {
     assert_eq!(apps, 0);
     h.stop().await;
 }
+
+/// What the container wrote to its termination-log mount becomes the terminated state's
+/// message; with FallbackToLogsOnError a silent failure reports its log's tail.
+#[tokio::test(start_paused = true)]
+async fn termination_messages_come_from_the_file_or_the_log() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    let custom = json!({"terminationMessagePath": "/tmp/why"});
+    let fallback = json!({"terminationMessagePolicy": "FallbackToLogsOnError"});
+    for (name, extra) in [("file", custom), ("logs", fallback)] {
+        h.events
+            .send(PodEvent::Upsert(pod(name, "Never", extra)))
+            .await
+            .unwrap();
+        h.status(name, "running", running).await;
+    }
+    let (file, log) = {
+        let st = h.rt.state();
+        let config = |pod: &str| {
+            let (sandbox_id, sandbox) = st.sandboxes.iter().find(|(_, s)| s.name == pod).unwrap();
+            let c = st
+                .containers
+                .values()
+                .find(|c| &c.sandbox == sandbox_id)
+                .unwrap();
+            (sandbox.clone(), c.config.clone())
+        };
+        let (_, c) = config("file");
+        let mount = c
+            .mounts
+            .iter()
+            .find(|m| m.container_path == "/tmp/why")
+            .unwrap();
+        assert!(!mount.read_only);
+        let (sandbox, c) = config("logs");
+        assert!(
+            c.mounts
+                .iter()
+                .any(|m| m.container_path == "/dev/termination-log")
+        );
+        (
+            mount.host_path.clone(),
+            sandbox.log_directory.join(&c.log_path),
+        )
+    };
+    std::fs::write(&file, "config key x is missing").unwrap();
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, "2026-12-04T21:00:00Z stderr F panic: no config\n").unwrap();
+    h.rt.exit("app", 2);
+    for (name, want) in [
+        ("file", "config key x is missing"),
+        ("logs", "panic: no config\n"),
+    ] {
+        let s = h
+            .status(name, "terminated", |s| {
+                s["containerStatuses"][0]["state"]["terminated"].is_object()
+            })
+            .await;
+        let t = &s["status"]["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(t["message"], want, "{s}");
+        assert_eq!(t["exitCode"], 2);
+    }
+    h.stop().await;
+}
+
+/// Crash back-off doubles (10 s, 20 s) and starts again from 10 s after 10 minutes of running.
+#[tokio::test(start_paused = true)]
+async fn crash_backoff_doubles_and_resets_after_ten_minutes() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    h.events
+        .send(PodEvent::Upsert(pod("web", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("web", "running", running).await;
+    let mut waited = Vec::new();
+    for (restarts, ran_for) in [(1, 0), (2, 0), (3, 11 * 60)] {
+        tokio::time::sleep(Duration::from_secs(ran_for)).await;
+        h.rt.exit("app", 1);
+        let crashed = Instant::now();
+        h.status("web", "restarted", |s| {
+            running(s) && s["containerStatuses"][0]["restartCount"] == restarts
+        })
+        .await;
+        waited.push(crashed.elapsed().as_secs());
+    }
+    // Each wait is the back-off plus up to one 2 s sync period.
+    let expected = [10, 20, 10];
+    for (w, e) in waited.iter().zip(expected) {
+        assert!(
+            (e..=e + 3).contains(w),
+            "waits {waited:?}, expected about {expected:?}"
+        );
+    }
+    h.stop().await;
+}
