@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span};
 
+use crate::env::NodeFacts;
 use crate::host::{HostProbe, SysinfoProbe};
 use crate::meta::{MetaClient, PodEvent};
 use crate::node::internal_ip;
@@ -88,7 +89,16 @@ pub(crate) fn spawn_with_probe(
         )
         .instrument(info_span!(parent: &span, "node_lease")),
     );
-    let worker = PodWorker::new(settings, meta, runtime, state_tx, host_ip);
+    let node = NodeFacts {
+        ip: host_ip,
+        cpu_milli: i128::try_from(facts.cpus).unwrap_or(0) * 1000,
+        memory_bytes: i128::from(
+            facts
+                .memory_bytes
+                .saturating_sub(settings.thresholds.memory_available_bytes),
+        ),
+    };
+    let worker = PodWorker::new(settings, meta, runtime, state_tx, node, facts.memory_bytes);
     tracker.spawn(
         worker
             .run(pods, cancel)

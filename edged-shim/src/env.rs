@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::meta::{MetaClient, MetaError};
 use crate::pod::{Container, Pod};
+use crate::resources::resource_field_value;
 
 /// Why a container's environment could not be built (`CreateContainerConfigError`).
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub(crate) enum EnvError {
         name: String,
         key: String,
     },
+    #[error("env {name}: resourceFieldRef {why}")]
+    ResourceField { name: String, why: String },
     #[error("cannot fetch {kind} {namespace}/{name}")]
     Fetch {
         kind: &'static str,
@@ -206,9 +209,31 @@ pub(crate) fn expand_refs(s: &str, vars: &[(String, String)]) -> String {
     out
 }
 
+/// What the downward API tells of the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NodeFacts {
+    /// `status.hostIP` (and `status.podIP` of host-network pods).
+    pub(crate) ip: String,
+    /// Allocatable CPU in millicores and memory in bytes: a container's limits where it sets
+    /// none (`resourceFieldRef: limits.cpu` of an unlimited container).
+    pub(crate) cpu_milli: i128,
+    pub(crate) memory_bytes: i128,
+}
+
 /// A `fieldRef` of the downward API, as env vars and downwardAPI files see it (labels and
-/// annotations as the kubelet writes them: sorted `key="value"` lines).
-pub(crate) fn field_value(pod: &Pod, host_ip: &str, path: &str) -> String {
+/// annotations as the kubelet writes them: sorted `key="value"` lines; one of them by key with
+/// `metadata.labels['<key>']`).
+pub(crate) fn field_value(pod: &Pod, node: &NodeFacts, path: &str) -> String {
+    let host_ip = node.ip.as_str();
+    let by_key = |prefix: &str, m: &std::collections::BTreeMap<String, String>| {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(m.get(key).cloned().unwrap_or_default())
+    };
+    if let Some(v) = by_key("metadata.labels['", &pod.metadata.labels)
+        .or_else(|| by_key("metadata.annotations['", &pod.metadata.annotations))
+    {
+        return v;
+    }
     let lines = |m: &std::collections::BTreeMap<String, String>| {
         m.iter()
             .map(|(k, v)| format!("{k}={}\n", serde_json::Value::String(v.clone())))
@@ -222,8 +247,8 @@ pub(crate) fn field_value(pod: &Pod, host_ip: &str, path: &str) -> String {
         "metadata.annotations" => lines(&pod.metadata.annotations),
         "spec.nodeName" => pod.spec.node_name.clone(),
         "spec.serviceAccountName" => pod.spec.service_account_name.clone(),
-        "status.hostIP" => host_ip.to_owned(),
-        "status.podIP" if pod.spec.host_network => host_ip.to_owned(),
+        "status.hostIP" | "status.hostIPs" => host_ip.to_owned(),
+        "status.podIP" | "status.podIPs" if pod.spec.host_network => host_ip.to_owned(),
         _ => String::new(),
     }
 }
@@ -232,7 +257,7 @@ pub(crate) fn field_value(pod: &Pod, host_ip: &str, path: &str) -> String {
 pub(crate) async fn container_env(
     pod: &Pod,
     container: &Container,
-    host_ip: &str,
+    node: &NodeFacts,
     objects: &mut Objects<'_>,
 ) -> Result<Vec<(String, String)>, EnvError> {
     let mut vars: Vec<(String, String)> = Vec::new();
@@ -312,7 +337,14 @@ pub(crate) async fn container_env(
                         key: r.key.clone(),
                     })?
                 } else if let Some(f) = &from.field_ref {
-                    field_value(pod, host_ip, &f.field_path)
+                    field_value(pod, node, &f.field_path)
+                } else if let Some(r) = &from.resource_field_ref {
+                    resource_field_value(pod, Some(&container.name), r, node).map_err(|why| {
+                        EnvError::ResourceField {
+                            name: var.name.clone(),
+                            why,
+                        }
+                    })?
                 } else {
                     String::new()
                 }
@@ -328,6 +360,14 @@ pub(crate) async fn container_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(ip: &str) -> NodeFacts {
+        NodeFacts {
+            ip: ip.to_owned(),
+            cpu_milli: 4000,
+            memory_bytes: 8 << 30,
+        }
+    }
     use crate::testutil::RecordingMeta;
     use serde_json::json;
 
@@ -358,6 +398,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn downward_api_env_fields_and_resources() {
+        let meta = meta();
+        let p = Pod::from_json(&json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1",
+                         "labels": {"app": "web"}, "annotations": {"team": "edge"}},
+            "spec": {"nodeName": "n1", "serviceAccountName": "sa", "hostNetwork": true,
+                     "containers": [{"name": "c", "resources": {"limits": {"memory": "64Mi"}},
+                "env": [
+                    {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "TEAM", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['team']"}}},
+                    {"name": "NONE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['none']"}}},
+                    {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "HOST_IPS", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIPs"}}},
+                    {"name": "MEM_MI", "valueFrom": {"resourceFieldRef":
+                        {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}
+                ]}]}
+        }))
+        .unwrap();
+        let mut objects = Objects::new(meta.as_ref(), "ns");
+        let env = container_env(&p, &p.spec.containers[0], &node("10.0.0.1"), &mut objects)
+            .await
+            .unwrap();
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("APP", "web"),
+                ("TEAM", "edge"),
+                ("NONE", ""),
+                ("SA", "sa"),
+                ("POD_IP", "10.0.0.1"),
+                ("HOST_IPS", "10.0.0.1"),
+                ("MEM_MI", "64"),
+                ("CPUS", "4")
+            ]
+        );
+        let mut bad = p.clone();
+        bad.spec.containers[0].env = vec![crate::pod::EnvVar {
+            name: "X".to_owned(),
+            value: None,
+            value_from: Some(crate::pod::EnvVarSource {
+                resource_field_ref: Some(crate::resources::ResourceFieldRef {
+                    resource: "limits.gpu-ish".to_owned(),
+                    divisor: Some(json!("0")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }];
+        let err = container_env(&bad, &bad.spec.containers[0], &node(""), &mut objects)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("env X: resourceFieldRef"), "{err}");
+    }
+
+    #[tokio::test]
     async fn value_from_configmap_secret_and_field() {
         let meta = meta();
         let p = pod(json!({"name": "c", "env": [
@@ -368,7 +467,7 @@ mod tests {
             {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "none", "key": "k", "optional": true}}},
         ]}));
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let env = container_env(&p, &p.spec.containers[0], "10.0.0.1", &mut objects)
+        let env = container_env(&p, &p.spec.containers[0], &node("10.0.0.1"), &mut objects)
             .await
             .unwrap();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -390,7 +489,7 @@ mod tests {
             "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CM_"}, {"secretRef": {"name": "sec"}}],
             "env": [{"name": "CM_B", "value": "override"}]}));
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let env = container_env(&p, &p.spec.containers[0], "", &mut objects)
+        let env = container_env(&p, &p.spec.containers[0], &node(""), &mut objects)
             .await
             .unwrap();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -410,7 +509,7 @@ mod tests {
         let p = pod(json!({"name": "c", "env": [
             {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}));
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let err = container_env(&p, &p.spec.containers[0], "", &mut objects)
+        let err = container_env(&p, &p.spec.containers[0], &node(""), &mut objects)
             .await
             .unwrap_err();
         assert_eq!(
@@ -419,7 +518,7 @@ mod tests {
         );
         let p = pod(json!({"name": "c", "env": [
             {"name": "X", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "nope"}}}]}));
-        let err = container_env(&p, &p.spec.containers[0], "", &mut objects)
+        let err = container_env(&p, &p.spec.containers[0], &node(""), &mut objects)
             .await
             .unwrap_err();
         assert!(matches!(err, EnvError::MissingKey { ref key, .. } if key == "nope"));
@@ -448,7 +547,7 @@ mod tests {
             {"name": "LATER", "value": "x"}
         ]}));
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let env = container_env(&p, &p.spec.containers[0], "", &mut objects)
+        let env = container_env(&p, &p.spec.containers[0], &node(""), &mut objects)
             .await
             .unwrap();
         assert_eq!(

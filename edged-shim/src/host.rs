@@ -103,15 +103,6 @@ fn is_link_local(a: &IpAddr) -> bool {
     }
 }
 
-/// The node's memory in bytes (0 when it cannot be read).
-pub(crate) fn memory_capacity() -> u64 {
-    let Ok(mut sys) = System::new() else {
-        return 0;
-    };
-    sys.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-    sys.total_memory()
-}
-
 /// The disk whose mount point is the longest prefix of `path`.
 fn disk_for(path: &Path) -> Option<(u64, u64)> {
     let disks = Disks::new_with_refreshed_list().ok()?;

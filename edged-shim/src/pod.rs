@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::dns::PodDnsConfig;
-use crate::resources::{QosClass, ResourceRequirements, qos_class};
+use crate::resources::{QosClass, ResourceFieldRef, ResourceRequirements, qos_class};
 
 /// Why a Pod JSON could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +181,7 @@ pub(crate) struct EnvVarSource {
     pub(crate) config_map_key_ref: Option<KeyRef>,
     pub(crate) secret_key_ref: Option<KeyRef>,
     pub(crate) field_ref: Option<FieldRef>,
+    pub(crate) resource_field_ref: Option<ResourceFieldRef>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -289,7 +290,7 @@ pub(crate) struct DownwardApiVolume {
 pub(crate) struct DownwardApiFile {
     pub(crate) path: String,
     pub(crate) field_ref: Option<FieldRef>,
-    pub(crate) resource_field_ref: Option<Value>,
+    pub(crate) resource_field_ref: Option<ResourceFieldRef>,
     pub(crate) mode: Option<u32>,
 }
 

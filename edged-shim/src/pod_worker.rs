@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::dns;
-use crate::env::{Objects, container_env, expand_refs};
+use crate::env::{NodeFacts, Objects, container_env, expand_refs};
 use crate::meta::{MetaClient, PodEvent, VolumeSource};
 use crate::node_status::META_CALL_TIMEOUT;
 use crate::pod::{Pod, PullPolicy, RestartPolicy};
@@ -190,7 +190,8 @@ pub(crate) struct PodWorker {
     runtime: Box<dyn Runtime>,
     state: watch::Sender<RuntimeState>,
     pods: BTreeMap<String, PodRecord>,
-    host_ip: String,
+    /// The node as the downward API and resource defaults see it.
+    node: NodeFacts,
     probe_backoff: Backoff,
     next_probe: Instant,
     /// Sandboxes a previous run left, by pod UID; `None` until listed.
@@ -258,7 +259,8 @@ impl PodWorker {
         meta: Arc<dyn MetaClient>,
         runtime: Box<dyn Runtime>,
         state: watch::Sender<RuntimeState>,
-        host_ip: String,
+        node: NodeFacts,
+        memory_capacity: u64,
     ) -> Self {
         let settings_sync_frequency = settings.sync_frequency;
         Self {
@@ -267,14 +269,14 @@ impl PodWorker {
             runtime,
             state,
             pods: BTreeMap::new(),
-            host_ip,
+            node,
             probe_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             next_probe: Instant::now(),
             leftovers: None,
             gc_after: Instant::now() + ORPHAN_GRACE,
             removed: RemovedPods::default(),
             next_refresh: Instant::now() + settings_sync_frequency,
-            memory_capacity: crate::host::memory_capacity(),
+            memory_capacity,
         }
     }
 

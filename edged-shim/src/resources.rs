@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::env::NodeFacts;
+use crate::pod::Pod;
 use crate::runtime::LinuxResources;
 
 /// The kubelet's CFS period (`cpuCFSQuotaPeriod`, 100 ms), in microseconds.
@@ -139,6 +141,67 @@ fn oom_score_adj(r: &ResourceRequirements, qos: QosClass, critical: bool, capaci
             }
         }
     }
+}
+
+/// A `resourceFieldRef` (env vars and downwardAPI files).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct ResourceFieldRef {
+    /// Required in volumes; an env var's default is its own container.
+    pub(crate) container_name: String,
+    pub(crate) resource: String,
+    pub(crate) divisor: Option<Value>,
+}
+
+/// The downward API's value of `r`: the container's request or limit divided by the divisor
+/// (default 1), rounded up; a limit the container does not set is the node's allocatable
+/// CPU or memory, as with the kubelet. The error says what is wrong with the reference.
+pub(crate) fn resource_field_value(
+    pod: &Pod,
+    own_container: Option<&str>,
+    r: &ResourceFieldRef,
+    node: &NodeFacts,
+) -> Result<String, String> {
+    let name = Some(r.container_name.as_str())
+        .filter(|n| !n.is_empty())
+        .or(own_container)
+        .ok_or_else(|| format!("{:?} names no containerName", r.resource))?;
+    let container = pod
+        .all_containers()
+        .find(|c| c.name == name)
+        .ok_or_else(|| format!("{:?}: no container {name:?} in the pod", r.resource))?;
+    let res = &container.resources;
+    let (value, one) = match r.resource.as_str() {
+        "limits.cpu" => (milli(res.limits.get("cpu")).unwrap_or(node.cpu_milli), 1000),
+        "requests.cpu" => (milli(res.requests.get("cpu")).unwrap_or(0), 1000),
+        "limits.memory" => (
+            units(res.limits.get("memory")).unwrap_or(node.memory_bytes),
+            1,
+        ),
+        "requests.memory" => (units(res.requests.get("memory")).unwrap_or(0), 1),
+        other => match other.split_once('.') {
+            Some(("limits", rest)) => (units(res.limits.get(rest)).unwrap_or(0), 1),
+            Some(("requests", rest)) => (units(res.requests.get(rest)).unwrap_or(0), 1),
+            _ => {
+                return Err(format!(
+                    "{other:?} is not limits.<resource> or requests.<resource>"
+                ));
+            }
+        },
+    };
+    // CPU values and divisors are compared in millicores, the rest in units.
+    let divisor = match &r.divisor {
+        None => one,
+        Some(d) if one == 1000 => milli(Some(d)).unwrap_or(0),
+        Some(d) => units(Some(d)).unwrap_or(0),
+    };
+    if divisor <= 0 {
+        return Err(format!(
+            "{:?}: divisor must be a positive quantity",
+            r.resource
+        ));
+    }
+    Ok((value.div_euclid(divisor) + i128::from(value.rem_euclid(divisor) != 0)).to_string())
 }
 
 /// A quantity in thousandths, rounded up (`100m` → 100, `1` → 1000); `None` when absent or
@@ -340,6 +403,72 @@ mod tests {
         assert_eq!(
             linux_resources(&huge, QosClass::Burstable, false, GIB).oom_score_adj,
             3
+        );
+    }
+
+    #[test]
+    fn resource_fields_as_the_downward_api_gives_them() {
+        let pod = Pod::from_json(&json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {"containers": [
+                {"name": "app", "image": "i", "resources": {
+                    "requests": {"cpu": "250m"},
+                    "limits": {"cpu": "500m", "memory": "64Mi", "ephemeral-storage": "1Gi"}}},
+                {"name": "other", "image": "i"}
+            ]}
+        }))
+        .unwrap();
+        let node = NodeFacts {
+            ip: String::new(),
+            cpu_milli: 4000,
+            memory_bytes: 3 << 30,
+        };
+        let value = |container: &str, resource: &str, divisor: Option<&str>| {
+            let r = ResourceFieldRef {
+                container_name: container.to_owned(),
+                resource: resource.to_owned(),
+                divisor: divisor.map(|d| json!(d)),
+            };
+            resource_field_value(&pod, None, &r, &node)
+        };
+        assert_eq!(
+            value("app", "limits.cpu", None).unwrap(),
+            "1",
+            "0.5 core rounds up"
+        );
+        assert_eq!(value("app", "limits.cpu", Some("1m")).unwrap(), "500");
+        assert_eq!(value("app", "requests.cpu", Some("1m")).unwrap(), "250");
+        assert_eq!(value("app", "limits.memory", None).unwrap(), "67108864");
+        assert_eq!(value("app", "limits.memory", Some("1Mi")).unwrap(), "64");
+        assert_eq!(value("app", "requests.memory", None).unwrap(), "0");
+        assert_eq!(
+            value("app", "limits.ephemeral-storage", Some("1Gi")).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            value("other", "limits.cpu", None).unwrap(),
+            "4",
+            "the node's"
+        );
+        assert_eq!(value("other", "limits.memory", Some("1Gi")).unwrap(), "3");
+        for (container, resource, divisor, why) in [
+            ("app", "cpu", None, "not limits"),
+            ("nope", "limits.cpu", None, "no container"),
+            ("", "limits.cpu", None, "no containerName"),
+            ("app", "limits.cpu", Some("0"), "divisor"),
+        ] {
+            let err = value(container, resource, divisor).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        // An env var's own container is the default.
+        let own = ResourceFieldRef {
+            resource: "limits.memory".to_owned(),
+            divisor: Some(json!("1Mi")),
+            ..ResourceFieldRef::default()
+        };
+        assert_eq!(
+            resource_field_value(&pod, Some("app"), &own, &node).unwrap(),
+            "64"
         );
     }
 }

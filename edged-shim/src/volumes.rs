@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tracing::warn;
 
-use crate::env::{EnvError, Objects, Source};
+use crate::env::{EnvError, NodeFacts, Objects, Source};
 use crate::pod::{Container, KeyToPath, Pod};
 use crate::runtime::Mount;
 
@@ -37,6 +37,12 @@ pub(crate) enum VolumeError {
         volume: String,
         account: String,
         reason: String,
+    },
+    #[error("volume {volume}: item {path:?}: resourceFieldRef {why}")]
+    ResourceField {
+        volume: String,
+        path: String,
+        why: String,
     },
     #[error("cannot write volume files under {path}; check rootDirectory permissions")]
     Io {
@@ -144,10 +150,10 @@ async fn write_payload(dir: &Path, payload: atomic_writer::Payload) -> Result<bo
 pub(crate) async fn prepare(
     root: &Path,
     pod: &Pod,
-    host_ip: &str,
+    node: &NodeFacts,
     objects: &mut Objects<'_>,
 ) -> Result<HashMap<String, PathBuf>, VolumeError> {
-    write_volumes(root, pod, host_ip, objects, true)
+    write_volumes(root, pod, node, objects, true)
         .await
         .map(|(paths, _)| paths)
 }
@@ -159,10 +165,10 @@ pub(crate) async fn prepare(
 pub(crate) async fn refresh(
     root: &Path,
     pod: &Pod,
-    host_ip: &str,
+    node: &NodeFacts,
     objects: &mut Objects<'_>,
 ) -> Result<Vec<String>, VolumeError> {
-    write_volumes(root, pod, host_ip, objects, false)
+    write_volumes(root, pod, node, objects, false)
         .await
         .map(|(_, changed)| changed)
 }
@@ -188,7 +194,7 @@ pub(crate) fn uses(pod: &Pod, secret: bool, name: &str) -> bool {
 async fn write_volumes(
     root: &Path,
     pod: &Pod,
-    host_ip: &str,
+    node: &NodeFacts,
     objects: &mut Objects<'_>,
     first: bool,
 ) -> Result<(HashMap<String, PathBuf>, Vec<String>), VolumeError> {
@@ -252,7 +258,7 @@ async fn write_volumes(
             out.insert(v.name.clone(), dir);
         } else if let Some(p) = &v.projected {
             let dir = base.join("kubernetes.io~projected").join(&v.name);
-            let payload = projected::projected_payload(pod, &v.name, p, host_ip, objects).await?;
+            let payload = projected::projected_payload(pod, &v.name, p, node, objects).await?;
             if write_payload(&dir, payload).await? {
                 changed.push(v.name.clone());
             }
@@ -260,7 +266,7 @@ async fn write_volumes(
         } else if let Some(d) = &v.downward_api {
             let dir = base.join("kubernetes.io~downward-api").join(&v.name);
             let payload =
-                projected::downward_payload(pod, &v.name, &d.items, d.default_mode, host_ip)?;
+                projected::downward_payload(pod, &v.name, &d.items, d.default_mode, node)?;
             if write_payload(&dir, payload).await? {
                 changed.push(v.name.clone());
             }
@@ -328,6 +334,14 @@ mod tests {
     use crate::testutil::RecordingMeta;
     use serde_json::json;
 
+    fn node() -> NodeFacts {
+        NodeFacts {
+            ip: "192.0.2.10".to_owned(),
+            cpu_milli: 2000,
+            memory_bytes: 1 << 30,
+        }
+    }
+
     #[tokio::test]
     async fn configmap_and_secret_files_with_items_and_mode() {
         use std::os::unix::fs::PermissionsExt;
@@ -359,7 +373,7 @@ mod tests {
         }))
         .unwrap();
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let vols = prepare(root.path(), &pod, "192.0.2.10", &mut objects)
+        let vols = prepare(root.path(), &pod, &node(), &mut objects)
             .await
             .unwrap();
         let c = &vols["c"];
@@ -411,14 +425,20 @@ mod tests {
                     ]}},
                     {"name": "info", "downwardAPI": {"items": [
                         {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
-                        {"path": "node", "fieldRef": {"fieldPath": "spec.nodeName"}, "mode": 256}
+                        {"path": "node", "fieldRef": {"fieldPath": "spec.nodeName"}, "mode": 256},
+                        {"path": "mem", "resourceFieldRef": {"containerName": "app",
+                            "resource": "limits.memory", "divisor": "1Mi"}},
+                        {"path": "cpu", "resourceFieldRef": {"containerName": "app",
+                            "resource": "limits.cpu"}}
                     ]}}
-                ]
+                ],
+                "containers": [{"name": "app", "image": "i",
+                                "resources": {"limits": {"memory": "64Mi"}}}]
             }
         }))
         .unwrap();
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let vols = prepare(root.path(), &pod, "192.0.2.10", &mut objects)
+        let vols = prepare(root.path(), &pod, &node(), &mut objects)
             .await
             .unwrap();
         let dir = &vols["kube-api-access-x"];
@@ -467,6 +487,9 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o400);
+        assert_eq!(std::fs::read_to_string(info.join("mem")).unwrap(), "64");
+        // No CPU limit: the node's allocatable 2 cores.
+        assert_eq!(std::fs::read_to_string(info.join("cpu")).unwrap(), "2");
     }
 
     #[tokio::test]
@@ -484,18 +507,18 @@ mod tests {
         let mut objects = Objects::new(meta.as_ref(), "ns");
         let bad = pod(json!({"name": "c", "configMap": {"name": "cfg",
             "items": [{"key": "k", "path": "../escape"}]}}));
-        let err = prepare(root.path(), &bad, "192.0.2.10", &mut objects)
+        let err = prepare(root.path(), &bad, &node(), &mut objects)
             .await
             .unwrap_err();
         assert!(matches!(err, VolumeError::BadPath { .. }), "{err}");
         let missing = pod(json!({"name": "c", "configMap": {"name": "nope"}}));
-        let err = prepare(root.path(), &missing, "192.0.2.10", &mut objects)
+        let err = prepare(root.path(), &missing, &node(), &mut objects)
             .await
             .unwrap_err();
         assert!(matches!(err, VolumeError::Missing { .. }), "{err}");
         let optional = pod(json!({"name": "c", "configMap": {"name": "nope", "optional": true}}));
         assert!(
-            prepare(root.path(), &optional, "192.0.2.10", &mut objects)
+            prepare(root.path(), &optional, &node(), &mut objects)
                 .await
                 .is_ok()
         );

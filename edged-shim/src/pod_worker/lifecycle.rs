@@ -54,7 +54,7 @@ impl PodWorker {
             let prepared = volumes::prepare(
                 &self.settings.root_directory,
                 &rec.pod,
-                &self.host_ip,
+                &self.node,
                 &mut objects,
             )
             .await;
@@ -74,7 +74,7 @@ impl PodWorker {
             let spec = &rec.pod.spec;
             let dns = dns::pod_dns(
                 &self.settings.dns,
-                self.host_ip.parse().ok(),
+                self.node.ip.parse().ok(),
                 &rec.pod.metadata.namespace,
                 spec.dns_policy.as_deref(),
                 spec.host_network,
@@ -365,7 +365,7 @@ impl PodWorker {
             c.pull_retry_at = None;
         }
         let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
-        let env = match container_env(&rec.pod, &spec, &self.host_ip, &mut objects).await {
+        let env = match container_env(&rec.pod, &spec, &self.node, &mut objects).await {
             Ok(env) => env,
             Err(error) => {
                 warn!(pod = %key, container = %c.name, %error, "container config not ready");

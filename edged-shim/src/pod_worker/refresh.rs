@@ -28,7 +28,7 @@ impl PodWorker {
             let refreshed = volumes::refresh(
                 &self.settings.root_directory,
                 &rec.pod,
-                &self.host_ip,
+                &self.node,
                 &mut objects,
             )
             .await;

@@ -65,7 +65,7 @@ impl PodWorker {
             .collect();
         let apps = containers.split_off(rec.init_count.min(containers.len()));
         let pod_ip = if rec.pod.spec.host_network {
-            self.host_ip.clone()
+            self.node.ip.clone()
         } else {
             String::new()
         };
@@ -73,7 +73,7 @@ impl PodWorker {
             uid: rec.pod.metadata.uid.clone(),
             restart_policy: rec.pod.spec.restart_policy.clone(),
             sandbox_ready: rec.sandbox_id.is_some(),
-            host_ip: self.host_ip.clone(),
+            host_ip: self.node.ip.clone(),
             pod_ip,
             start_time: rec.start_time.clone(),
             init_containers: containers,

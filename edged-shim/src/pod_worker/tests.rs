@@ -51,14 +51,18 @@ impl Harness {
         );
         let (state_tx, state) = watch::channel(RuntimeState::Unknown);
         let (events, rx) = mpsc::channel(16);
-        let mut worker = PodWorker::new(
+        let worker = PodWorker::new(
             settings,
             meta.clone(),
             Box::new(rt.clone()),
             state_tx,
-            "192.168.1.50".to_owned(),
+            NodeFacts {
+                ip: "192.168.1.50".to_owned(),
+                cpu_milli: 4000,
+                memory_bytes: 3 << 30,
+            },
+            4 << 30,
         );
-        worker.memory_capacity = 4 << 30;
         let cancel = CancellationToken::new();
         let task = tokio::spawn(worker.run(rx, cancel.clone()));
         Self {

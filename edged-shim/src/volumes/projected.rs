@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 
 use super::atomic_writer::{File, Payload};
 use super::{VolumeError, checked_path, select_items};
-use crate::env::{Objects, Source, field_value};
+use crate::env::{NodeFacts, Objects, Source, field_value};
 use crate::pod::{DownwardApiFile, Pod, ProjectedVolume, TokenProjection};
+use crate::resources::resource_field_value;
 
 /// The API server's default and the kubelet's: one hour (the admission plugin asks 3607 s).
 const DEFAULT_TOKEN_SECONDS: i64 = 3600;
@@ -20,7 +21,7 @@ pub(super) async fn projected_payload(
     pod: &Pod,
     volume: &str,
     projected: &ProjectedVolume,
-    host_ip: &str,
+    node: &NodeFacts,
     objects: &mut Objects<'_>,
 ) -> Result<Payload, VolumeError> {
     let mode = projected.default_mode.unwrap_or(DEFAULT_MODE);
@@ -35,7 +36,7 @@ pub(super) async fn projected_payload(
         } else if let Some(sec) = &source.secret {
             object_files(&mut payload, objects, volume, Source::Secret, sec, mode).await?;
         } else if let Some(d) = &source.downward_api {
-            downward_files(&mut payload, pod, volume, &d.items, host_ip, mode)?;
+            downward_files(&mut payload, pod, volume, &d.items, node, mode)?;
         }
     }
     Ok(payload)
@@ -47,7 +48,7 @@ pub(super) fn downward_payload(
     volume: &str,
     items: &[DownwardApiFile],
     default_mode: Option<u32>,
-    host_ip: &str,
+    node: &NodeFacts,
 ) -> Result<Payload, VolumeError> {
     let mut payload = Payload::new();
     downward_files(
@@ -55,7 +56,7 @@ pub(super) fn downward_payload(
         pod,
         volume,
         items,
-        host_ip,
+        node,
         default_mode.unwrap_or(DEFAULT_MODE),
     )?;
     Ok(payload)
@@ -149,20 +150,26 @@ fn downward_files(
     pod: &Pod,
     volume: &str,
     items: &[DownwardApiFile],
-    host_ip: &str,
+    node: &NodeFacts,
     mode: u32,
 ) -> Result<(), VolumeError> {
     for item in items {
-        let Some(field) = &item.field_ref else {
-            // resourceFieldRef needs the container's resources, which this agent does not set.
-            tracing::warn!(pod = %pod.key(), %volume, path = %item.path, "downwardAPI resourceFieldRef not supported; file left out");
-            continue;
+        let value = match (&item.field_ref, &item.resource_field_ref) {
+            (Some(field), _) => field_value(pod, node, &field.field_path),
+            (None, Some(r)) => resource_field_value(pod, None, r, node).map_err(|why| {
+                VolumeError::ResourceField {
+                    volume: volume.to_owned(),
+                    path: item.path.clone(),
+                    why,
+                }
+            })?,
+            (None, None) => String::new(),
         };
         let path = checked_path(volume, &item.path)?;
         payload.insert(
             path,
             File {
-                bytes: field_value(pod, host_ip, &field.field_path).into_bytes(),
+                bytes: value.into_bytes(),
                 mode: item.mode.unwrap_or(mode),
             },
         );
