@@ -490,6 +490,30 @@ impl Runtime for CriRuntime {
         })
     }
 
+    fn exec_sync<'a>(
+        &'a self,
+        id: &'a str,
+        cmd: &'a [String],
+        timeout: Duration,
+    ) -> RuntimeFuture<'a, (i32, String)> {
+        Box::pin(async move {
+            let mut client = self.runtime.clone();
+            let r = self
+                .bounded(
+                    "ExecSync",
+                    client.exec_sync(api::ExecSyncRequest {
+                        container_id: id.to_owned(),
+                        cmd: cmd.to_vec(),
+                        timeout: i64::try_from(timeout.as_secs().max(1)).unwrap_or(i64::MAX),
+                    }),
+                )
+                .await?;
+            let mut output = String::from_utf8_lossy(&r.stdout).into_owned();
+            output.push_str(&String::from_utf8_lossy(&r.stderr));
+            Ok((r.exit_code, output))
+        })
+    }
+
     fn container_status<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ContainerStatus> {
         Box::pin(async move {
             let mut client = self.runtime.clone();

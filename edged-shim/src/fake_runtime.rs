@@ -24,6 +24,8 @@ pub(crate) struct FakeState {
     pub(crate) failing_sandboxes: u32,
     pub(crate) images: HashSet<String>,
     pub(crate) pullable: HashSet<String>,
+    /// Exit codes of ExecSync by container name (0 when not listed).
+    pub(crate) exec_codes: HashMap<String, i32>,
     /// Images that pull only with this user's credentials.
     pub(crate) private: HashMap<String, String>,
     /// The user of every PullImage's credentials (`None`: anonymous), in call order.
@@ -301,6 +303,23 @@ impl Runtime for FakeRuntime {
                 .remove(id)
                 .map(|_| ())
                 .ok_or_else(|| not_found("RemoveContainer", id))
+        });
+        Box::pin(async move { r })
+    }
+
+    fn exec_sync<'a>(
+        &'a self,
+        id: &'a str,
+        _cmd: &'a [String],
+        _timeout: Duration,
+    ) -> RuntimeFuture<'a, (i32, String)> {
+        let r = self.op("ExecSync", |s| {
+            let c = s.containers.get(id).ok_or_else(|| RuntimeError::NotFound {
+                call: "ExecSync",
+                what: format!("container {id}"),
+            })?;
+            let code = s.exec_codes.get(&c.config.name).copied().unwrap_or(0);
+            Ok((code, String::new()))
         });
         Box::pin(async move { r })
     }

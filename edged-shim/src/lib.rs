@@ -24,6 +24,7 @@ mod node_status;
 mod pod;
 mod pod_status;
 mod pod_worker;
+mod probe;
 mod resources;
 mod runtime;
 mod settings;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::dns::PodDnsConfig;
+use crate::probe::{ContainerPort, Probe};
 use crate::resources::{QosClass, ResourceFieldRef, ResourceRequirements, qos_class};
 
 /// Why a Pod JSON could not be used.
@@ -150,6 +151,10 @@ pub(crate) struct Container {
     pub(crate) termination_message_path: Option<String>,
     /// `File` (the default) or `FallbackToLogsOnError`.
     pub(crate) termination_message_policy: Option<String>,
+    pub(crate) ports: Vec<ContainerPort>,
+    pub(crate) liveness_probe: Option<Probe>,
+    pub(crate) readiness_probe: Option<Probe>,
+    pub(crate) startup_probe: Option<Probe>,
 }
 
 impl Container {

@@ -79,6 +79,11 @@ pub(crate) struct ContainerView {
     pub(crate) state: ApiState,
     pub(crate) last_state: Option<ApiState>,
     pub(crate) restart_count: u32,
+    /// Running, started (its startup probe, if any, passed) and its readiness probe, if any,
+    /// passing.
+    pub(crate) ready: bool,
+    /// Running and its startup probe, if any, passed.
+    pub(crate) started: bool,
     /// The container's `volumeMounts`, as the kubelet (1.30+) reports them in its status.
     pub(crate) volume_mounts: Vec<MountView>,
 }
@@ -104,18 +109,10 @@ impl MountView {
 }
 
 impl ContainerView {
-    fn running(&self) -> bool {
-        matches!(self.state, ApiState::Running { .. })
-    }
-
     /// Its entry in `containerStatuses` or `initContainerStatuses`. An init container is ready
     /// once it completed.
     fn to_json(&self, init: bool) -> Value {
-        let ready = if init {
-            self.completed()
-        } else {
-            self.running()
-        };
+        let ready = if init { self.completed() } else { self.ready };
         let mut s = json!({
             "image": self.image,
             "imageID": self.image_id,
@@ -123,7 +120,7 @@ impl ContainerView {
             "name": self.name,
             "ready": ready,
             "restartCount": self.restart_count,
-            "started": self.running(),
+            "started": self.started,
             "state": self.state.to_json(),
         });
         if !self.container_id.is_empty() {
@@ -226,7 +223,7 @@ pub(crate) fn condition_states(view: &PodView) -> [(bool, &'static str, String);
     let not_ready: Vec<&str> = view
         .containers
         .iter()
-        .filter(|c| !c.running())
+        .filter(|c| !c.ready)
         .map(|c| c.name.as_str())
         .collect();
     let ready = not_ready.is_empty() && !view.containers.is_empty();
@@ -331,6 +328,8 @@ mod tests {
             },
             last_state: None,
             restart_count: 0,
+            ready: true,
+            started: true,
             volume_mounts: Vec::new(),
         }
     }
@@ -410,6 +409,8 @@ mod tests {
             reason: "ContainerCreating".to_owned(),
             message: String::new(),
         };
+        view.containers[0].ready = false;
+        view.containers[0].started = false;
         let before: Value = serde_json::from_str(&status_patch(&view, &vector_times())).unwrap();
         let ready = &before["status"]["conditions"][2];
         assert_eq!(
@@ -529,6 +530,8 @@ mod tests {
             reason: "CrashLoopBackOff".to_owned(),
             message: "back-off".to_owned(),
         };
+        c.ready = false;
+        c.started = false;
         let view = PodView {
             uid: "u".to_owned(),
             restart_policy: RestartPolicy::Always,

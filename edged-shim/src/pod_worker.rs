@@ -21,6 +21,7 @@ use crate::pod_status::{
     ApiState, CONDITIONS, ContainerView, MountView, POD_SCHEDULED, PodView, condition_states,
     status_patch,
 };
+use crate::probe;
 use crate::resources;
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeError, RuntimeFuture,
@@ -35,6 +36,8 @@ use removed::RemovedPods;
 /// Kubelet's crash-loop backoff: 10 s doubling to 5 min.
 const CRASH_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Probe verdict changes waiting for the worker; beyond this the periodic sync catches up.
+const PROBE_WAKE_CAPACITY: usize = 64;
 /// A back-off older than this starts again from the initial delay (twice the maximum, as the
 /// kubelet's).
 const CRASH_BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -68,6 +71,8 @@ struct ContainerRecord {
     pull_retry_at: Option<(Instant, String)>,
     /// The termination message of the exited container with this ID, read once.
     exit_message: Option<(String, String)>,
+    /// The probes running for the container with this ID; dropping the guard stops them.
+    probes: Option<(String, tokio_util::sync::DropGuard)>,
 }
 
 impl ContainerRecord {
@@ -94,6 +99,7 @@ impl ContainerRecord {
             pull_backoff: Backoff::exact(CRASH_BACKOFF_INITIAL, CRASH_BACKOFF_MAX),
             pull_retry_at: None,
             exit_message: None,
+            probes: None,
         }
     }
 }
@@ -187,9 +193,14 @@ impl PodRecord {
 pub(crate) struct PodWorker {
     settings: EdgedSettings,
     meta: Arc<dyn MetaClient>,
-    runtime: Box<dyn Runtime>,
+    runtime: Arc<dyn Runtime>,
     state: watch::Sender<RuntimeState>,
     pods: BTreeMap<String, PodRecord>,
+    /// Verdicts of the containers' probes, and the channel on which a changed one asks for
+    /// its pod to be synced.
+    probe_results: probe::Results,
+    probe_wake: mpsc::Sender<String>,
+    probe_woken: Option<mpsc::Receiver<String>>,
     /// The node as the downward API and resource defaults see it.
     node: NodeFacts,
     probe_backoff: Backoff,
@@ -263,10 +274,14 @@ impl PodWorker {
         memory_capacity: u64,
     ) -> Self {
         let settings_sync_frequency = settings.sync_frequency;
+        let (probe_wake, probe_woken) = mpsc::channel(PROBE_WAKE_CAPACITY);
         Self {
             settings,
             meta,
-            runtime,
+            runtime: Arc::from(runtime),
+            probe_results: probe::Results::default(),
+            probe_wake,
+            probe_woken: Some(probe_woken),
             state,
             pods: BTreeMap::new(),
             node,
@@ -286,6 +301,9 @@ impl PodWorker {
         cancel: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(self.settings.pod_sync_period);
+        let Some(mut woken) = self.probe_woken.take() else {
+            return;
+        };
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let work = tokio::select! {
@@ -301,6 +319,7 @@ impl PodWorker {
                         return;
                     }
                 },
+                Some(key) = woken.recv() => Work::Pod(key),
                 _ = tick.tick() => Work::All,
             };
             let pass = async {
@@ -534,6 +553,7 @@ impl PodWorker {
 
 mod images;
 mod lifecycle;
+mod probes;
 mod recovery;
 mod refresh;
 mod removed;

@@ -282,6 +282,14 @@ pub trait Runtime: Send + Sync + 'static {
     fn remove_container<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()>;
     /// A container's status.
     fn container_status<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ContainerStatus>;
+    /// Runs `cmd` in a running container and waits for it, at most `timeout`; returns its
+    /// exit code and output (stdout, then stderr).
+    fn exec_sync<'a>(
+        &'a self,
+        id: &'a str,
+        cmd: &'a [String],
+        timeout: Duration,
+    ) -> RuntimeFuture<'a, (i32, String)>;
 }
 
 /// The runtime's health as the pod worker last saw it; the node's Ready condition follows it.

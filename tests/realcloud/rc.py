@@ -421,6 +421,31 @@ def app_pod(name, node, cm=None, secret=None, grace=5, extra_env=None):
                      "volumes": volumes}}
 
 
+def kubelet_pod(name, node):
+    """A hostNetwork pod with what the kubelet handles beyond volumes and env: an init container,
+    requests and limits, a resourceFieldRef env var, an exec readiness probe and its own DNS
+    (dnsPolicy None). It prints what it sees: nameserver, memory limit, CPU limit."""
+    script = ("trap 'exit 0' TERM; "
+              "while read k v; do [ \"$k\" = nameserver ] && echo dns=$v; done < /etc/resolv.conf; "
+              "echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max); "
+              "echo cpu-millis=$CPU_MILLIS; while true; do sleep 1; done")
+    app = {"name": "app", "image": APP_IMAGE, "imagePullPolicy": "Never",
+           "command": ["/bin/sh", "-c", script],
+           "resources": {"requests": {"cpu": "100m", "memory": "32Mi"},
+                         "limits": {"cpu": "500m", "memory": "64Mi"}},
+           "env": [{"name": "CPU_MILLIS", "valueFrom": {"resourceFieldRef": {
+               "resource": "limits.cpu", "divisor": "1m"}}}],
+           "readinessProbe": {"exec": {"command": ["/bin/true"]}, "periodSeconds": 1}}
+    init = {"name": "init", "image": APP_IMAGE, "imagePullPolicy": "Never",
+            "command": ["/bin/sh", "-c", "echo init-done"]}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "rc"}},
+            "spec": {"nodeName": node, "hostNetwork": True, "terminationGracePeriodSeconds": 2,
+                     "tolerations": [{"operator": "Exists"}], "dnsPolicy": "None",
+                     "dnsConfig": {"nameservers": ["192.0.2.53"], "searches": ["edge.example"]},
+                     "initContainers": [init], "containers": [app]}}
+
+
 def configmap(name, greeting):
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "default"},
             "data": {"greeting": greeting}}

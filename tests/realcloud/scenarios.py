@@ -201,7 +201,7 @@ def node_scenario():
 
 # ---------------------------------------------------------------------------------------------
 def pod_scenario():
-    s, node, pod = "pod", "rc-pod", "rc-pod-app"
+    s, node, pod, kpod = "pod", "rc-pod", "rc-pod-app", "rc-pod-kubelet"
     e = Edge(node)
     try:
         rc.apply(rc.configmap("rc-pod-cm", "hello-from-real-cloud"))
@@ -306,8 +306,35 @@ def pod_scenario():
             left = [c for c in rc.pod_containers(uid) if c["running"]]
             check(not left, f"containers left running: {left}")
         step(s, "store rows and containers gone", wait_for, "cleanup", 20, lambda: store_clean() is None)
+
+        # What the kubelet does beyond volumes and env, through the real API server.
+        rc.apply(rc.kubelet_pod(kpod, node))
+        step(s, "init container, probe, resources, DNS: pod Running and Ready", wait_for,
+             "Running/Ready", 90, lambda: rc.pod_running(kpod))
+        k = kget("pod", kpod)
+
+        def kubelet_status():
+            st = k["status"]
+            init = st["initContainerStatuses"][0]
+            check(init["state"].get("terminated", {}).get("reason") == "Completed" and init["ready"],
+                  f"init container status {init}")
+            check((rc.condition(k, "Initialized") or {}).get("status") == "True", "Initialized not True")
+            check(st.get("qosClass") == "Burstable", f"qosClass {st.get('qosClass')}")
+            cs = st["containerStatuses"][0]
+            check(cs["ready"] and cs["started"], f"{cs}")
+            return "init Completed, Initialized, Burstable, ready by its probe"
+        step(s, "initContainerStatuses and readiness as the kubelet reports them", kubelet_status)
+
+        def kubelet_view():
+            out = e.container_log(kpod)
+            for want in ("dns=192.0.2.53", "mem=67108864", "cpu-millis=500"):
+                check(want in out, f"{want} not in the container output {out[-300:]!r}")
+            check("init-done" in e.container_log(kpod, "init"), "the init container's output")
+            return "nameserver, memory limit and CPU limit seen inside"
+        step(s, "the container sees its dnsConfig, its memory limit and its CPU limit",
+             wait_for, "the container output", 20, kubelet_view)
     finally:
-        teardown(e, [pod], node)
+        teardown(e, [pod, kpod], node)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,6 +238,17 @@ impl PodWorker {
             match status.state {
                 ContainerState::Running => {
                     c.waiting = None;
+                    if let Some(kind) = self.watch_probes(&rec.pod, &spec, c, &id) {
+                        warn!(pod = %key, container = %c.name, probe = ?kind, "container failed its probe; it will be restarted");
+                        let grace = rec.pod.termination_grace(DEFAULT_GRACE);
+                        match self
+                            .call("StopContainer", self.runtime.stop_container(&id, grace))
+                            .await
+                        {
+                            Ok(()) => self.stop_probes(c),
+                            Err(error) => self.failed(&error),
+                        }
+                    }
                     return;
                 }
                 ContainerState::Created => {
@@ -251,6 +262,7 @@ impl PodWorker {
                     return;
                 }
                 ContainerState::Exited | ContainerState::Unknown => {
+                    self.stop_probes(c);
                     let restart = match policy {
                         RestartPolicy::Always => true,
                         RestartPolicy::OnFailure => status.exit_code != 0,
@@ -492,6 +504,7 @@ impl PodWorker {
         let key = rec.pod.key();
         let grace = rec.pod.termination_grace(DEFAULT_GRACE);
         for c in &mut rec.containers {
+            self.stop_probes(c);
             let Some(id) = c.id.clone() else { continue };
             match self.stop_and_remove_container(&id, grace).await {
                 Ok(()) => c.id = None,

@@ -39,7 +39,20 @@ impl PodWorker {
                     ),
                     None => (spec.image.clone(), String::new()),
                 };
+                // Probes gate `started` and `ready`; a container without them is both while
+                // it runs.
+                let running = matches!(state, ApiState::Running { .. });
+                // Before a probe's first verdict: not started, not ready.
+                let verdict = |kind, probe: &Option<probe::Probe>| {
+                    c.id.as_deref()
+                        .and_then(|id| self.probe_results.get(id, kind))
+                        .unwrap_or(probe.is_none())
+                };
+                let started = running && verdict(probe::Kind::Startup, &spec.startup_probe);
+                let ready = started && verdict(probe::Kind::Readiness, &spec.readiness_probe);
                 ContainerView {
+                    ready,
+                    started,
                     name: c.name.clone(),
                     image,
                     image_id,

@@ -1233,3 +1233,104 @@ async fn crash_backoff_doubles_and_resets_after_ten_minutes() {
     }
     h.stop().await;
 }
+
+/// Readiness follows its probe (ready and the Ready condition), liveness failures restart
+/// the container, and neither runs before the startup probe passed.
+#[tokio::test(start_paused = true)]
+async fn probes_drive_readiness_and_restarts() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    rt.state().exec_codes.insert("app".to_owned(), 1);
+    let mut h = Harness::start(rt);
+    let exec = |period: u32, threshold: u32| {
+        json!({"exec": {"command": ["check"]}, "periodSeconds": period,
+               "failureThreshold": threshold})
+    };
+    h.events
+        .send(PodEvent::Upsert(pod(
+            "web",
+            "Always",
+            json!({"readinessProbe": exec(1, 1)}),
+        )))
+        .await
+        .unwrap();
+    let s = h.status("web", "running", running).await;
+    let c = &s["status"]["containerStatuses"][0];
+    assert_eq!(
+        (c["ready"].clone(), c["started"].clone()),
+        (json!(false), json!(true))
+    );
+    assert_eq!(s["status"]["conditions"][2]["status"], "False", "Ready");
+
+    h.rt.state().exec_codes.insert("app".to_owned(), 0);
+    let s = h
+        .status("web", "ready", |s| {
+            s["containerStatuses"][0]["ready"] == true
+        })
+        .await;
+    assert_eq!(s["status"]["conditions"][2]["status"], "True");
+    assert!(h.rt.calls_named("ExecSync") >= 2);
+    h.rt.state().exec_codes.insert("app".to_owned(), 1);
+    h.status("web", "not ready again", |s| {
+        s["containerStatuses"][0]["ready"] == false && running(s)
+    })
+    .await;
+    assert_eq!(
+        h.rt.calls_named("StopContainer"),
+        0,
+        "readiness never restarts"
+    );
+
+    // Liveness: three failures in a row restart the container.
+    h.events
+        .send(PodEvent::Upsert(pod(
+            "live",
+            "Always",
+            json!({"livenessProbe": exec(2, 3)}),
+        )))
+        .await
+        .unwrap();
+    let s = h
+        .status("live", "restarted after failing liveness", |s| {
+            s["containerStatuses"][0]["restartCount"] == 1
+        })
+        .await;
+    assert!(h.rt.calls_named("StopContainer") >= 1);
+    assert!(s["status"]["containerStatuses"][0]["lastState"]["terminated"].is_object());
+    h.stop().await;
+}
+
+/// A startup probe holds `started` false and keeps liveness and readiness from running.
+#[tokio::test(start_paused = true)]
+async fn the_startup_probe_gates_the_others() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    rt.state().exec_codes.insert("app".to_owned(), 1);
+    let mut h = Harness::start(rt);
+    h.events
+        .send(PodEvent::Upsert(pod(
+            "slow",
+            "Always",
+            json!({
+                "startupProbe": {"exec": {"command": ["started"]}, "periodSeconds": 1,
+                                 "failureThreshold": 1000},
+                "livenessProbe": {"exec": {"command": ["alive"]}, "periodSeconds": 1,
+                                  "failureThreshold": 1}
+            }),
+        )))
+        .await
+        .unwrap();
+    let s = h.status("slow", "running", running).await;
+    assert_eq!(s["status"]["containerStatuses"][0]["started"], false);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        h.rt.calls_named("StopContainer"),
+        0,
+        "liveness waits for startup: {:?}",
+        h.rt.state().calls
+    );
+    h.rt.state().exec_codes.insert("app".to_owned(), 0);
+    h.status("slow", "started", |s| {
+        s["containerStatuses"][0]["started"] == true && s["containerStatuses"][0]["ready"] == true
+    })
+    .await;
+    h.stop().await;
+}

@@ -141,7 +141,10 @@ async fn create_pod(lab: &Lab, image: &str) -> Result<String> {
                         {"secretRef": {"name": "app-secret"}}
                     ],
                     "resources": {"requests": {"cpu": "100m", "memory": "32Mi"},
-                                  "limits": {"cpu": "500m", "memory": "64Mi"}}
+                                  "limits": {"cpu": "500m", "memory": "64Mi"}},
+                    // Through CRI ExecSync: ready once it passes, never restarted by it.
+                    "readinessProbe": {"exec": {"command": ["/bin/true"]}, "periodSeconds": 1},
+                    "livenessProbe": {"exec": {"command": ["/bin/true"]}, "periodSeconds": 1}
                 }]
             }}),
         )?;
@@ -363,10 +366,10 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
 
     let uid = create_pod(&lab, &image).await?;
     let (status, seen) = with_log(
-        pod_status(&mut events, POD_START, "the pod Running", |s| {
+        pod_status(&mut events, POD_START, "the pod Running and Ready", |s| {
             let state = &s["containerStatuses"][0]["state"];
             assert!(state.get("terminated").is_none(), "container ended: {s}");
-            running(s)
+            running(s) && s["containerStatuses"][0]["ready"] == true
         })
         .await,
         &edge,
@@ -571,8 +574,12 @@ async fn cri_edgecore_restarted_offline_brings_the_pod_back_and_reports_after_re
         pod_status(
             &mut events,
             Duration::from_secs(60),
-            "the queued Running status after reconnect",
-            |s| running(s) && container_id(s).is_ok_and(|id| id == second),
+            "the queued Running status after reconnect, then Ready (its readiness probe)",
+            |s| {
+                running(s)
+                    && container_id(s).is_ok_and(|id| id == second)
+                    && s["containerStatuses"][0]["ready"] == true
+            },
         )
         .await,
         &edge,
