@@ -698,6 +698,71 @@ def compare():
 
 
 # ---------------------------------------------------------------------------------------------
+def bench_pod(name, node, group):
+    """The smallest pod a user runs: one container that sleeps (hostNetwork, local image)."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"bench": group}},
+            "spec": {"nodeName": node, "hostNetwork": True, "terminationGracePeriodSeconds": 1,
+                     "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "app", "image": rc.APP_IMAGE, "imagePullPolicy": "Never",
+                                     "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]}]}}
+
+
+def vm_rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def podbench():
+    """Time from `kubectl apply` of N pods at once to each Running and Ready, for our edgecore
+    and KubeEdge's, and the agent's RSS with the N pods running (PODBENCH_COUNTS, default
+    1,10,50). A benchmark: prints numbers, fails only when pods do not come up."""
+    s = "podbench"
+    counts = [int(x) for x in os.environ.get("PODBENCH_COUNTS", "1,10,50").split(",")]
+    for kind in ("rust", "go"):
+        node = f"rc-bench-{kind}"
+        e = Edge(node, kind=kind)
+        try:
+            e.start()
+            wait_for("Node Ready", 90, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+            time.sleep(3)
+            for n in counts:
+                group = f"{kind}-{n}"
+                items = [bench_pod(f"bench-{group}-{i}", node, group) for i in range(n)]
+                t0 = time.time()
+                kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+                running, ready = {}, {}
+                deadline = t0 + 60 + 6 * n
+                while len(ready) < n:
+                    if time.time() > deadline:
+                        raise Failed(f"{kind}: {len(running)} of {n} Running, {len(ready)} Ready after {deadline - t0:.0f} s")
+                    out = kubectl("get", "pods", "-l", f"bench={group}", "-o", "json")
+                    at = time.time() - t0
+                    for p in json.loads(out)["items"]:
+                        name = p["metadata"]["name"]
+                        if p.get("status", {}).get("phase") == "Running":
+                            running.setdefault(name, at)
+                        if (rc.condition(p, "Ready") or {}).get("status") == "True":
+                            ready.setdefault(name, at)
+                    time.sleep(0.2)
+                rss = vm_rss_kb(e.proc.pid)
+                r, d = sorted(running.values()), sorted(ready.values())
+                R.ok(s, f"{kind} edgecore, {n} pods",
+                     f"Running: median {r[len(r) // 2]:.1f} s, last {r[-1]:.1f} s; Ready: median {d[len(d) // 2]:.1f} s, "
+                     f"last {d[-1]:.1f} s; agent VmRSS {rss / 1024:.1f} MiB")
+                kubectl("delete", "pods", "-l", f"bench={group}", "--wait=false")
+                wait_for("the bench pods gone", 120 + 2 * n,
+                         lambda: not json.loads(kubectl("get", "pods", "-l", f"bench={group}", "-o", "json"))["items"])
+        finally:
+            kubectl("delete", "pods", "-l", "bench", "--force", "--grace-period=0", check_rc=False)
+            teardown(e, [], node)
+
+
+BENCHMARKS = {"podbench": podbench}
+
 SCENARIOS = {
     "bootstrap": bootstrap,
     "node": node_scenario,
@@ -712,14 +777,16 @@ SCENARIOS = {
 def main(argv):
     if argv[:1] == ["--list"]:
         print("\n".join(SCENARIOS))
+        print("\n".join(f"{b} (benchmark; only when named)" for b in BENCHMARKS))
         return 0
     if argv[:1] == ["--stop-edges"]:
         rc.stop_recorded_edges()
         return 0
     names = argv or list(SCENARIOS)
-    unknown = [n for n in names if n not in SCENARIOS]
+    known = {**SCENARIOS, **BENCHMARKS}
+    unknown = [n for n in names if n not in known]
     if unknown:
-        print(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        print(f"unknown scenario(s) {unknown}; known: {', '.join(known)}", file=sys.stderr)
         return 2
     os.makedirs(rc.EDGES, exist_ok=True)
     rc.stop_recorded_edges()  # a crashed earlier run may have left one
@@ -727,7 +794,7 @@ def main(argv):
         t0 = time.time()
         print(f"==> scenario {name}", flush=True)
         try:
-            SCENARIOS[name]()
+            known[name]()
         except Failed as e:
             if not getattr(e, "reported", False):
                 R.fail(name, str(e))
