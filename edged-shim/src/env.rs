@@ -379,6 +379,14 @@ mod tests {
         .unwrap()
     }
 
+    /// The first container's environment on a node at 10.0.0.1.
+    async fn env_of(p: &Pod, meta: &RecordingMeta) -> Vec<(String, String)> {
+        let mut objects = Objects::new(meta, "ns");
+        container_env(p, &p.spec.containers[0], &node("10.0.0.1"), &mut objects)
+            .await
+            .unwrap()
+    }
+
     fn meta() -> std::sync::Arc<RecordingMeta> {
         let (meta, _calls) = RecordingMeta::new();
         meta.put(
@@ -418,10 +426,7 @@ mod tests {
                 ]}]}
         }))
         .unwrap();
-        let mut objects = Objects::new(meta.as_ref(), "ns");
-        let env = container_env(&p, &p.spec.containers[0], &node("10.0.0.1"), &mut objects)
-            .await
-            .unwrap();
+        let env = env_of(&p, &meta).await;
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             pairs,
@@ -449,6 +454,7 @@ mod tests {
                 ..Default::default()
             }),
         }];
+        let mut objects = Objects::new(meta.as_ref(), "ns");
         let err = container_env(&bad, &bad.spec.containers[0], &node(""), &mut objects)
             .await
             .unwrap_err()
@@ -466,10 +472,7 @@ mod tests {
             {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "none", "key": "k", "optional": true}}},
         ]}));
-        let mut objects = Objects::new(meta.as_ref(), "ns");
-        let env = container_env(&p, &p.spec.containers[0], &node("10.0.0.1"), &mut objects)
-            .await
-            .unwrap();
+        let env = env_of(&p, &meta).await;
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(
             pairs,

@@ -596,30 +596,7 @@ mod tests {
     #[tokio::test]
     async fn exec_probes_use_the_exit_code() {
         let rt = FakeRuntime::with_images(&["img"]);
-        let sandbox = crate::runtime::SandboxConfig {
-            name: "p".to_owned(),
-            namespace: "ns".to_owned(),
-            uid: "u".to_owned(),
-            attempt: 0,
-            host_network: true,
-            hostname: String::new(),
-            log_directory: std::path::PathBuf::from("/tmp"),
-            cgroup_parent: None,
-            labels: Default::default(),
-            dns: None,
-        };
-        let container = crate::runtime::ContainerConfig {
-            name: "app".to_owned(),
-            image: "img".to_owned(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            mounts: vec![],
-            working_dir: String::new(),
-            log_path: String::new(),
-            attempt: 0,
-            resources: Default::default(),
-        };
+        let (sandbox, container) = crate::testutil::running_pair("p", "app", "img", 0);
         rt.preexisting(sandbox, container);
         let id = rt.state().containers.keys().next().unwrap().clone();
         let mut t = target(None, rt.clone());

@@ -236,3 +236,42 @@ impl MetaClient for RecordingMeta {
         }))
     }
 }
+
+/// A host-network sandbox of pod `default/<name>` (uid `uid-<name>`) and a container `container`
+/// of `image` in it, as a previous run (or a test) would have made them.
+pub(crate) fn running_pair(
+    name: &str,
+    container: &str,
+    image: &str,
+    attempt: u32,
+) -> (
+    crate::runtime::SandboxConfig,
+    crate::runtime::ContainerConfig,
+) {
+    (
+        crate::runtime::SandboxConfig {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+            host_network: true,
+            hostname: String::new(),
+            log_directory: std::path::PathBuf::from("/tmp"),
+            cgroup_parent: None,
+            labels: Default::default(),
+            dns: None,
+        },
+        crate::runtime::ContainerConfig {
+            name: container.to_owned(),
+            image: image.to_owned(),
+            command: vec![],
+            args: vec![],
+            env: vec![],
+            mounts: vec![],
+            working_dir: String::new(),
+            log_path: String::new(),
+            attempt,
+            resources: Default::default(),
+        },
+    )
+}

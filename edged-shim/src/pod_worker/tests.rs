@@ -583,32 +583,7 @@ fn running_pair(
     ready_container: &str,
     attempt: u32,
 ) -> (SandboxConfig, ContainerConfig) {
-    (
-        SandboxConfig {
-            name: name.to_owned(),
-            namespace: "default".to_owned(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-            host_network: true,
-            hostname: String::new(),
-            log_directory: PathBuf::from("/tmp"),
-            cgroup_parent: None,
-            labels: Default::default(),
-            dns: None,
-        },
-        ContainerConfig {
-            name: ready_container.to_owned(),
-            image: APP.to_owned(),
-            command: vec![],
-            args: vec![],
-            env: vec![],
-            mounts: vec![],
-            working_dir: String::new(),
-            log_path: String::new(),
-            attempt,
-            resources: Default::default(),
-        },
-    )
+    crate::testutil::running_pair(name, ready_container, APP, attempt)
 }
 
 #[tokio::test(start_paused = true)]

@@ -18,7 +18,7 @@ use edgehub::Message;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::common::{Lab, NODE, SERIAL, connected};
+use super::common::{Lab, NODE, Renewals, SERIAL, connected, with_log};
 
 const NS: &str = "default";
 const POD: &str = "printer";
@@ -52,42 +52,21 @@ pub(super) fn edge_options(lab: &Lab, server: SocketAddr, endpoint: &str) -> Edg
     opts
 }
 
-/// The node Lease's `renewTime` as the cluster sees it, until it has changed `n` times; checks
-/// holder, duration and the owner reference to the registered Node on the way.
-async fn lease_renewals(lab: &Lab, edge: &EdgeCore, n: usize) -> Result<Vec<String>> {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let wait = eventually("the node lease renewed", Duration::from_secs(30), || {
-        let seen = seen.clone();
-        async move {
-            let lease = lab
-                .with_cluster(|c| c.object("lease", "kube-node-lease", NODE))
-                .await?
-                .context("no Lease in kube-node-lease yet")?
-                .body;
-            ensure!(lease["spec"]["holderIdentity"] == NODE, "{lease}");
-            ensure!(lease["spec"]["leaseDurationSeconds"] == 4, "{lease}");
-            ensure!(
-                lease["metadata"]["ownerReferences"][0]["kind"] == "Node",
-                "no owner reference yet: {lease}"
-            );
-            let at = lease["spec"]["renewTime"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let mut seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            if seen.last() != Some(&at) {
-                seen.push(at);
-            }
-            ensure!(seen.len() > n, "renewals so far: {seen:?}");
-            Ok(())
-        }
-    })
-    .await;
-    with_log(wait, edge)?;
-    let seen = seen
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
+/// The node Lease once its `renewTime` has changed `n` times (seconds since the epoch, each
+/// later than the one before); checks holder, duration and the owner reference to the Node.
+async fn lease_renewals(lab: &Lab, edge: &EdgeCore, n: usize) -> Result<Vec<i64>> {
+    let seen = Renewals::default().await_more(lab, edge, n + 1).await?;
+    let lease = lab
+        .with_cluster(|c| c.object("lease", "kube-node-lease", NODE))
+        .await?
+        .context("no Lease in kube-node-lease")?
+        .body;
+    ensure!(lease["spec"]["holderIdentity"] == NODE, "{lease}");
+    ensure!(lease["spec"]["leaseDurationSeconds"] == 4, "{lease}");
+    ensure!(
+        lease["metadata"]["ownerReferences"][0]["kind"] == "Node",
+        "no owner reference: {lease}"
+    );
     Ok(seen)
 }
 
@@ -345,9 +324,6 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<u16> {
 }
 
 /// Fails with the edge's log tail when `res` is an error.
-pub(super) fn with_log<T>(res: Result<T>, edge: &EdgeCore) -> Result<T> {
-    res.map_err(|e| anyhow::anyhow!("{e:#}\nedgecore log tail:\n{}", edge.log_tail(40)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs tests/cri/setup.sh up"]
