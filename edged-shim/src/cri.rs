@@ -365,6 +365,25 @@ impl Runtime for CriRuntime {
         })
     }
 
+    fn sandbox_ip<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let mut client = self.runtime.clone();
+            let r = self
+                .bounded(
+                    "PodSandboxStatus",
+                    client.pod_sandbox_status(api::PodSandboxStatusRequest {
+                        pod_sandbox_id: id.to_owned(),
+                        verbose: false,
+                    }),
+                )
+                .await?;
+            Ok(r.status
+                .and_then(|s| s.network)
+                .map(|n| n.ip)
+                .filter(|ip| !ip.is_empty()))
+        })
+    }
+
     fn list_sandboxes(&self) -> RuntimeFuture<'_, Vec<SandboxInfo>> {
         Box::pin(async move {
             let mut client = self.runtime.clone();

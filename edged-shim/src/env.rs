@@ -258,6 +258,7 @@ pub(crate) async fn container_env(
     pod: &Pod,
     container: &Container,
     node: &NodeFacts,
+    pod_ip: Option<&str>,
     objects: &mut Objects<'_>,
 ) -> Result<Vec<(String, String)>, EnvError> {
     let mut vars: Vec<(String, String)> = Vec::new();
@@ -337,7 +338,10 @@ pub(crate) async fn container_env(
                         key: r.key.clone(),
                     })?
                 } else if let Some(f) = &from.field_ref {
-                    field_value(pod, node, &f.field_path)
+                    match f.field_path.as_str() {
+                        "status.podIP" | "status.podIPs" => pod_ip.unwrap_or_default().to_owned(),
+                        path => field_value(pod, node, path),
+                    }
                 } else if let Some(r) = &from.resource_field_ref {
                     resource_field_value(pod, Some(&container.name), r, node).map_err(|why| {
                         EnvError::ResourceField {
@@ -382,9 +386,15 @@ mod tests {
     /// The first container's environment on a node at 10.0.0.1.
     async fn env_of(p: &Pod, meta: &RecordingMeta) -> Vec<(String, String)> {
         let mut objects = Objects::new(meta, "ns");
-        container_env(p, &p.spec.containers[0], &node("10.0.0.1"), &mut objects)
-            .await
-            .unwrap()
+        container_env(
+            p,
+            &p.spec.containers[0],
+            &node("10.0.0.1"),
+            Some("10.0.0.1"),
+            &mut objects,
+        )
+        .await
+        .unwrap()
     }
 
     fn meta() -> std::sync::Arc<RecordingMeta> {
@@ -455,7 +465,7 @@ mod tests {
             }),
         }];
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let err = container_env(&bad, &bad.spec.containers[0], &node(""), &mut objects)
+        let err = container_env(&bad, &bad.spec.containers[0], &node(""), None, &mut objects)
             .await
             .unwrap_err()
             .to_string();
@@ -492,7 +502,7 @@ mod tests {
             "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CM_"}, {"secretRef": {"name": "sec"}}],
             "env": [{"name": "CM_B", "value": "override"}]}));
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let env = container_env(&p, &p.spec.containers[0], &node(""), &mut objects)
+        let env = container_env(&p, &p.spec.containers[0], &node(""), None, &mut objects)
             .await
             .unwrap();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -512,7 +522,7 @@ mod tests {
         let p = pod(json!({"name": "c", "env": [
             {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}));
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let err = container_env(&p, &p.spec.containers[0], &node(""), &mut objects)
+        let err = container_env(&p, &p.spec.containers[0], &node(""), None, &mut objects)
             .await
             .unwrap_err();
         assert_eq!(
@@ -521,7 +531,7 @@ mod tests {
         );
         let p = pod(json!({"name": "c", "env": [
             {"name": "X", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "nope"}}}]}));
-        let err = container_env(&p, &p.spec.containers[0], &node(""), &mut objects)
+        let err = container_env(&p, &p.spec.containers[0], &node(""), None, &mut objects)
             .await
             .unwrap_err();
         assert!(matches!(err, EnvError::MissingKey { ref key, .. } if key == "nope"));
@@ -550,7 +560,7 @@ mod tests {
             {"name": "LATER", "value": "x"}
         ]}));
         let mut objects = Objects::new(meta.as_ref(), "ns");
-        let env = container_env(&p, &p.spec.containers[0], &node(""), &mut objects)
+        let env = container_env(&p, &p.spec.containers[0], &node(""), None, &mut objects)
             .await
             .unwrap();
         assert_eq!(

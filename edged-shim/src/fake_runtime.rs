@@ -208,6 +208,18 @@ impl Runtime for FakeRuntime {
         Box::pin(async move { r })
     }
 
+    fn sandbox_ip<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<String>> {
+        // A pod network hands out 10.88.0.<n>, as containerd's default CNI config does.
+        let r = self.op("PodSandboxStatus", |s| {
+            let sandbox = s.sandboxes.get(id).ok_or_else(|| RuntimeError::NotFound {
+                call: "PodSandboxStatus",
+                what: format!("sandbox {id}"),
+            })?;
+            Ok((!sandbox.host_network).then(|| format!("10.88.0.{}", id.trim_start_matches("sb"))))
+        });
+        Box::pin(async move { r })
+    }
+
     fn list_sandboxes(&self) -> RuntimeFuture<'_, Vec<SandboxInfo>> {
         let r = self.op("ListPodSandbox", |s| {
             Ok(s.sandboxes

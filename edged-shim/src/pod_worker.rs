@@ -135,6 +135,8 @@ struct PodRecord {
     desired: Desired,
     sandbox_id: Option<String>,
     sandbox_attempt: u32,
+    /// The sandbox's IP on the pod network (not for host-network pods).
+    pod_ip: Option<String>,
     volumes: HashMap<String, PathBuf>,
     /// The init containers' records, then the app containers'.
     containers: Vec<ContainerRecord>,
@@ -162,6 +164,7 @@ impl PodRecord {
             desired: Desired::Running,
             sandbox_id: None,
             sandbox_attempt: 0,
+            pod_ip: None,
             volumes: HashMap::new(),
             containers,
             init_count,
@@ -171,6 +174,15 @@ impl PodRecord {
             patch_failing: false,
             sandbox_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             sandbox_retry_at: None,
+        }
+    }
+
+    /// The pod's IP: the node's for a host-network pod, else its sandbox's once known.
+    fn ip(&self, node_ip: &str) -> Option<String> {
+        if self.pod.spec.host_network {
+            Some(node_ip.to_owned()).filter(|ip| !ip.is_empty())
+        } else {
+            self.pod_ip.clone()
         }
     }
 

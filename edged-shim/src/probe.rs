@@ -150,8 +150,7 @@ pub(crate) struct Target {
     pub(crate) pod: String,
     pub(crate) container: String,
     pub(crate) container_id: String,
-    /// `None` when edged does not know the pod's address (only host-network pods have one
-    /// here): network probes then fail saying so.
+    /// `None` while edged does not know the pod's address: network probes then fail saying so.
     pub(crate) pod_ip: Option<IpAddr>,
     pub(crate) ports: Vec<ContainerPort>,
     pub(crate) runtime: Arc<dyn Runtime>,

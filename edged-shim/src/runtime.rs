@@ -265,6 +265,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn remove_sandbox<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, ()>;
     /// Sandboxes edged-shim created (labelled [`MANAGED_LABEL`]) that exist in the runtime.
     fn list_sandboxes(&self) -> RuntimeFuture<'_, Vec<SandboxInfo>>;
+    /// The pod IP the runtime's network setup gave sandbox `id`; `None` for a host-network
+    /// sandbox or when it has none.
+    fn sandbox_ip<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<String>>;
     /// Containers of one sandbox.
     fn list_containers<'a>(&'a self, sandbox_id: &'a str) -> RuntimeFuture<'a, Vec<ContainerInfo>>;
     /// Create a container in a sandbox; returns its ID.

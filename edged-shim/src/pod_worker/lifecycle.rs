@@ -104,6 +104,7 @@ impl PodWorker {
             {
                 Ok(id) => {
                     info!(pod = %key, sandbox = %id, "sandbox started");
+                    rec.pod_ip = self.sandbox_ip(&rec.pod, &id).await;
                     rec.sandbox_id = Some(id);
                     rec.sandbox_attempt += 1;
                     rec.sandbox_backoff.reset();
@@ -162,6 +163,7 @@ impl PodWorker {
             _ if idx < rec.init_count => RestartPolicy::OnFailure,
             ref p => p.clone(),
         };
+        let pod_ip = rec.ip(&self.node.ip);
         let (Some(spec), Some(c)) = (
             rec.pod.container_at(idx).cloned(),
             rec.containers.get_mut(idx),
@@ -238,7 +240,7 @@ impl PodWorker {
             match status.state {
                 ContainerState::Running => {
                     c.waiting = None;
-                    if let Some(kind) = self.watch_probes(&rec.pod, &spec, c, &id) {
+                    if let Some(kind) = self.watch_probes(&rec.pod, pod_ip, &spec, c, &id) {
                         warn!(pod = %key, container = %c.name, probe = ?kind, "container failed its probe; it will be restarted");
                         let grace = rec.pod.termination_grace(DEFAULT_GRACE);
                         match self
@@ -377,7 +379,9 @@ impl PodWorker {
             c.pull_retry_at = None;
         }
         let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
-        let env = match container_env(&rec.pod, &spec, &self.node, &mut objects).await {
+        let env = match container_env(&rec.pod, &spec, &self.node, pod_ip.as_deref(), &mut objects)
+            .await
+        {
             Ok(env) => env,
             Err(error) => {
                 warn!(pod = %key, container = %c.name, %error, "container config not ready");
@@ -517,7 +521,10 @@ impl PodWorker {
         }
         if let Some(id) = rec.sandbox_id.clone() {
             match self.stop_and_remove_sandbox(&id).await {
-                Ok(()) => rec.sandbox_id = None,
+                Ok(()) => {
+                    rec.sandbox_id = None;
+                    rec.pod_ip = None;
+                }
                 Err(error) => {
                     warn!(pod = %key, %error, "sandbox not removed; retrying");
                     self.failed(&error);

@@ -10,6 +10,7 @@ impl PodWorker {
     pub(super) fn watch_probes(
         &self,
         pod: &Pod,
+        pod_ip: Option<String>,
         spec: &Container,
         c: &mut ContainerRecord,
         id: &str,
@@ -28,11 +29,7 @@ impl PodWorker {
                 pod: pod.key(),
                 container: spec.name.clone(),
                 container_id: id.to_owned(),
-                pod_ip: pod
-                    .spec
-                    .host_network
-                    .then(|| self.node.ip.parse().ok())
-                    .flatten(),
+                pod_ip: pod_ip.and_then(|ip| ip.parse().ok()),
                 ports: spec.ports.clone(),
                 runtime: self.runtime.clone(),
             };

@@ -53,6 +53,7 @@ impl PodWorker {
             }
             self.remove_sandbox(&id).await;
             rec.sandbox_id = None;
+            rec.pod_ip = None;
             self.pods.insert(key, rec);
         }
     }
@@ -157,7 +158,26 @@ impl PodWorker {
             "another agent"
         };
         info!(pod = %rec.pod.key(), sandbox = %sandbox.id, made_by, "adopted the running sandbox");
+        rec.pod_ip = self.sandbox_ip(&rec.pod, &sandbox.id).await;
         rec.sandbox_id = Some(sandbox.id);
         rec.sandbox_attempt = 1;
+    }
+
+    /// The pod-network IP of a new or adopted sandbox; `None` for host-network pods, and
+    /// (logged) when the runtime does not say.
+    pub(super) async fn sandbox_ip(&self, pod: &Pod, sandbox: &str) -> Option<String> {
+        if pod.spec.host_network {
+            return None;
+        }
+        match self
+            .call("PodSandboxStatus", self.runtime.sandbox_ip(sandbox))
+            .await
+        {
+            Ok(ip) => ip,
+            Err(error) => {
+                warn!(pod = %pod.key(), %sandbox, %error, "the sandbox's IP is not known");
+                None
+            }
+        }
     }
 }

@@ -77,11 +77,7 @@ impl PodWorker {
             })
             .collect();
         let apps = containers.split_off(rec.init_count.min(containers.len()));
-        let pod_ip = if rec.pod.spec.host_network {
-            self.node.ip.clone()
-        } else {
-            String::new()
-        };
+        let pod_ip = rec.ip(&self.node.ip).unwrap_or_default();
         PodView {
             uid: rec.pod.metadata.uid.clone(),
             restart_policy: rec.pod.spec.restart_policy.clone(),

@@ -1309,3 +1309,33 @@ async fn the_startup_probe_gates_the_others() {
     .await;
     h.stop().await;
 }
+
+/// A pod on the pod network reports its sandbox's IP (CRI PodSandboxStatus) as podIP(s), and its
+/// containers get it through `status.podIP`.
+#[tokio::test(start_paused = true)]
+async fn a_pod_network_pod_reports_its_sandbox_ip() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    let mut web = pod(
+        "web",
+        "Always",
+        json!({"env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}),
+    );
+    web["spec"]["hostNetwork"] = json!(false);
+    h.events.send(PodEvent::Upsert(web)).await.unwrap();
+    let s = h.status("web", "running", running).await;
+    let ip = s["status"]["podIP"].as_str().unwrap_or_default().to_owned();
+    assert!(ip.starts_with("10.88.0."), "{s}");
+    assert_eq!(s["status"]["podIPs"], json!([{"ip": ip}]));
+    assert_eq!(s["status"]["hostIP"], "192.168.1.50");
+    let env =
+        h.rt.state()
+            .containers
+            .values()
+            .next()
+            .unwrap()
+            .config
+            .env
+            .clone();
+    assert!(env.contains(&("POD_IP".to_owned(), ip.clone())), "{env:?}");
+    h.stop().await;
+}
