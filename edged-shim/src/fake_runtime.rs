@@ -24,6 +24,8 @@ pub(crate) struct FakeState {
     pub(crate) failing_sandboxes: u32,
     pub(crate) images: HashSet<String>,
     pub(crate) pullable: HashSet<String>,
+    /// Images whose pull never ends.
+    pub(crate) hanging: HashSet<String>,
     /// Exit codes of ExecSync by container name (0 when not listed).
     pub(crate) exec_codes: HashMap<String, i32>,
     /// Images that pull only with this user's credentials.
@@ -145,6 +147,10 @@ impl Runtime for FakeRuntime {
         image: &'a str,
         auth: Option<&'a RegistryAuth>,
     ) -> RuntimeFuture<'a, String> {
+        if self.state().hanging.contains(image) {
+            self.state().calls.push("PullImage".to_owned());
+            return Box::pin(std::future::pending());
+        }
         let r = self.op("PullImage", |s| {
             s.pull_auths.push(auth.map(|a| a.username.clone()));
             let allowed = s

@@ -212,6 +212,8 @@ pub(crate) struct PodWorker {
     /// its pod to be synced.
     probe_results: probe::Results,
     probe_wake: mpsc::Sender<String>,
+    /// Image pulls in flight, by image.
+    pulls: HashMap<String, images::PullJob>,
     probe_woken: Option<mpsc::Receiver<String>>,
     /// The node as the downward API and resource defaults see it.
     node: NodeFacts,
@@ -293,6 +295,7 @@ impl PodWorker {
             runtime: Arc::from(runtime),
             probe_results: probe::Results::default(),
             probe_wake,
+            pulls: HashMap::new(),
             probe_woken: Some(probe_woken),
             state,
             pods: BTreeMap::new(),

@@ -34,29 +34,99 @@ impl PodWorker {
         keyring.lookup(image)
     }
 
-    /// Pulls with each credential in turn until one works (anonymously when there are none);
-    /// the last failure otherwise.
-    pub(super) async fn pull(
-        &self,
+    /// The image pull for `pod`: `None` while it runs (it is started here when none runs),
+    /// then its result once. A pull runs as its own task, without the runtime request timeout
+    /// (large images on slow links take long): a slow or hung pull holds up no other pod and
+    /// no status report. When it ends, the pods that waited for it are synced.
+    pub(super) async fn pull_job(
+        &mut self,
+        pod: &Pod,
         image: &str,
-        credentials: &[RegistryAuth],
-    ) -> Result<String, RuntimeError> {
-        let mut last = None;
-        for auth in credentials {
-            match self
-                .call("PullImage", self.runtime.pull_image(image, Some(auth)))
-                .await
-            {
-                Ok(reference) => return Ok(reference),
-                Err(error) => last = Some(error),
+    ) -> Option<Result<String, RuntimeError>> {
+        let key = pod.key();
+        if let Some(job) = self.pulls.get(image) {
+            let finished = job.handle.is_finished();
+            let asked = {
+                let mut waiters = match job.waiters.lock() {
+                    Ok(w) => w,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if !finished {
+                    waiters.insert(key.clone());
+                }
+                waiters.contains(&key)
+            };
+            if !finished {
+                return None;
+            }
+            let job = self.pulls.remove(image)?;
+            // A finished pull this pod did not wait for is stale for it: pull afresh.
+            if asked {
+                return Some(job.handle.await.unwrap_or_else(|e| {
+                    Err(RuntimeError::Call {
+                        call: "PullImage",
+                        message: format!("the pull task ended: {e}"),
+                    })
+                }));
             }
         }
-        match last {
-            Some(error) => Err(error),
-            None => {
-                self.call("PullImage", self.runtime.pull_image(image, None))
-                    .await
+        let credentials = self.pull_credentials(pod, image).await;
+        info!(pod = %key, %image, credentials = credentials.len(), "pulling image");
+        let waiters = Arc::new(std::sync::Mutex::new(std::collections::HashSet::from([
+            key,
+        ])));
+        let (runtime, wake, image_owned) = (
+            self.runtime.clone(),
+            self.probe_wake.clone(),
+            image.to_owned(),
+        );
+        let notify = waiters.clone();
+        let handle = tokio::spawn(async move {
+            let result = pull(runtime.as_ref(), &image_owned, &credentials).await;
+            let keys: Vec<String> = notify
+                .lock()
+                .map(|w| w.iter().cloned().collect())
+                .unwrap_or_default();
+            for key in keys {
+                // A full mailbox means syncs are coming anyway.
+                let _ = wake.try_send(key);
             }
+            result
+        });
+        self.pulls.insert(
+            image.to_owned(),
+            PullJob {
+                handle: tokio_util::task::AbortOnDropHandle::new(handle),
+                waiters,
+            },
+        );
+        None
+    }
+}
+
+/// A running image pull; dropped (the worker stops), it is aborted.
+pub(super) struct PullJob {
+    handle: tokio_util::task::AbortOnDropHandle<Result<String, RuntimeError>>,
+    /// Pods to sync when it ends.
+    waiters: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Pulls with each credential in turn until one works (anonymously when there are none); the
+/// last failure otherwise.
+async fn pull(
+    runtime: &dyn Runtime,
+    image: &str,
+    credentials: &[RegistryAuth],
+) -> Result<String, RuntimeError> {
+    let mut last = None;
+    for auth in credentials {
+        match runtime.pull_image(image, Some(auth)).await {
+            Ok(reference) => return Ok(reference),
+            Err(error) => last = Some(error),
         }
+    }
+    match last {
+        Some(error) => Err(error),
+        None => runtime.pull_image(image, None).await,
     }
 }

@@ -360,9 +360,12 @@ impl PodWorker {
                 ));
                 return;
             }
-            let credentials = self.pull_credentials(&rec.pod, &spec.image).await;
-            info!(pod = %key, image = %spec.image, credentials = credentials.len(), "pulling image");
-            if let Err(error) = self.pull(&spec.image, &credentials).await {
+            let Some(pulled) = self.pull_job(&rec.pod, &spec.image).await else {
+                // The kubelet's state while an image is pulled.
+                c.waiting = Some(("ContainerCreating".to_owned(), String::new()));
+                return;
+            };
+            if let Err(error) = pulled {
                 if present.is_none() {
                     warn!(pod = %key, image = %spec.image, %error, "image pull failed");
                     c.waiting = Some(("ErrImagePull".to_owned(), error.to_string()));

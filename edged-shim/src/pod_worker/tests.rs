@@ -922,7 +922,11 @@ async fn image_pull_secrets_give_the_pull_its_credentials() {
         .await;
     // The image is present by now, so a refused Always pull falls back to the local image.
     assert!(running(&s["status"]), "{s}");
-    assert_eq!(h.rt.state().pull_auths.last(), Some(&None));
+    let (auths, calls) = {
+        let st = h.rt.state();
+        (st.pull_auths.clone(), st.calls.clone())
+    };
+    assert_eq!(auths.last(), Some(&None), "{auths:?} {calls:?}");
     h.stop().await;
 }
 
@@ -1337,5 +1341,51 @@ async fn a_pod_network_pod_reports_its_sandbox_ip() {
             .env
             .clone();
     assert!(env.contains(&("POD_IP".to_owned(), ip.clone())), "{env:?}");
+    h.stop().await;
+}
+
+/// A pull that never ends holds up neither another pod's start nor its status reports: the
+/// pull runs as its own task, the pod waits in ContainerCreating.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_image_pull_does_not_hold_up_other_pods() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    rt.state()
+        .hanging
+        .insert("registry.example.com/huge:1".to_owned());
+    let mut h = Harness::start(rt);
+    h.events
+        .send(PodEvent::Upsert(pod(
+            "slow",
+            "Always",
+            json!({"image": "registry.example.com/huge:1"}),
+        )))
+        .await
+        .unwrap();
+    let s = h
+        .status("slow", "waiting for its pull", |s| {
+            s["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
+        })
+        .await;
+    assert_eq!(s["status"]["phase"], "Pending");
+    let started = Instant::now();
+    h.events
+        .send(PodEvent::Upsert(pod("fast", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.status("fast", "running beside the hung pull", running)
+        .await;
+    // Not after the pull gave up (the runtime request timeout is 2 min): at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its later changes are reported too.
+    h.rt.exit("app", 1);
+    h.status("fast", "crash reported", |s| {
+        s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    })
+    .await;
+    assert_eq!(h.rt.calls_named("PullImage"), 1, "one pull, still running");
     h.stop().await;
 }
