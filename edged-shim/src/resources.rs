@@ -49,13 +49,15 @@ pub(crate) fn qos_class<'a>(
     for r in containers {
         for name in ["cpu", "memory"] {
             if let Some(q) = milli(r.requests.get(name)).filter(|q| *q > 0) {
-                *requests.entry(name).or_default() += q;
+                let sum = requests.entry(name).or_default();
+                *sum = sum.saturating_add(q);
             }
         }
         let mut limited = 0;
         for name in ["cpu", "memory"] {
             if let Some(q) = milli(r.limits.get(name)).filter(|q| *q > 0) {
-                *limits.entry(name).or_default() += q;
+                let sum = limits.entry(name).or_default();
+                *sum = sum.saturating_add(q);
                 limited += 1;
             }
         }
@@ -106,7 +108,7 @@ fn shares(milli_cpu: i128) -> i64 {
     if milli_cpu <= 0 {
         return MIN_SHARES;
     }
-    i64::try_from(milli_cpu * 1024 / 1000)
+    i64::try_from(milli_cpu.saturating_mul(1024) / 1000)
         .unwrap_or(MAX_SHARES)
         .clamp(MIN_SHARES, MAX_SHARES)
 }
@@ -115,7 +117,7 @@ fn quota(milli_cpu: i128) -> i64 {
     if milli_cpu <= 0 {
         return 0;
     }
-    i64::try_from(milli_cpu * i128::from(CPU_PERIOD_US) / 1000)
+    i64::try_from(milli_cpu.saturating_mul(i128::from(CPU_PERIOD_US)) / 1000)
         .unwrap_or(i64::MAX)
         .max(MIN_QUOTA_US)
 }
@@ -131,7 +133,8 @@ fn oom_score_adj(r: &ResourceRequirements, qos: QosClass, critical: bool, capaci
         QosClass::Burstable => {
             let request = units(r.requests.get("memory")).unwrap_or(0).max(0);
             let capacity = i128::from(capacity.max(1));
-            let adj = i64::try_from(1000 - 1000 * request / capacity).unwrap_or(i64::MIN);
+            let adj =
+                i64::try_from(1000 - request.saturating_mul(1000) / capacity).unwrap_or(i64::MIN);
             if adj < 1000 + GUARANTEED_OOM_ADJ {
                 1000 + GUARANTEED_OOM_ADJ
             } else if adj == BEST_EFFORT_OOM_ADJ {
@@ -201,7 +204,7 @@ pub(crate) fn resource_field_value(
             r.resource
         ));
     }
-    Ok((value.div_euclid(divisor) + i128::from(value.rem_euclid(divisor) != 0)).to_string())
+    Ok(ceil_div(value, divisor).to_string())
 }
 
 /// A quantity in thousandths, rounded up (`100m` → 100, `1` → 1000); `None` when absent or
@@ -221,6 +224,12 @@ fn scaled(v: &Value, decimals: u32) -> Option<i128> {
         Value::Number(n) => Quantity::parse(&n.to_string())?.scaled(decimals),
         _ => None,
     }
+}
+
+/// `n / d` rounded up, for a positive `d`.
+fn ceil_div(n: i128, d: i128) -> i128 {
+    n.div_euclid(d)
+        .saturating_add(i128::from(n.rem_euclid(d) != 0))
 }
 
 /// A Kubernetes resource quantity: `digits / 10^fraction × base^exp`.
@@ -305,7 +314,7 @@ impl Quantity {
             den = den.checked_mul(pow)?;
         }
         // Ceiling division for either sign.
-        Some(num.div_euclid(den) + i128::from(num.rem_euclid(den) != 0))
+        Some(ceil_div(num, den))
     }
 }
 
@@ -336,6 +345,15 @@ mod tests {
         assert_eq!(u("1k"), Some(1000));
         assert_eq!(u("500m"), Some(1), "a fraction of a byte rounds up");
         assert_eq!(milli(Some(&json!(2))), Some(2000));
+        // The largest quantities saturate instead of overflowing.
+        let huge = req(
+            json!({"requests": {"cpu": "170141183460469231731687303715884105727m",
+                                           "memory": "9Ei"},
+                              "limits": {"cpu": "99999999999999999999999999999999999", "memory": "9Ei"}}),
+        );
+        let l = linux_resources(&huge, qos_class([&huge, &huge]), false, 1);
+        assert_eq!((l.cpu_shares, l.oom_score_adj), (MAX_SHARES, 3));
+        assert_eq!(l.memory_limit_bytes, i64::MAX);
         for bad in ["", "abc", "1x", "1.2.3", "--1", "1e999", "Mi"] {
             assert_eq!(u(bad), None, "{bad:?}");
         }
