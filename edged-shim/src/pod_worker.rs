@@ -36,8 +36,9 @@ use removed::RemovedPods;
 /// Kubelet's crash-loop backoff: 10 s doubling to 5 min.
 const CRASH_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Probe verdict changes waiting for the worker; beyond this the periodic sync catches up.
-const PROBE_WAKE_CAPACITY: usize = 64;
+/// Pods asking to be synced now (a probe verdict changed, a pull ended); beyond this the
+/// periodic sync catches up.
+const WAKE_CAPACITY: usize = 64;
 /// A back-off older than this starts again from the initial delay (twice the maximum, as the
 /// kubelet's).
 const CRASH_BACKOFF_RESET: Duration = Duration::from_secs(600);
@@ -208,13 +209,13 @@ pub(crate) struct PodWorker {
     runtime: Arc<dyn Runtime>,
     state: watch::Sender<RuntimeState>,
     pods: BTreeMap<String, PodRecord>,
-    /// Verdicts of the containers' probes, and the channel on which a changed one asks for
-    /// its pod to be synced.
+    /// Verdicts of the containers' probes.
     probe_results: probe::Results,
-    probe_wake: mpsc::Sender<String>,
+    /// Where probe tasks and image pulls ask for a pod to be synced now.
+    wake: mpsc::Sender<String>,
     /// Image pulls in flight, by image.
     pulls: HashMap<String, images::PullJob>,
-    probe_woken: Option<mpsc::Receiver<String>>,
+    woken: Option<mpsc::Receiver<String>>,
     /// The node as the downward API and resource defaults see it.
     node: NodeFacts,
     probe_backoff: Backoff,
@@ -288,15 +289,15 @@ impl PodWorker {
         memory_capacity: u64,
     ) -> Self {
         let settings_sync_frequency = settings.sync_frequency;
-        let (probe_wake, probe_woken) = mpsc::channel(PROBE_WAKE_CAPACITY);
+        let (wake, woken) = mpsc::channel(WAKE_CAPACITY);
         Self {
             settings,
             meta,
             runtime: Arc::from(runtime),
             probe_results: probe::Results::default(),
-            probe_wake,
+            wake,
             pulls: HashMap::new(),
-            probe_woken: Some(probe_woken),
+            woken: Some(woken),
             state,
             pods: BTreeMap::new(),
             node,
@@ -316,7 +317,7 @@ impl PodWorker {
         cancel: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(self.settings.pod_sync_period);
-        let Some(mut woken) = self.probe_woken.take() else {
+        let Some(mut woken) = self.woken.take() else {
             return;
         };
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -75,11 +75,8 @@ impl PodWorker {
         let waiters = Arc::new(std::sync::Mutex::new(std::collections::HashSet::from([
             key,
         ])));
-        let (runtime, wake, image_owned) = (
-            self.runtime.clone(),
-            self.probe_wake.clone(),
-            image.to_owned(),
-        );
+        let (runtime, wake, image_owned) =
+            (self.runtime.clone(), self.wake.clone(), image.to_owned());
         let notify = waiters.clone();
         let handle = tokio::spawn(async move {
             let result = pull(runtime.as_ref(), &image_owned, &credentials).await;

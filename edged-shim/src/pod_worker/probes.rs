@@ -33,7 +33,7 @@ impl PodWorker {
                 ports: spec.ports.clone(),
                 runtime: self.runtime.clone(),
             };
-            let guard = probe::start(&target, probes, &self.probe_results, &self.probe_wake);
+            let guard = probe::start(&target, probes, &self.probe_results, &self.wake);
             c.probes = Some((id.to_owned(), guard));
         }
         [Kind::Startup, Kind::Liveness]
