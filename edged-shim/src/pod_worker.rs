@@ -141,8 +141,6 @@ struct PodRecord {
     volumes: HashMap<String, PathBuf>,
     /// The init containers' records, then the app containers'.
     containers: Vec<ContainerRecord>,
-    /// How many of `containers` are init containers.
-    init_count: usize,
     start_time: String,
     transitions: [(Option<bool>, String); CONDITIONS.len()],
     last_patch: Option<String>,
@@ -159,7 +157,6 @@ impl PodRecord {
             .all_containers()
             .map(|c| ContainerRecord::new(&c.name))
             .collect();
-        let init_count = pod.spec.init_containers.len();
         Self {
             pod,
             desired: Desired::Running,
@@ -168,7 +165,6 @@ impl PodRecord {
             pod_ip: None,
             volumes: HashMap::new(),
             containers,
-            init_count,
             start_time: String::new(),
             transitions: Default::default(),
             last_patch: None,
@@ -176,6 +172,11 @@ impl PodRecord {
             sandbox_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             sandbox_retry_at: None,
         }
+    }
+
+    /// How many of `containers` are init containers (the spec's never change after creation).
+    fn init_count(&self) -> usize {
+        self.pod.spec.init_containers.len()
     }
 
     /// The pod's IP: the node's for a host-network pod, else its sandbox's once known.
@@ -189,7 +190,7 @@ impl PodRecord {
 
     /// Every init container has run to a clean exit (or there are none).
     fn initialized(&self) -> bool {
-        self.containers[..self.init_count.min(self.containers.len())]
+        self.containers[..self.init_count().min(self.containers.len())]
             .iter()
             .all(ContainerRecord::succeeded)
     }
@@ -390,7 +391,8 @@ impl PodWorker {
                             rec.desired = Desired::Gone { notify_cloud: true };
                         }
                         // Only the image of a container may change in a running pod.
-                        let apps = rec.containers.iter_mut().skip(rec.init_count);
+                        let init = rec.init_count();
+                        let apps = rec.containers.iter_mut().skip(init);
                         for (c, new) in apps.zip(&pod.spec.containers) {
                             let old = rec.pod.spec.containers.iter().find(|o| o.name == new.name);
                             if old.is_some_and(|o| o.image != new.image) {

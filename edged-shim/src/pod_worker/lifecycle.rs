@@ -123,7 +123,7 @@ impl PodWorker {
             return;
         };
         // Init containers one at a time, each to a clean exit, before any app container.
-        for idx in 0..rec.init_count {
+        for idx in 0..rec.init_count() {
             if rec
                 .containers
                 .get(idx)
@@ -141,7 +141,7 @@ impl PodWorker {
             }
             info!(pod = %key, container = %rec.containers[idx].name, "init container completed");
         }
-        for idx in rec.init_count..rec.containers.len() {
+        for idx in rec.init_count()..rec.containers.len() {
             self.drive_container(rec, idx, &sandbox_id, &sandbox).await;
             if matches!(&*self.state.borrow(), RuntimeState::Down { .. }) {
                 return;
@@ -160,7 +160,7 @@ impl PodWorker {
         // An init container is restarted only when it failed, and not at all under Never.
         let policy = match rec.pod.spec.restart_policy {
             RestartPolicy::Never => RestartPolicy::Never,
-            _ if idx < rec.init_count => RestartPolicy::OnFailure,
+            _ if idx < rec.init_count() => RestartPolicy::OnFailure,
             ref p => p.clone(),
         };
         let pod_ip = rec.ip(&self.node.ip);

@@ -19,7 +19,7 @@ impl PodWorker {
                     (None, Some(s)) => api_state(s),
                     (None, None) => ApiState::Waiting {
                         // App containers wait for the init containers.
-                        reason: if idx >= rec.init_count && !initialized {
+                        reason: if idx >= rec.init_count() && !initialized {
                             "PodInitializing"
                         } else {
                             "ContainerCreating"
@@ -76,7 +76,7 @@ impl PodWorker {
                 }
             })
             .collect();
-        let apps = containers.split_off(rec.init_count.min(containers.len()));
+        let apps = containers.split_off(rec.init_count().min(containers.len()));
         let pod_ip = rec.ip(&self.node.ip).unwrap_or_default();
         PodView {
             uid: rec.pod.metadata.uid.clone(),
