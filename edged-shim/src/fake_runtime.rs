@@ -26,6 +26,9 @@ pub(crate) struct FakeState {
     pub(crate) pullable: HashSet<String>,
     /// Images whose pull never ends.
     pub(crate) hanging: HashSet<String>,
+    /// Container names whose process ignores SIGTERM: StopContainer takes the whole grace
+    /// period, as with a real runtime, before the kill.
+    pub(crate) ignore_sigterm: HashSet<String>,
     /// Exit codes of ExecSync by container name (0 when not listed).
     pub(crate) exec_codes: HashMap<String, i32>,
     /// Images that pull only with this user's credentials.
@@ -119,6 +122,19 @@ impl FakeRuntime {
         }
         s.calls.push(call.to_owned());
         f(&mut s)
+    }
+
+    /// The container stops (SIGTERM obeyed, or the kill after the grace).
+    fn stop_now(&self, id: &str) -> Result<(), RuntimeError> {
+        self.op("StopContainer", |s| {
+            let c = s
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| not_found("StopContainer", id))?;
+            c.state = ContainerState::Exited;
+            c.exit_code = 143;
+            Ok(())
+        })
     }
 }
 
@@ -302,16 +318,20 @@ impl Runtime for FakeRuntime {
     }
 
     fn stop_container<'a>(&'a self, id: &'a str, grace: Duration) -> RuntimeFuture<'a, ()> {
-        let r = self.op("StopContainer", |s| {
+        let stubborn = {
+            let mut s = self.state();
             s.stop_graces.push(grace);
-            let c = s
-                .containers
-                .get_mut(id)
-                .ok_or_else(|| not_found("StopContainer", id))?;
-            c.state = ContainerState::Exited;
-            c.exit_code = 143;
-            Ok(())
-        });
+            s.containers
+                .get(id)
+                .is_some_and(|c| s.ignore_sigterm.contains(&c.config.name))
+        };
+        if stubborn {
+            return Box::pin(async move {
+                tokio::time::sleep(grace).await;
+                self.stop_now(id)
+            });
+        }
+        let r = self.stop_now(id);
         Box::pin(async move { r })
     }
 

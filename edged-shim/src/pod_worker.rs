@@ -1,9 +1,13 @@
-//! The pod task: one loop that owns every pod's state, drives the runtime towards the pods
-//! metamanager sends, and reports their status back as `podpatch` strings.
+//! The pods of the node, in the kubelet's pod-workers shape: a dispatcher
+//! ([`PodWorker`], `dispatch.rs`) turns metamanager's pod events into the latest desired state
+//! of each pod, kept in that pod's one-slot mailbox, and each pod has its own task (`task.rs`)
+//! that owns the pod's record, drives the runtime towards the mailbox's state and reports the
+//! status back as `podpatch` strings. A pod whose sync is slow (a 30 s graceful stop, a hung
+//! runtime call) delays no other pod and no other pod's report.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
@@ -31,6 +35,7 @@ use crate::settings::EdgedSettings;
 use crate::termination;
 use crate::time::rfc3339;
 use crate::volumes;
+pub(crate) use dispatch::PodWorker;
 use removed::RemovedPods;
 
 /// Kubelet's crash-loop backoff: 10 s doubling to 5 min.
@@ -105,22 +110,6 @@ impl ContainerRecord {
     }
 }
 
-/// What one turn of the worker's loop does.
-enum Work {
-    /// Sync this pod (an event changed it).
-    Pod(String),
-    /// Rewrite the volumes made from this object.
-    Volumes {
-        kind: VolumeSource,
-        namespace: String,
-        name: String,
-    },
-    /// The periodic pass over every pod.
-    All,
-    /// The event changed nothing.
-    Nothing,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Desired {
     Running,
@@ -149,6 +138,8 @@ struct PodRecord {
     /// Backoff between failed sandbox creations.
     sandbox_backoff: Backoff,
     sandbox_retry_at: Option<Instant>,
+    /// When the sandbox was made or adopted: a listing asked for earlier may lack it.
+    sandbox_since: Option<Instant>,
 }
 
 impl PodRecord {
@@ -171,7 +162,28 @@ impl PodRecord {
             patch_failing: false,
             sandbox_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             sandbox_retry_at: None,
+            sandbox_since: None,
         }
+    }
+
+    /// Takes the cloud's newer copy of the same pod (same UID). Only a container's image may
+    /// change in a running pod; that container is replaced.
+    fn update(&mut self, pod: Pod) {
+        let key = pod.key();
+        let init = self.init_count();
+        let apps = self.containers.iter_mut().skip(init);
+        for (c, new) in apps.zip(&pod.spec.containers) {
+            let old = self.pod.spec.containers.iter().find(|o| o.name == new.name);
+            if old.is_some_and(|o| o.image != new.image) {
+                info!(pod = %key, container = %c.name, image = %new.image, "image changed");
+                c.replace = true;
+            }
+        }
+        if self.pod.spec.containers.len() == pod.spec.containers.len() {
+            self.pod.spec.containers = pod.spec.containers;
+        }
+        self.pod.metadata = pod.metadata;
+        self.pod.status = pod.status;
     }
 
     /// How many of `containers` are init containers (the spec's never change after creation).
@@ -204,33 +216,52 @@ impl PodRecord {
     }
 }
 
-pub(crate) struct PodWorker {
+/// What every pod's task shares: the node, the runtime and its health, the cloud, and the
+/// node-wide bookkeeping (image pulls, sandboxes of a previous run, removed pods). Locks here
+/// are held for map look-ups only, never across a runtime or cloud call, except the two
+/// listing caches, which make concurrent pods wait for one listing instead of each making one.
+struct Shared {
     settings: EdgedSettings,
     meta: Arc<dyn MetaClient>,
     runtime: Arc<dyn Runtime>,
     state: watch::Sender<RuntimeState>,
-    pods: BTreeMap<String, PodRecord>,
     /// Verdicts of the containers' probes.
     probe_results: probe::Results,
     /// Where probe tasks and image pulls ask for a pod to be synced now.
     wake: mpsc::Sender<String>,
     /// Image pulls in flight, by image.
-    pulls: HashMap<String, images::PullJob>,
-    woken: Option<mpsc::Receiver<String>>,
+    pulls: Mutex<HashMap<String, images::PullJob>>,
     /// The node as the downward API and resource defaults see it.
     node: NodeFacts,
-    probe_backoff: Backoff,
-    next_probe: Instant,
+    /// When the runtime, while down, is asked again.
+    runtime_probe: Mutex<RuntimeProbe>,
     /// Sandboxes a previous run left, by pod UID; `None` until listed.
-    leftovers: Option<HashMap<String, Vec<SandboxInfo>>>,
-    /// Leftovers no pod claimed by then are removed.
-    gc_after: Instant,
-    /// When the files of every pod's configmap and secret volumes are checked next.
-    next_refresh: Instant,
+    leftovers: tokio::sync::Mutex<Option<HashMap<String, Vec<SandboxInfo>>>>,
+    /// The runtime's sandboxes as last listed, shared by the pods' liveness checks.
+    relist: tokio::sync::Mutex<Option<Arc<Relist>>>,
     /// UIDs of pods torn down for good: later events for them are stale.
-    removed: RemovedPods,
+    removed: Mutex<RemovedPods>,
     /// The node's memory in bytes: burstable containers' OOM score adjustment is relative to it.
     memory_capacity: u64,
+}
+
+/// The back-off of the runtime health check while the runtime is down.
+struct RuntimeProbe {
+    backoff: Backoff,
+    next: Instant,
+}
+
+/// One listing of the runtime's sandboxes, and when it was asked for: a sandbox made later
+/// may be missing from it without being dead.
+struct Relist {
+    at: Instant,
+    sandboxes: Vec<SandboxInfo>,
+}
+
+/// The guarded value, also after a panic elsewhere left the lock poisoned (every critical
+/// section here leaves the value consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A runtime timestamp (nanoseconds since the epoch) as the API writes it; empty for the
@@ -280,174 +311,7 @@ fn api_state(s: &ContainerStatus) -> ApiState {
     }
 }
 
-impl PodWorker {
-    pub(crate) fn new(
-        settings: EdgedSettings,
-        meta: Arc<dyn MetaClient>,
-        runtime: Box<dyn Runtime>,
-        state: watch::Sender<RuntimeState>,
-        node: NodeFacts,
-        memory_capacity: u64,
-    ) -> Self {
-        let settings_sync_frequency = settings.sync_frequency;
-        let (wake, woken) = mpsc::channel(WAKE_CAPACITY);
-        Self {
-            settings,
-            meta,
-            runtime: Arc::from(runtime),
-            probe_results: probe::Results::default(),
-            wake,
-            pulls: HashMap::new(),
-            woken: Some(woken),
-            state,
-            pods: BTreeMap::new(),
-            node,
-            probe_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
-            next_probe: Instant::now(),
-            leftovers: None,
-            gc_after: Instant::now() + ORPHAN_GRACE,
-            removed: RemovedPods::default(),
-            next_refresh: Instant::now() + settings_sync_frequency,
-            memory_capacity,
-        }
-    }
-
-    pub(crate) async fn run(
-        mut self,
-        mut events: mpsc::Receiver<PodEvent>,
-        cancel: CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(self.settings.pod_sync_period);
-        let Some(mut woken) = self.woken.take() else {
-            return;
-        };
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            let work = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                ev = events.recv() => match ev {
-                    Some(PodEvent::ObjectChanged { kind, namespace, name }) => {
-                        Work::Volumes { kind, namespace, name }
-                    }
-                    Some(ev) => self.apply(ev).map_or(Work::Nothing, Work::Pod),
-                    None => {
-                        info!("pod feed closed; pod worker stops");
-                        return;
-                    }
-                },
-                Some(key) = woken.recv() => Work::Pod(key),
-                _ = tick.tick() => Work::All,
-            };
-            let pass = async {
-                match work {
-                    Work::Pod(key) => {
-                        if self.probe_runtime().await {
-                            self.sync_pod(&key).await;
-                        } else {
-                            self.report_pod(&key).await;
-                        }
-                    }
-                    Work::Volumes {
-                        kind,
-                        namespace,
-                        name,
-                    } => self.refresh_volumes(Some((kind, &namespace, &name))).await,
-                    Work::All => self.sync_all().await,
-                    Work::Nothing => {}
-                }
-            };
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => return,
-                () = pass => {}
-            }
-        }
-    }
-
-    /// Records an event; returns the key of the pod to sync now.
-    fn apply(&mut self, ev: PodEvent) -> Option<String> {
-        match ev {
-            PodEvent::Upsert(json) => {
-                let pod = match Pod::from_json(&json) {
-                    Ok(p) => p,
-                    Err(error) => {
-                        warn!(%error, "pod ignored");
-                        return None;
-                    }
-                };
-                let key = pod.key();
-                if self.removed.contains(&pod.metadata.uid) {
-                    // The cloud's copy of a pod this node already finished (an update that
-                    // was in flight when the pod went): starting it again would run it twice
-                    // and send a second delete.
-                    debug!(pod = %key, uid = %pod.metadata.uid, "event for a removed pod ignored");
-                    return None;
-                }
-                let deleting = pod.metadata.deletion_timestamp.is_some();
-                match self.pods.get_mut(&key) {
-                    Some(rec) if rec.pod.metadata.uid == pod.metadata.uid => {
-                        if deleting {
-                            rec.desired = Desired::Gone { notify_cloud: true };
-                        }
-                        // Only the image of a container may change in a running pod.
-                        let init = rec.init_count();
-                        let apps = rec.containers.iter_mut().skip(init);
-                        for (c, new) in apps.zip(&pod.spec.containers) {
-                            let old = rec.pod.spec.containers.iter().find(|o| o.name == new.name);
-                            if old.is_some_and(|o| o.image != new.image) {
-                                info!(pod = %key, container = %c.name, image = %new.image, "image changed");
-                                c.replace = true;
-                            }
-                        }
-                        if rec.pod.spec.containers.len() == pod.spec.containers.len() {
-                            rec.pod.spec.containers = pod.spec.containers;
-                        }
-                        rec.pod.metadata = pod.metadata;
-                        rec.pod.status = pod.status;
-                    }
-                    Some(rec) => {
-                        // Same name, new UID: the old pod goes, the new one waits for it.
-                        info!(pod = %key, "pod replaced by a new uid");
-                        rec.desired = Desired::Gone {
-                            notify_cloud: false,
-                        };
-                        let old = std::mem::replace(rec, PodRecord::new(pod));
-                        self.pods
-                            .insert(format!("{key}#old-{}", old.pod.metadata.uid), old);
-                    }
-                    None => {
-                        info!(pod = %key, "pod added");
-                        let mut rec = PodRecord::new(pod);
-                        if deleting {
-                            rec.desired = Desired::Gone { notify_cloud: true };
-                        }
-                        self.pods.insert(key.clone(), rec);
-                    }
-                }
-                Some(key)
-            }
-            PodEvent::ObjectChanged { .. } => None,
-            PodEvent::Delete {
-                namespace,
-                name,
-                uid,
-            } => {
-                let key = format!("{namespace}/{name}");
-                let rec = self.pods.get_mut(&key)?;
-                if uid.is_empty() || rec.pod.metadata.uid == uid {
-                    info!(pod = %key, "pod deleted by the cloud");
-                    rec.desired = Desired::Gone {
-                        notify_cloud: false,
-                    };
-                    Some(key)
-                } else {
-                    None
-                }
-            }
-        }
-    }
-
+impl Shared {
     async fn call<T>(
         &self,
         call: &'static str,
@@ -462,113 +326,108 @@ impl PodWorker {
             }))
     }
 
-    /// Checks the runtime when due; true when it answers.
-    async fn probe_runtime(&mut self) -> bool {
-        let up = matches!(&*self.state.borrow(), RuntimeState::Up { .. });
-        if up {
+    /// Checks the runtime when due; true when it answers. While it is down one caller asks
+    /// it, with a back-off, and the others learn the verdict at their next sync.
+    async fn probe_runtime(&self) -> bool {
+        if matches!(&*self.state.borrow(), RuntimeState::Up { .. }) {
             return true;
         }
-        if Instant::now() < self.next_probe {
-            return false;
+        {
+            let mut probe = lock(&self.runtime_probe);
+            let now = Instant::now();
+            if now < probe.next {
+                return false;
+            }
+            // Asked now: nobody else asks while this call may still be answered.
+            probe.next = now + self.settings.runtime_request_timeout;
         }
         match self.call("Version", self.runtime.version()).await {
             Ok(version) => {
                 info!(%version, "container runtime is up");
-                self.probe_backoff.reset();
+                let mut probe = lock(&self.runtime_probe);
+                probe.backoff.reset();
+                probe.next = Instant::now();
                 self.state.send_replace(RuntimeState::Up { version });
                 true
             }
             Err(error) => {
                 self.runtime_down(&error);
+                let mut probe = lock(&self.runtime_probe);
+                probe.next = Instant::now() + probe.backoff.next_delay();
                 false
             }
         }
     }
 
-    fn runtime_down(&mut self, error: &RuntimeError) {
+    /// Records that the runtime is unreachable; the first report of it is logged and schedules
+    /// the first health check.
+    fn runtime_down(&self, error: &RuntimeError) {
         let reason = error.to_string();
         let changed = self.state.send_if_modified(|s| {
-            let next = RuntimeState::Down {
-                reason: reason.clone(),
-            };
-            if *s == next {
+            if matches!(s, RuntimeState::Down { .. }) {
                 false
             } else {
-                *s = next;
+                *s = RuntimeState::Down {
+                    reason: reason.clone(),
+                };
                 true
             }
         });
         if changed {
             warn!(%error, "container runtime is down; pods wait for it");
-        }
-        self.next_probe = Instant::now() + self.probe_backoff.next_delay();
-    }
-
-    async fn sync_all(&mut self) {
-        let runtime_up = self.probe_runtime().await;
-        if runtime_up {
-            self.check_sandboxes().await;
-        }
-        let keys: Vec<String> = self.pods.keys().cloned().collect();
-        for key in keys {
-            if runtime_up && matches!(&*self.state.borrow(), RuntimeState::Up { .. }) {
-                self.sync_pod(&key).await;
-            } else {
-                self.report_pod(&key).await;
-            }
-        }
-        if runtime_up && Instant::now() >= self.gc_after {
-            self.collect_orphans().await;
-        }
-        if Instant::now() >= self.next_refresh {
-            self.refresh_volumes(None).await;
+            let mut probe = lock(&self.runtime_probe);
+            probe.backoff.reset();
+            probe.next = Instant::now() + probe.backoff.next_delay();
         }
     }
 
     /// Marks every not-yet-created container with the runtime's failure, and reports.
-    async fn report_pod(&mut self, key: &str) {
+    async fn report_pod(&self, rec: &mut PodRecord) {
         let reason = match &*self.state.borrow() {
             RuntimeState::Down { reason } => reason.clone(),
             _ => "container runtime not probed yet".to_owned(),
         };
-        if let Some(rec) = self.pods.get_mut(key)
-            && rec.desired == Desired::Running
-        {
+        if rec.desired == Desired::Running {
             rec.set_waiting("RuntimeUnavailable", &reason);
         }
-        self.send_status(key).await;
+        self.send_status(rec).await;
     }
 
-    async fn sync_pod(&mut self, key: &str) {
-        let Some(mut rec) = self.pods.remove(key) else {
-            return;
-        };
-        let keep = match rec.desired {
+    /// Drives the pod one step towards what is desired and reports it; true once it is torn
+    /// down for good.
+    async fn sync_pod(&self, rec: &mut PodRecord) -> bool {
+        if !self.probe_runtime().await {
+            self.report_pod(rec).await;
+            return false;
+        }
+        match rec.desired {
             Desired::Running => {
-                self.drive(&mut rec).await;
-                true
+                self.check_sandbox(rec).await;
+                self.drive(rec).await;
             }
-            Desired::Gone { notify_cloud } => !self.teardown(&mut rec, notify_cloud).await,
-        };
-        let runtime_lost = matches!(&*self.state.borrow(), RuntimeState::Down { .. });
-        if keep {
-            self.pods.insert(key.to_owned(), rec);
-            if runtime_lost {
-                self.report_pod(key).await;
-            } else {
-                self.send_status(key).await;
+            Desired::Gone { notify_cloud } => {
+                if self.teardown(rec, notify_cloud).await {
+                    return true;
+                }
             }
         }
+        if matches!(&*self.state.borrow(), RuntimeState::Down { .. }) {
+            self.report_pod(rec).await;
+        } else {
+            self.send_status(rec).await;
+        }
+        false
     }
 
     /// Handles a runtime error of one call: marks the runtime down when it is unreachable.
-    fn failed(&mut self, error: &RuntimeError) {
+    fn failed(&self, error: &RuntimeError) {
         if error.is_unavailable() {
             self.runtime_down(error);
         }
     }
 }
 
+mod dispatch;
 mod images;
 mod lifecycle;
 mod probes;
@@ -576,5 +435,6 @@ mod recovery;
 mod refresh;
 mod removed;
 mod report;
+mod task;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use crate::env::Source;
 use crate::keyring::Keyring;
 use crate::runtime::RegistryAuth;
 
-impl PodWorker {
+impl Shared {
     /// Credentials for `image` from the pod's `imagePullSecrets`, the best match first. A
     /// secret that is missing, unreadable or not a docker config is logged and skipped: the
     /// pull may still work without it (the kubelet does the same).
@@ -39,58 +39,57 @@ impl PodWorker {
     /// (large images on slow links take long): a slow or hung pull holds up no other pod and
     /// no status report. When it ends, the pods that waited for it are synced.
     pub(super) async fn pull_job(
-        &mut self,
+        &self,
         pod: &Pod,
         image: &str,
     ) -> Option<Result<String, RuntimeError>> {
         let key = pod.key();
-        if let Some(job) = self.pulls.get(image) {
-            let finished = job.handle.is_finished();
-            let asked = {
-                let mut waiters = match job.waiters.lock() {
-                    Ok(w) => w,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                if !finished {
-                    waiters.insert(key.clone());
+        let finished = {
+            let mut pulls = lock(&self.pulls);
+            match pulls.get(image) {
+                Some(job) if !job.handle.is_finished() => {
+                    lock(&job.waiters).insert(key);
+                    return None;
                 }
-                waiters.contains(&key)
-            };
-            if !finished {
-                return None;
+                Some(_) => pulls.remove(image),
+                None => None,
             }
-            let job = self.pulls.remove(image)?;
-            // A finished pull this pod did not wait for is stale for it: pull afresh.
-            if asked {
-                return Some(job.handle.await.unwrap_or_else(|e| {
-                    Err(RuntimeError::Call {
-                        call: "PullImage",
-                        message: format!("the pull task ended: {e}"),
-                    })
-                }));
-            }
+        };
+        // A finished pull this pod did not wait for is stale for it: pull afresh.
+        if let Some(job) = finished
+            && lock(&job.waiters).contains(&key)
+        {
+            return Some(job.handle.await.unwrap_or_else(|e| {
+                Err(RuntimeError::Call {
+                    call: "PullImage",
+                    message: format!("the pull task ended: {e}"),
+                })
+            }));
         }
         let credentials = self.pull_credentials(pod, image).await;
+        let mut pulls = lock(&self.pulls);
+        if let Some(job) = pulls.get(image)
+            && !job.handle.is_finished()
+        {
+            // Another pod started it meanwhile.
+            lock(&job.waiters).insert(key);
+            return None;
+        }
         info!(pod = %key, %image, credentials = credentials.len(), "pulling image");
-        let waiters = Arc::new(std::sync::Mutex::new(std::collections::HashSet::from([
-            key,
-        ])));
+        let waiters = Arc::new(Mutex::new(std::collections::HashSet::from([key])));
         let (runtime, wake, image_owned) =
             (self.runtime.clone(), self.wake.clone(), image.to_owned());
         let notify = waiters.clone();
         let handle = tokio::spawn(async move {
             let result = pull(runtime.as_ref(), &image_owned, &credentials).await;
-            let keys: Vec<String> = notify
-                .lock()
-                .map(|w| w.iter().cloned().collect())
-                .unwrap_or_default();
+            let keys: Vec<String> = lock(&notify).iter().cloned().collect();
             for key in keys {
-                // A full mailbox means syncs are coming anyway.
+                // A full wake channel means syncs are coming anyway.
                 let _ = wake.try_send(key);
             }
             result
         });
-        self.pulls.insert(
+        pulls.insert(
             image.to_owned(),
             PullJob {
                 handle: tokio_util::task::AbortOnDropHandle::new(handle),
@@ -105,7 +104,7 @@ impl PodWorker {
 pub(super) struct PullJob {
     handle: tokio_util::task::AbortOnDropHandle<Result<String, RuntimeError>>,
     /// Pods to sync when it ends.
-    waiters: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    waiters: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Pulls with each credential in turn until one works (anonymously when there are none); the

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl PodWorker {
+impl Shared {
     pub(super) fn sandbox_config(&self, rec: &PodRecord) -> SandboxConfig {
         let m = &rec.pod.metadata;
         SandboxConfig {
@@ -35,19 +35,15 @@ impl PodWorker {
         }
     }
 
-    pub(super) async fn drive(&mut self, rec: &mut PodRecord) {
+    pub(super) async fn drive(&self, rec: &mut PodRecord) {
         let key = rec.pod.key();
         if rec.start_time.is_empty() {
             rec.start_time = rfc3339(SystemTime::now());
         }
         let sandbox = self.sandbox_config(rec);
-        if rec.sandbox_id.is_none() {
-            self.load_leftovers().await;
-            if self.leftovers.is_none() {
-                rec.set_waiting("ContainerCreating", "listing existing sandboxes failed");
-                return;
-            }
-            self.adopt(rec).await;
+        if rec.sandbox_id.is_none() && !self.adopt(rec).await {
+            rec.set_waiting("ContainerCreating", "listing existing sandboxes failed");
+            return;
         }
         if rec.sandbox_id.is_none() || rec.volumes.is_empty() && !rec.pod.spec.volumes.is_empty() {
             let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
@@ -106,6 +102,7 @@ impl PodWorker {
                     info!(pod = %key, sandbox = %id, "sandbox started");
                     rec.pod_ip = self.sandbox_ip(&rec.pod, &id).await;
                     rec.sandbox_id = Some(id);
+                    rec.sandbox_since = Some(Instant::now());
                     rec.sandbox_attempt += 1;
                     rec.sandbox_backoff.reset();
                     rec.sandbox_retry_at = None;
@@ -150,7 +147,7 @@ impl PodWorker {
     }
 
     pub(super) async fn drive_container(
-        &mut self,
+        &self,
         rec: &mut PodRecord,
         idx: usize,
         sandbox_id: &str,
@@ -507,7 +504,7 @@ impl PodWorker {
     }
 
     /// Stops and removes everything of the pod; true when done.
-    pub(super) async fn teardown(&mut self, rec: &mut PodRecord, notify_cloud: bool) -> bool {
+    pub(super) async fn teardown(&self, rec: &mut PodRecord, notify_cloud: bool) -> bool {
         let key = rec.pod.key();
         let grace = rec.pod.termination_grace(DEFAULT_GRACE);
         for c in &mut rec.containers {
@@ -562,7 +559,7 @@ impl PodWorker {
                 }
             }
         }
-        self.removed.insert(&rec.pod.metadata.uid);
+        lock(&self.removed).insert(&rec.pod.metadata.uid);
         info!(pod = %key, "pod removed");
         true
     }

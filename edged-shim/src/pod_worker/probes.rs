@@ -4,7 +4,7 @@ use super::*;
 use crate::pod::Container;
 use crate::probe::Kind;
 
-impl PodWorker {
+impl Shared {
     /// Starts the probes of running container `id` unless they run already; returns the probe
     /// (startup or liveness) whose failure means the container must be restarted.
     pub(super) fn watch_probes(

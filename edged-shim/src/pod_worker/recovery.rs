@@ -2,66 +2,77 @@
 
 use super::*;
 
-impl PodWorker {
-    /// Pods whose sandbox is gone or no longer ready get a new one (their containers are
-    /// recreated, counting a restart), as kubelet does.
-    pub(super) async fn check_sandboxes(&mut self) {
-        let live = match self
+impl Shared {
+    /// The runtime's sandboxes, listed at most once per sync period for all pods.
+    async fn relist(&self) -> Option<Arc<Relist>> {
+        let mut cached = self.relist.lock().await;
+        if let Some(list) = cached.as_ref()
+            && list.at.elapsed() < self.settings.pod_sync_period
+        {
+            return Some(list.clone());
+        }
+        let at = Instant::now();
+        match self
             .call("ListPodSandbox", self.runtime.list_sandboxes())
             .await
         {
-            Ok(list) => list,
+            Ok(sandboxes) => Some(cached.insert(Arc::new(Relist { at, sandboxes })).clone()),
             Err(error) => {
                 self.failed(&error);
-                return;
+                None
             }
-        };
-        let dead: Vec<(String, String)> = self
-            .pods
-            .iter()
-            .filter(|(_, rec)| rec.desired == Desired::Running)
-            .filter_map(|(key, rec)| {
-                let id = rec.sandbox_id.as_ref()?;
-                let alive = live.iter().any(|s| &s.id == id && s.ready);
-                (!alive).then(|| (key.clone(), id.clone()))
-            })
-            .collect();
-        for (key, id) in dead {
-            warn!(pod = %key, sandbox = %id, "sandbox is gone or not ready; recreating the pod");
-            let Some(mut rec) = self.pods.remove(&key) else {
-                continue;
-            };
-            for c in &mut rec.containers {
-                if let Some(cid) = c.id.take() {
-                    let _ = self
-                        .call("RemoveContainer", self.runtime.remove_container(&cid))
-                        .await;
-                    c.last_terminated = c.status.take().map(|mut s| {
-                        if s.state != ContainerState::Exited {
-                            // It was running when last seen; it ended no later than now.
-                            s.state = ContainerState::Exited;
-                            s.reason = "SandboxGone".to_owned();
-                            if s.finished_at <= 0 {
-                                s.finished_at = now_nanos();
-                            }
-                        }
-                        api_state(&s)
-                    });
-                    c.restart_count += 1;
-                    c.attempt += 1;
-                }
-            }
-            self.remove_sandbox(&id).await;
-            rec.sandbox_id = None;
-            rec.pod_ip = None;
-            self.pods.insert(key, rec);
         }
     }
 
-    /// Lists sandboxes of a previous run once, so pods can adopt them.
-    pub(super) async fn load_leftovers(&mut self) {
-        if self.leftovers.is_some() {
+    /// A pod whose sandbox is gone or no longer ready gets a new one (its containers are
+    /// recreated, counting a restart), as the kubelet does.
+    pub(super) async fn check_sandbox(&self, rec: &mut PodRecord) {
+        let Some(id) = rec.sandbox_id.clone() else {
             return;
+        };
+        let Some(list) = self.relist().await else {
+            return;
+        };
+        if rec.sandbox_since.is_none_or(|since| since >= list.at)
+            || list.sandboxes.iter().any(|s| s.id == id && s.ready)
+        {
+            return;
+        }
+        warn!(pod = %rec.pod.key(), sandbox = %id, "sandbox is gone or not ready; recreating the pod");
+        for c in &mut rec.containers {
+            if let Some(cid) = c.id.take() {
+                let _ = self
+                    .call("RemoveContainer", self.runtime.remove_container(&cid))
+                    .await;
+                c.last_terminated = c.status.take().map(|mut s| {
+                    if s.state != ContainerState::Exited {
+                        // It was running when last seen; it ended no later than now.
+                        s.state = ContainerState::Exited;
+                        s.reason = "SandboxGone".to_owned();
+                        if s.finished_at <= 0 {
+                            s.finished_at = now_nanos();
+                        }
+                    }
+                    api_state(&s)
+                });
+                c.restart_count += 1;
+                c.attempt += 1;
+            }
+        }
+        self.remove_sandbox(&id).await;
+        rec.sandbox_id = None;
+        rec.sandbox_since = None;
+        rec.pod_ip = None;
+    }
+
+    /// The sandboxes a previous run left, listed once; false when they could not be listed.
+    /// Runs with the lock held, so no two pods list and nothing is collected meanwhile.
+    async fn leftovers_listed(
+        &self,
+        leftovers: &mut Option<HashMap<String, Vec<SandboxInfo>>>,
+    ) -> bool {
+        if leftovers.is_some() {
+            return true;
         }
         match self
             .call("ListPodSandbox", self.runtime.list_sandboxes())
@@ -75,21 +86,26 @@ impl PodWorker {
                 if !by_uid.is_empty() {
                     info!(pods = by_uid.len(), "found sandboxes of a previous run");
                 }
-                self.leftovers = Some(by_uid);
+                *leftovers = Some(by_uid);
+                true
             }
-            Err(error) => self.failed(&error),
+            Err(error) => {
+                self.failed(&error);
+                false
+            }
         }
     }
 
-    /// Removes leftover sandboxes that no pod claimed within the grace period.
-    pub(super) async fn collect_orphans(&mut self) {
-        let Some(leftovers) = self.leftovers.as_mut() else {
-            return;
+    /// Removes leftover sandboxes that no pod claimed within the grace period; true once
+    /// done.
+    pub(super) async fn collect_orphans(&self) -> bool {
+        let orphans: Vec<(String, Vec<SandboxInfo>)> = {
+            let mut leftovers = self.leftovers.lock().await;
+            if !self.leftovers_listed(&mut leftovers).await {
+                return false;
+            }
+            leftovers.iter_mut().flat_map(|l| l.drain()).collect()
         };
-        if leftovers.is_empty() {
-            return;
-        }
-        let orphans: Vec<(String, Vec<SandboxInfo>)> = leftovers.drain().collect();
         for (uid, sandboxes) in orphans {
             let (ours, others): (Vec<SandboxInfo>, Vec<SandboxInfo>) =
                 sandboxes.into_iter().partition(|s| s.managed);
@@ -108,28 +124,39 @@ impl PodWorker {
                 crate::cgroup::remove_pod_cgroups(Path::new(CGROUP_ROOT), parent, &uid);
             }
         }
+        true
     }
 
     /// Stops and removes a sandbox, best effort.
-    pub(super) async fn remove_sandbox(&mut self, id: &str) {
+    pub(super) async fn remove_sandbox(&self, id: &str) {
         if let Err(error) = self.stop_and_remove_sandbox(id).await {
             warn!(sandbox = %id, %error, "leftover sandbox not removed");
             self.failed(&error);
         }
     }
 
-    /// Takes over a sandbox (and its newest containers) a previous run left for this pod.
-    pub(super) async fn adopt(&mut self, rec: &mut PodRecord) {
+    /// Takes over a sandbox (and its newest containers) a previous run left for this pod;
+    /// false when the runtime's sandboxes could not be listed.
+    pub(super) async fn adopt(&self, rec: &mut PodRecord) -> bool {
         let uid = rec.pod.metadata.uid.clone();
-        let Some(mut found) = self.leftovers.as_mut().and_then(|l| l.remove(&uid)) else {
-            return;
+        let found = {
+            let mut leftovers = self.leftovers.lock().await;
+            if !self.leftovers_listed(&mut leftovers).await {
+                return false;
+            }
+            leftovers.as_mut().and_then(|l| l.remove(&uid))
+        };
+        let Some(mut found) = found else {
+            return true;
         };
         let ready = found.iter().position(|s| s.ready);
         let adopted = ready.map(|i| found.swap_remove(i));
         for stale in found {
             self.remove_sandbox(&stale.id).await;
         }
-        let Some(sandbox) = adopted else { return };
+        let Some(sandbox) = adopted else {
+            return true;
+        };
         let containers = match self
             .call("ListContainers", self.runtime.list_containers(&sandbox.id))
             .await
@@ -138,7 +165,7 @@ impl PodWorker {
             Err(error) => {
                 self.failed(&error);
                 self.remove_sandbox(&sandbox.id).await;
-                return;
+                return true;
             }
         };
         for c in &mut rec.containers {
@@ -160,7 +187,9 @@ impl PodWorker {
         info!(pod = %rec.pod.key(), sandbox = %sandbox.id, made_by, "adopted the running sandbox");
         rec.pod_ip = self.sandbox_ip(&rec.pod, &sandbox.id).await;
         rec.sandbox_id = Some(sandbox.id);
+        rec.sandbox_since = Some(Instant::now());
         rec.sandbox_attempt = 1;
+        true
     }
 
     /// The pod-network IP of a new or adopted sandbox; `None` for host-network pods, and

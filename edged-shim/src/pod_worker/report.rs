@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl PodWorker {
+impl Shared {
     pub(super) fn view(&self, rec: &PodRecord) -> PodView {
         let initialized = rec.initialized();
         let mut containers: Vec<ContainerView> = rec
@@ -91,19 +91,14 @@ impl PodWorker {
     }
 
     /// Sends the pod's status when it changed since the last successful patch.
-    pub(super) async fn send_status(&mut self, key: &str) {
-        let Some(rec) = self.pods.get(key) else {
-            return;
-        };
+    pub(super) async fn send_status(&self, rec: &mut PodRecord) {
         if rec.desired != Desired::Running {
             return;
         }
+        let key = rec.pod.key();
         let view = self.view(rec);
         let states = condition_states(&view);
         let now = rfc3339(SystemTime::now());
-        let Some(rec) = self.pods.get_mut(key) else {
-            return;
-        };
         for (slot, (ok, _, _)) in rec.transitions.iter_mut().zip(states.iter()) {
             if slot.0 != Some(*ok) {
                 *slot = (Some(*ok), now.clone());
@@ -126,28 +121,20 @@ impl PodWorker {
         if rec.last_patch.as_deref() == Some(patch.as_str()) {
             return;
         }
-        let (namespace, name) = (
-            rec.pod.metadata.namespace.clone(),
-            rec.pod.metadata.name.clone(),
-        );
+        let m = &rec.pod.metadata;
         let sent = timeout(
             META_CALL_TIMEOUT,
-            self.meta.patch_pod_status(&namespace, &name, patch.clone()),
+            self.meta.patch_pod_status(&m.namespace, &m.name, patch.clone()),
         )
         .await;
         match sent {
             Ok(Ok(())) => {
                 debug!(pod = %key, "pod status patched");
-                if let Some(rec) = self.pods.get_mut(key) {
-                    rec.last_patch = Some(patch);
-                    rec.patch_failing = false;
-                }
+                rec.last_patch = Some(patch);
+                rec.patch_failing = false;
             }
             failure => {
-                let first = self
-                    .pods
-                    .get_mut(key)
-                    .is_some_and(|rec| !std::mem::replace(&mut rec.patch_failing, true));
+                let first = !std::mem::replace(&mut rec.patch_failing, true);
                 let why = match failure {
                     Ok(Err(error)) => error.to_string(),
                     _ => format!("no answer within {META_CALL_TIMEOUT:?}"),

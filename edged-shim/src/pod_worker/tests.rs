@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeMap;
 use crate::fake_runtime::FakeRuntime;
 use crate::testutil::{MetaCall, RecordingMeta};
 use base64::Engine as _;
@@ -109,6 +110,33 @@ impl Harness {
         }
     }
 
+    /// The first status patch satisfying `pred` of each of `names`, in whatever order the
+    /// pods' tasks send them.
+    async fn statuses(
+        &mut self,
+        names: &[&str],
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> BTreeMap<String, Value> {
+        let mut found = BTreeMap::new();
+        while found.len() < names.len() {
+            let call = self
+                .next(what, |c| match c {
+                    MetaCall::PatchPod { name, patch, .. } => {
+                        names.contains(&name.as_str())
+                            && !found.contains_key(name)
+                            && pred(&serde_json::from_str::<Value>(patch).unwrap()["status"])
+                    }
+                    _ => false,
+                })
+                .await;
+            if let MetaCall::PatchPod { name, patch, .. } = call {
+                found.insert(name, serde_json::from_str(&patch).unwrap());
+            }
+        }
+        found
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         self.task.await.unwrap();
@@ -214,11 +242,11 @@ async fn pod_scheduled_is_reported_keeping_a_schedulers_time() {
         {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2025-06-01T07:59:00Z"}
     ]});
     h.events.send(PodEvent::Upsert(scheduled)).await.unwrap();
+    let web = h.status("web", "running status", running).await;
     h.events
         .send(PodEvent::Upsert(pod("bare", "Always", json!({}))))
         .await
         .unwrap();
-    let web = h.status("web", "running status", running).await;
     let bare = h.status("bare", "running status", running).await;
     let cond = |p: &Value| p["status"]["conditions"][4].clone();
     assert_eq!(cond(&web)["type"], "PodScheduled");
@@ -1166,15 +1194,16 @@ async fn termination_messages_come_from_the_file_or_the_log() {
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     std::fs::write(&log, "2026-12-04T21:00:00Z stderr F panic: no config\n").unwrap();
     h.rt.exit("app", 2);
+    let terminated = h
+        .statuses(&["file", "logs"], "terminated", |s| {
+            s["containerStatuses"][0]["state"]["terminated"].is_object()
+        })
+        .await;
     for (name, want) in [
         ("file", "config key x is missing"),
         ("logs", "panic: no config\n"),
     ] {
-        let s = h
-            .status(name, "terminated", |s| {
-                s["containerStatuses"][0]["state"]["terminated"].is_object()
-            })
-            .await;
+        let s = &terminated[name];
         let t = &s["status"]["containerStatuses"][0]["state"]["terminated"];
         assert_eq!(t["message"], want, "{s}");
         assert_eq!(t["exitCode"], 2);
@@ -1239,6 +1268,10 @@ async fn probes_drive_readiness_and_restarts() {
         (json!(false), json!(true))
     );
     assert_eq!(s["status"]["conditions"][2]["status"], "False", "Ready");
+    // A few failing checks keep it unready (the clock is paused: this sleep runs them).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let n = h.rt.calls_named("ExecSync");
+    assert!(n >= 2, "{n}");
 
     h.rt.state().exec_codes.insert("app".to_owned(), 0);
     let s = h
@@ -1247,7 +1280,6 @@ async fn probes_drive_readiness_and_restarts() {
         })
         .await;
     assert_eq!(s["status"]["conditions"][2]["status"], "True");
-    assert!(h.rt.calls_named("ExecSync") >= 2);
     h.rt.state().exec_codes.insert("app".to_owned(), 1);
     h.status("web", "not ready again", |s| {
         s["containerStatuses"][0]["ready"] == false && running(s)
@@ -1387,5 +1419,69 @@ async fn a_hanging_image_pull_does_not_hold_up_other_pods() {
     })
     .await;
     assert_eq!(h.rt.calls_named("PullImage"), 1, "one pull, still running");
+    h.stop().await;
+}
+
+/// The kubelet's pod-workers shape: a pod whose graceful stop takes its whole 30 s grace (its
+/// process ignores SIGTERM) holds up no other pod's start, sync or status report.
+#[tokio::test(start_paused = true)]
+async fn a_slow_graceful_stop_does_not_hold_up_other_pods() {
+    let rt = FakeRuntime::with_images(&[APP]);
+    rt.state().ignore_sigterm.insert("stubborn".to_owned());
+    let mut h = Harness::start(rt);
+    for p in [
+        pod("slow", "Always", json!({"name": "stubborn"})),
+        pod("fast", "Always", json!({})),
+    ] {
+        h.events.send(PodEvent::Upsert(p)).await.unwrap();
+    }
+    h.statuses(&["slow", "fast"], "both running", running).await;
+    let mut deleting = pod("slow", "Always", json!({"name": "stubborn"}));
+    deleting["metadata"]["deletionTimestamp"] = json!("2025-06-01T08:10:00Z");
+    deleting["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+    h.events.send(PodEvent::Upsert(deleting)).await.unwrap();
+    // The stop is under way before the other pods are touched.
+    for _ in 0..1000 {
+        if !h.rt.state().stop_graces.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!h.rt.state().stop_graces.is_empty(), "the stop never began");
+    h.events
+        .send(PodEvent::Upsert(pod("late", "Always", json!({}))))
+        .await
+        .unwrap();
+    h.rt.exit("app", 1);
+
+    let (mut late_running, mut fast_crashed) = (false, false);
+    while !(late_running && fast_crashed) {
+        let call = h
+            .next("the other pods' reports", |c| {
+                matches!(c, MetaCall::PatchPod { .. } | MetaCall::DeletePod { .. })
+            })
+            .await;
+        match call {
+            MetaCall::DeletePod { name, .. } => {
+                panic!("{name} was deleted before the other pods were reported")
+            }
+            MetaCall::PatchPod { name, patch, .. } => {
+                let s = &serde_json::from_str::<Value>(&patch).unwrap()["status"];
+                late_running |= name == "late" && running(s);
+                fast_crashed |= name == "fast"
+                    && s["containerStatuses"][0]["state"]["waiting"]["reason"]
+                        == "CrashLoopBackOff";
+            }
+            _ => {}
+        }
+    }
+    // The stubborn pod still goes, after its grace.
+    let call = h
+        .next("the slow pod's delete", |c| {
+            matches!(c, MetaCall::DeletePod { .. })
+        })
+        .await;
+    assert!(matches!(call, MetaCall::DeletePod { name, .. } if name == "slow"));
+    assert_eq!(h.rt.state().stop_graces, [Duration::from_secs(30)]);
     h.stop().await;
 }
