@@ -104,6 +104,12 @@ pub struct TailoredKubeletConfig {
     pub max_pods: i32,
     /// `cgroupfs` or `systemd`.
     pub cgroup_driver: String,
+    /// A cgroup per QoS class and per pod (`<cgroupRoot>/kubepods/<qos>/pod<uid>`).
+    #[serde(rename = "cgroupsPerQOS")]
+    pub cgroups_per_qos: bool,
+    /// The cgroup the pods' tree goes under; empty for the top.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cgroup_root: String,
     /// Cluster DNS domain added to pods' search list.
     pub cluster_domain: String,
     /// Cluster DNS servers for pods.
@@ -162,7 +168,6 @@ impl Default for Edged {
 /// `edgecore --defaultconfig`.
 const DEFAULT_REST: &str = r#"
 address: 127.0.0.1
-cgroupsPerQOS: true
 configMapAndSecretChangeDetectionStrategy: Get
 containerLogMaxFiles: 5
 containerLogMaxSize: 10Mi
@@ -259,6 +264,8 @@ impl Default for TailoredKubeletConfig {
             runtime_request_timeout: GoDuration::from_secs(2 * 60),
             max_pods: 110,
             cgroup_driver: "cgroupfs".to_owned(),
+            cgroups_per_qos: true,
+            cgroup_root: String::new(),
             cluster_domain: "cluster.local".to_owned(),
             cluster_dns: Vec::new(),
             resolv_conf: "/etc/resolv.conf".to_owned(),
@@ -278,7 +285,7 @@ mod tests {
     #[test]
     fn default_rest_parses_and_holds_no_typed_key() {
         let rest: BTreeMap<String, Value> = serde_yaml_ng::from_str(DEFAULT_REST).unwrap();
-        assert_eq!(rest.len(), 55);
+        assert_eq!(rest.len(), 54);
         let typed = serde_yaml_ng::to_value(TailoredKubeletConfig {
             rest: BTreeMap::new(),
             ..TailoredKubeletConfig::default()
@@ -308,6 +315,6 @@ mod tests {
         assert_eq!(k.rest.get("readOnlyPort"), Some(&Value::from(10350)));
         let k: TailoredKubeletConfig = serde_yaml_ng::from_str("readOnlyPort: 0").unwrap();
         assert_eq!(k.rest.get("readOnlyPort"), Some(&Value::from(0)));
-        assert_eq!(k.rest.len(), 55);
+        assert_eq!(k.rest.len(), 54);
     }
 }

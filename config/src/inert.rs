@@ -48,6 +48,9 @@ const HONOURED: &[&str] = &[
     "modules.edged.tailoredKubeletConfig.clusterDNS",
     "modules.edged.tailoredKubeletConfig.clusterDomain",
     "modules.edged.tailoredKubeletConfig.resolvConf",
+    "modules.edged.tailoredKubeletConfig.cgroupDriver",
+    "modules.edged.tailoredKubeletConfig.cgroupsPerQOS",
+    "modules.edged.tailoredKubeletConfig.cgroupRoot",
     "modules.health",
 ];
 
@@ -68,7 +71,7 @@ const NOT_RUN: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inert {
     /// Keys set to something other than KubeEdge's default that nothing here reads
-    /// (`modules.edged.tailoredKubeletConfig.cgroupDriver`), in file order.
+    /// (`modules.edged.tailoredKubeletConfig.cpuManagerPolicy`), in file order.
     pub keys: Vec<String>,
     /// Modules enabled that edgecore does not run (`modules.eventBus`).
     pub modules: Vec<String>,
@@ -180,7 +183,7 @@ mod tests {
             "{HEAD}modules:\n  edgeHub:\n    heartbeat: 20\n    websocket:\n      readDeadline: 9\n  \
              eventBus:\n    enable: false\n    mqttQOS: 2\n  edged:\n    hostnameOverride: n1\n    \
              podSandboxImage: my/pause:1\n    tailoredKubeletConfig:\n      cgroupDriver: systemd\n      \
-             maxPods: 20\n      clusterDNS: [10.96.0.10]\n      someNewKubeletKey: 1\n  \
+             cpuManagerPolicy: static\n      maxPods: 20\n      clusterDNS: [10.96.0.10]\n      someNewKubeletKey: 1\n  \
              metaManager:\n    metaServer:\n      enable: true\n"
         ))
         .unwrap()
@@ -191,10 +194,10 @@ mod tests {
             [
                 "modules.edgeHub.websocket.readDeadline",
                 "modules.edged.podSandboxImage",
-                "modules.edged.tailoredKubeletConfig.cgroupDriver",
+                "modules.edged.tailoredKubeletConfig.cpuManagerPolicy",
                 "modules.edged.tailoredKubeletConfig.someNewKubeletKey",
             ],
-            "heartbeat, maxPods and clusterDNS act; a disabled module's keys are not listed"
+            "heartbeat, cgroupDriver, maxPods and clusterDNS act; a disabled module's keys are not listed"
         );
         assert_eq!(
             i.modules,

@@ -261,6 +261,27 @@ fn edged(c: &EdgeCoreConfig, p: &mut Problems) {
             "cgroupfs or systemd",
         );
     }
+    let root = &k.cgroup_root;
+    let systemd = k.cgroup_driver == "systemd";
+    let root_ok = root.is_empty()
+        || root.starts_with('/')
+            && !root.split('/').any(|p| p == ".." || p == ".")
+            && (!systemd
+                || root
+                    .rsplit('/')
+                    .find(|p| !p.is_empty())
+                    .is_none_or(|last| last.ends_with(".slice")));
+    if !root_ok {
+        p.push(
+            "modules.edged.tailoredKubeletConfig.cgroupRoot",
+            quoted(root),
+            if systemd {
+                "an absolute cgroup path ending in a slice, such as /edge.slice (or / for the top)"
+            } else {
+                "an absolute cgroup path without . or .., such as /edge (or / for the top)"
+            },
+        );
+    }
 }
 
 /// `host:port` with a non-zero port; the host is an IPv4 address, a bracketed IPv6 address or a
@@ -558,6 +579,7 @@ mod tests {
             .tailored_kubelet_config
             .image_service_endpoint = "x".to_owned();
         c.modules.edged.tailored_kubelet_config.cgroup_driver = "cgroup".to_owned();
+        c.modules.edged.tailored_kubelet_config.cgroup_root = "edge/../x".to_owned();
         c.modules.edged.tailored_kubelet_config.cluster_dns =
             vec!["10.96.0.10".to_owned(), "kube-dns".to_owned()];
         c.modules
@@ -575,13 +597,14 @@ mod tests {
             "modules.edged.tailoredKubeletConfig.containerRuntimeEndpoint",
             "modules.edged.tailoredKubeletConfig.imageServiceEndpoint",
             "modules.edged.tailoredKubeletConfig.cgroupDriver",
+            "modules.edged.tailoredKubeletConfig.cgroupRoot",
             "modules.edged.tailoredKubeletConfig.clusterDNS[1]",
             "modules.edged.tailoredKubeletConfig.nodeLeaseDurationSeconds",
             "modules.eventBus.mqttMode",
         ] {
             assert!(e.at(path).is_some(), "{path} not reported in {e}");
         }
-        assert_eq!(e.errors().len(), 11, "{e}");
+        assert_eq!(e.errors().len(), 12, "{e}");
 
         let mut c = default_config("n");
         c.modules.edge_hub.tls_server_name = "cloudcore.example.com".to_owned();

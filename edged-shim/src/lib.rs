@@ -34,6 +34,7 @@ mod testutil;
 mod time;
 mod volumes;
 
+pub use cgroup::{CgroupDriver, CgroupLayout};
 pub use cri::CriRuntime;
 pub use dns::DnsSettings;
 pub use edged::{EdgedHandle, spawn};

@@ -6,7 +6,7 @@
 //! runtime call) delays no other pod and no other pod's report.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,8 +50,6 @@ const CRASH_BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How long after start sandboxes of unknown pods are left alone (the startup pod list
 /// arrives well within it).
 const ORPHAN_GRACE: Duration = Duration::from_secs(60);
-/// Where cgroup hierarchies are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Grace period when the pod names none.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 

@@ -9,8 +9,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -363,32 +366,28 @@ async fn tcp_check(host: String, port: u16) -> Outcome {
 async fn http_check(http: &HttpGetAction, host: String, port: u16) -> Outcome {
     use http_body_util::Empty;
     use hyper::body::Bytes;
-    if !http.scheme.is_empty() && !http.scheme.eq_ignore_ascii_case("http") {
+    let https = if http.scheme.is_empty() || http.scheme.eq_ignore_ascii_case("http") {
+        false
+    } else if http.scheme.eq_ignore_ascii_case("https") {
+        true
+    } else {
         return Outcome::Failure(format!(
-            "scheme {} is not supported here (only HTTP)",
+            "scheme {} is not supported (HTTP or HTTPS)",
             http.scheme
         ));
-    }
+    };
+    let scheme = if https { "https" } else { "http" };
     let authority = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
     };
-    let stream = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
-        Ok(s) => s,
-        Err(e) => return Outcome::Failure(format!("Get \"http://{authority}{}\": {e}", http.path)),
-    };
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(io).await {
-        Ok(pair) => pair,
-        Err(e) => return Outcome::Failure(format!("HTTP handshake with {authority}: {e}")),
-    };
-    tokio::spawn(conn);
     let path = if http.path.starts_with('/') {
         http.path.clone()
     } else {
         format!("/{}", http.path)
     };
+    let url = format!("{scheme}://{authority}{path}");
     let mut req = hyper::Request::get(path.as_str())
         .header(hyper::header::USER_AGENT, "kube-probe/1.30")
         .header(hyper::header::ACCEPT, "*/*");
@@ -406,13 +405,118 @@ async fn http_check(http: &HttpGetAction, host: String, port: u16) -> Outcome {
         Ok(r) => r,
         Err(e) => return Outcome::Failure(format!("bad probe request: {e}")),
     };
-    match sender.send_request(req).await {
-        Ok(resp) if (200..400).contains(&resp.status().as_u16()) => Outcome::Success,
-        Ok(resp) => Outcome::Failure(format!(
-            "HTTP probe failed with statuscode: {}",
-            resp.status().as_u16()
-        )),
-        Err(e) => Outcome::Failure(format!("Get \"http://{authority}{path}\": {e}")),
+    let stream = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failure(format!("Get \"{url}\": {e}")),
+    };
+    let answer = if https {
+        // As the kubelet: the server's certificate is not verified (a pod's is rarely one the
+        // node could check), only the TLS handshake itself.
+        let name = match ServerName::try_from(host.clone()) {
+            Ok(n) => n,
+            Err(e) => return Outcome::Failure(format!("Get \"{url}\": {e}")),
+        };
+        let config = match insecure_tls() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failure(format!("TLS set-up: {e}")),
+        };
+        match TlsConnector::from(config).connect(name, stream).await {
+            Ok(tls) => send(tls, req).await,
+            Err(e) => Err(format!("TLS handshake: {e}")),
+        }
+    } else {
+        send(stream, req).await
+    };
+    match answer {
+        Ok(code) if (200..400).contains(&code) => Outcome::Success,
+        Ok(code) => Outcome::Failure(format!("HTTP probe failed with statuscode: {code}")),
+        Err(e) => Outcome::Failure(format!("Get \"{url}\": {e}")),
+    }
+}
+
+/// Sends one HTTP/1.1 request over `io`; the response's status code.
+async fn send<IO>(
+    io: IO,
+    req: hyper::Request<http_body_util::Empty<hyper::body::Bytes>>,
+) -> Result<u16, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(conn);
+    sender
+        .send_request(req)
+        .await
+        .map(|resp| resp.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
+/// The client side of HTTPS probes: any server certificate, a verified handshake.
+fn insecure_tls() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    if let Some(config) = CONFIG.get() {
+        return Ok(config.clone());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyServerCertificate(provider.clone()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
+}
+
+/// Accepts any server certificate (the kubelet's `InsecureSkipVerify`) but checks that the
+/// server holds its key.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -552,10 +656,123 @@ mod tests {
             lower.contains(&format!("host: 127.0.0.1:{port}")),
             "{lower}"
         );
+        // A plain HTTP server does not speak TLS: an HTTPS probe of it fails.
         let https = probe(json!({"httpGet": {"port": port, "scheme": "HTTPS"}}));
         assert!(
-            matches!(check(&https, &t, timeout).await, Outcome::Failure(w) if w.contains("HTTPS"))
+            matches!(check(&https, &t, timeout).await, Outcome::Failure(w) if w.contains("TLS")),
         );
+        let other = probe(json!({"httpGet": {"port": port, "scheme": "FTP"}}));
+        assert!(
+            matches!(check(&other, &t, timeout).await, Outcome::Failure(w) if w.contains("FTP"))
+        );
+    }
+
+    /// An HTTPS server with a self-signed certificate no one could verify, answering with the
+    /// code in the path.
+    async fn https_server() -> u16 {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["pod.invalid".to_owned()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let code = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.trim_start_matches('/').parse::<u16>().ok())
+                    .unwrap_or(404);
+                let reply = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        port
+    }
+
+    /// A gRPC health server over HTTP/2 answering every `Check` with `status`.
+    async fn grpc_health_server(status: i32) -> u16 {
+        use http_body_util::{BodyExt, Full};
+        use hyper::body::Bytes;
+        use prost::Message as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let path = req.uri().path().to_owned();
+                    async move {
+                        assert_eq!(path, "/grpc.health.v1.Health/Check");
+                        let msg = HealthCheckResponse { status }.encode_to_vec();
+                        let mut frame = vec![0u8];
+                        frame.extend(u32::try_from(msg.len()).unwrap().to_be_bytes());
+                        frame.extend(msg);
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        let body = Full::new(Bytes::from(frame))
+                            .with_trailers(async move { Some(Ok(trailers)) });
+                        hyper::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), service),
+                );
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_pass_when_the_service_is_serving() {
+        let t = target(Some("127.0.0.1".parse().unwrap()), FakeRuntime::default());
+        let timeout = Duration::from_secs(5);
+        let serving = grpc_health_server(1).await;
+        let grpc = |port: u16| probe(json!({"grpc": {"port": port}}));
+        assert_eq!(check(&grpc(serving), &t, timeout).await, Outcome::Success);
+        let not_serving = grpc_health_server(2).await;
+        assert_eq!(
+            check(&grpc(not_serving), &t, timeout).await,
+            Outcome::Failure("service unhealthy (responded with status 2)".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_certificate_checks_as_the_kubelet_does() {
+        let port = https_server().await;
+        let t = target(Some("127.0.0.1".parse().unwrap()), FakeRuntime::default());
+        let get =
+            |path: &str| probe(json!({"httpGet": {"path": path, "port": port, "scheme": "HTTPS"}}));
+        let timeout = Duration::from_secs(5);
+        assert_eq!(check(&get("/200"), &t, timeout).await, Outcome::Success);
+        assert_eq!(
+            check(&get("/503"), &t, timeout).await,
+            Outcome::Failure("HTTP probe failed with statuscode: 503".to_owned())
+        );
+        // Plain HTTP to the TLS port gets no HTTP answer.
+        let plain = probe(json!({"httpGet": {"path": "/200", "port": port}}));
+        assert!(matches!(
+            check(&plain, &t, timeout).await,
+            Outcome::Failure(_)
+        ));
     }
 
     #[tokio::test]

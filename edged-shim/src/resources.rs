@@ -104,6 +104,65 @@ pub(crate) fn linux_resources(
     }
 }
 
+/// The limits of a pod's own cgroup (the kubelet's `ResourceConfigForPod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PodResources {
+    /// `cpu.shares` from the pod's CPU request (2 for a best-effort pod).
+    pub(crate) cpu_shares: i64,
+    /// The CFS quota per [`CPU_PERIOD_US`], when every app container limits its CPU.
+    pub(crate) cpu_quota: Option<i64>,
+    /// The memory limit in bytes, when every app container limits its memory.
+    pub(crate) memory_limit_bytes: Option<i64>,
+}
+
+impl PodResources {
+    /// The CFS period the quota is per, in microseconds.
+    pub(crate) const CPU_PERIOD_US: i64 = CPU_PERIOD_US;
+}
+
+/// The pod cgroup's limits. A resource of the pod is the sum over its app containers, or the
+/// largest init container's when that is more (init containers run alone); a limit is set only
+/// when every app container declares it (always so for a guaranteed pod).
+pub(crate) fn pod_resources(pod: &Pod) -> PodResources {
+    if pod.qos_class() == QosClass::BestEffort {
+        return PodResources {
+            cpu_shares: MIN_SHARES,
+            cpu_quota: None,
+            memory_limit_bytes: None,
+        };
+    }
+    let of = |get: &dyn Fn(&ResourceRequirements) -> Option<i128>| {
+        let apps = pod
+            .spec
+            .containers
+            .iter()
+            .filter_map(|c| get(&c.resources))
+            .fold(0i128, i128::saturating_add);
+        let init = pod
+            .spec
+            .init_containers
+            .iter()
+            .filter_map(|c| get(&c.resources))
+            .max()
+            .unwrap_or(0);
+        apps.max(init)
+    };
+    let declared = |name: &str| {
+        pod.spec
+            .containers
+            .iter()
+            .all(|c| milli(c.resources.limits.get(name)).is_some_and(|q| q > 0))
+    };
+    let cpu_limit = of(&|r| milli(r.limits.get("cpu")));
+    let memory_limit = of(&|r| units(r.limits.get("memory")));
+    PodResources {
+        cpu_shares: shares(of(&|r| milli(r.requests.get("cpu")))),
+        cpu_quota: declared("cpu").then(|| quota(cpu_limit)),
+        memory_limit_bytes: declared("memory")
+            .then(|| i64::try_from(memory_limit.max(0)).unwrap_or(i64::MAX)),
+    }
+}
+
 fn shares(milli_cpu: i128) -> i64 {
     if milli_cpu <= 0 {
         return MIN_SHARES;
@@ -326,6 +385,73 @@ mod tests {
 
     fn req(v: Value) -> ResourceRequirements {
         serde_json::from_value(v).unwrap()
+    }
+
+    fn pod_of(init: Value, apps: Value) -> Pod {
+        Pod::from_json(&json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+            "spec": {"initContainers": init, "containers": apps}
+        }))
+        .unwrap()
+    }
+
+    fn c(resources: Value) -> Value {
+        json!({"name": "c", "image": "i", "resources": resources})
+    }
+
+    #[test]
+    fn the_pod_cgroup_gets_the_kubelets_limits() {
+        let limited = json!({"requests": {"cpu": "100m", "memory": "32Mi"},
+                             "limits": {"cpu": "500m", "memory": "64Mi"}});
+        // Burstable, every app container limited: shares from requests, quota and memory
+        // summed; an init container without limits does not lift them.
+        let p = pod_of(
+            json!([c(json!({}))]),
+            json!([c(limited.clone()), c(limited.clone())]),
+        );
+        assert_eq!(
+            pod_resources(&p),
+            PodResources {
+                cpu_shares: 204,
+                cpu_quota: Some(100_000),
+                memory_limit_bytes: Some(128 << 20),
+            }
+        );
+        // One app container without limits: shares only.
+        let p = pod_of(
+            json!([]),
+            json!([c(limited.clone()), c(json!({"requests": {"cpu": "1"}}))]),
+        );
+        assert_eq!(
+            pod_resources(&p),
+            PodResources {
+                cpu_shares: 1126,
+                cpu_quota: None,
+                memory_limit_bytes: None,
+            }
+        );
+        // A larger init container sets the pod's figures.
+        let big = json!({"requests": {"cpu": "2", "memory": "1Gi"},
+                         "limits": {"cpu": "2", "memory": "1Gi"}});
+        let p = pod_of(json!([c(big)]), json!([c(limited)]));
+        assert_eq!(
+            pod_resources(&p),
+            PodResources {
+                cpu_shares: 2048,
+                cpu_quota: Some(200_000),
+                memory_limit_bytes: Some(1 << 30),
+            }
+        );
+        // Best effort: the minimum shares.
+        let p = pod_of(json!([]), json!([c(json!({}))]));
+        assert_eq!(
+            pod_resources(&p),
+            PodResources {
+                cpu_shares: 2,
+                cpu_quota: None,
+                memory_limit_bytes: None,
+            }
+        );
     }
 
     #[test]

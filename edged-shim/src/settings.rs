@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cgroup::{CgroupDriver, CgroupLayout};
 use crate::dns::DnsSettings;
 
 /// Thresholds below which a node reports pressure (kubelet's default hard eviction signals).
@@ -52,8 +53,8 @@ pub struct EdgedSettings {
     pub root_directory: PathBuf,
     /// Directory for container logs (kubelet: `/var/log/pods`).
     pub pod_log_directory: PathBuf,
-    /// Cgroup parent for pod sandboxes (`/kubepods` style); the pod UID is appended.
-    pub cgroup_parent: Option<String>,
+    /// Where pods' cgroups go (`cgroupDriver`, `cgroupsPerQOS`, `cgroupRoot`).
+    pub cgroups: CgroupLayout,
     /// `nodeInfo.kubeletVersion` as KubeEdge reports it.
     pub kubelet_version: String,
     /// Pressure thresholds for node conditions.
@@ -101,7 +102,16 @@ impl EdgedSettings {
                 .unwrap_or(110),
             root_directory: path_or(&edged.root_directory, "/var/lib/kubelet"),
             pod_log_directory: path_or(&k.pod_logs_dir, "/var/log/pods"),
-            cgroup_parent: None,
+            cgroups: CgroupLayout {
+                driver: if k.cgroup_driver == "systemd" {
+                    CgroupDriver::Systemd
+                } else {
+                    CgroupDriver::Cgroupfs
+                },
+                per_qos: k.cgroups_per_qos,
+                root: k.cgroup_root.clone(),
+                mount: PathBuf::from(crate::cgroup::MOUNT),
+            },
             kubelet_version: "v1.30.7-kubeedge-v1.21.2".to_owned(),
             thresholds: PressureThresholds::default(),
             runtime_request_timeout: or(k.runtime_request_timeout.as_duration(), 120),

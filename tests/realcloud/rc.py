@@ -24,6 +24,9 @@ KUBECONFIG = os.path.join(RUN, "admin.kubeconfig")
 AUDIT = os.path.join(LOG, "audit.log")
 CRI_SOCK = os.path.join(RC_ROOT, "cri", "run", "containerd.sock")
 CRI = "unix://" + CRI_SOCK
+# Our agent's cgroupRoot: the lab containerd's cgroup tree, which `tests/cri/setup.sh down`
+# removes (KubeEdge's agent keeps its default, /kubepods at the top).
+CGROUP_ROOT = "/edgecore-cri-test"
 VIP = "127.0.0.9"
 APP_IMAGE = "localhost/app:local"
 PAUSE_IMAGE = "localhost/pause:local"
@@ -177,6 +180,8 @@ class Edge:
         t["staticPodPath"] = os.path.join(self.dir, "manifests")
         t["podLogsDir"] = self.pod_logs
         t["readOnlyPort"] = read_only_port
+        if self.kind != "go":
+            t["cgroupRoot"] = CGROUP_ROOT
         for k in ("eventBus", "deviceTwin", "edgeStream", "serviceBus", "dbTest", "taskManager"):
             if k in m:
                 m[k]["enable"] = False

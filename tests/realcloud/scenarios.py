@@ -333,6 +333,16 @@ def pod_scenario():
             return "nameserver, memory limit and CPU limit seen inside"
         step(s, "the container sees its dnsConfig, its memory limit and its CPU limit",
              wait_for, "the container output", 20, kubelet_view)
+
+        def pod_cgroup():
+            rel = f"{rc.CGROUP_ROOT.strip('/')}/kubepods/burstable/pod{k['metadata']['uid']}"
+            v1 = f"/sys/fs/cgroup/memory/{rel}/memory.limit_in_bytes"
+            path = v1 if os.path.exists(v1) else f"/sys/fs/cgroup/{rel}/memory.max"
+            got = open(path).read().strip() if os.path.exists(path) else None
+            check(got == "67108864", f"pod cgroup memory limit {got!r} at {path}")
+            return f"{path} = {got}"
+        step(s, "the pod's own cgroup (cgroupRoot/kubepods/burstable/pod<uid>) holds its memory limit",
+             pod_cgroup)
     finally:
         teardown(e, [pod, kpod], node)
 

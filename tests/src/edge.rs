@@ -64,6 +64,8 @@ pub struct EdgedOptions {
     pub node_status_update_secs: u32,
     /// `tailoredKubeletConfig.nodeLeaseDurationSeconds` (renewed every quarter of it).
     pub node_lease_duration_secs: u32,
+    /// `tailoredKubeletConfig.cgroupRoot`: where the pods' cgroups go (empty: the top).
+    pub cgroup_root: String,
 }
 
 impl EdgedOptions {
@@ -76,6 +78,7 @@ impl EdgedOptions {
             runtime_request_timeout_secs: 30,
             node_status_update_secs: 2,
             node_lease_duration_secs: 4,
+            cgroup_root: String::new(),
         }
     }
 }
@@ -145,6 +148,7 @@ impl EdgeOptions {
       runtimeRequestTimeout: {timeout}s
       nodeStatusUpdateFrequency: {status}s
       nodeLeaseDurationSeconds: {lease}
+      cgroupRoot: {cgroup_root}
 ",
                 node = self.node,
                 root = q(&e.root_directory),
@@ -153,6 +157,7 @@ impl EdgeOptions {
                 timeout = e.runtime_request_timeout_secs,
                 status = e.node_status_update_secs,
                 lease = e.node_lease_duration_secs,
+                cgroup_root = serde_json::to_string(&e.cgroup_root).unwrap_or_default(),
             ),
         };
         format!(

@@ -44,7 +44,8 @@ async fn cri_pod_prints_configmap_and_secret_values_from_env() {
     settings.node_name = "cri-test".to_owned();
     settings.root_directory = root.path().join("root");
     settings.pod_log_directory = log_root.clone();
-    settings.cgroup_parent = std::env::var("EDGECORE_CRI_CGROUP_PARENT").ok();
+    settings.cgroups.root = std::env::var("EDGECORE_CRI_CGROUP_PARENT").unwrap_or_default();
+    let cgroups = settings.cgroups.clone();
     settings.pod_sync_period = Duration::from_millis(500);
     settings.runtime_request_timeout = Duration::from_secs(30);
 
@@ -154,14 +155,10 @@ async fn cri_pod_prints_configmap_and_secret_values_from_env() {
     })
     .await;
 
-    if let Ok(parent) = std::env::var("EDGECORE_CRI_CGROUP_PARENT") {
-        eventually("the pod cgroups to be removed", 100, async || {
-            crate::cgroup::pod_cgroup_dirs(std::path::Path::new("/sys/fs/cgroup"), &parent, &uid)
-                .is_empty()
-                .then_some(())
-        })
-        .await;
-    }
+    eventually("the pod cgroups to be removed", 100, async || {
+        cgroups.pod_dirs(&uid).is_empty().then_some(())
+    })
+    .await;
     assert!(
         !root.path().join("root/pods").join(&uid).exists(),
         "pod volumes were not removed"

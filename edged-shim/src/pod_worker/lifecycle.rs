@@ -27,9 +27,8 @@ impl Shared {
                 .join(format!("{}_{}_{}", m.namespace, m.name, m.uid)),
             cgroup_parent: self
                 .settings
-                .cgroup_parent
-                .as_ref()
-                .map(|p| format!("{}/pod{}", p.trim_end_matches('/'), m.uid)),
+                .cgroups
+                .sandbox_parent(rec.pod.qos_class(), &m.uid),
             labels: m.labels.clone(),
             dns: None,
         }
@@ -94,6 +93,24 @@ impl Shared {
                     return;
                 }
             };
+            let limits = resources::pod_resources(&rec.pod);
+            let made = self.settings.cgroups.ensure_pod(
+                rec.pod.qos_class(),
+                &rec.pod.metadata.uid,
+                &limits,
+            );
+            if let Err(error) = made {
+                warn!(pod = %key, %error, "pod cgroup not made; sandbox not started");
+                rec.sandbox_retry_at = Some(Instant::now() + rec.sandbox_backoff.next_delay());
+                rec.set_waiting(
+                    "ContainerCreating",
+                    &format!(
+                        "the pod's cgroup could not be made ({error}); to run pods without \
+                         one set modules.edged.tailoredKubeletConfig.cgroupsPerQOS: false"
+                    ),
+                );
+                return;
+            }
             match self
                 .call("RunPodSandbox", self.runtime.run_sandbox(&sandbox))
                 .await
@@ -533,13 +550,7 @@ impl Shared {
             }
         }
         volumes::cleanup(&self.settings.root_directory, &rec.pod.metadata.uid).await;
-        if let Some(parent) = &self.settings.cgroup_parent {
-            crate::cgroup::remove_pod_cgroups(
-                Path::new(CGROUP_ROOT),
-                parent,
-                &rec.pod.metadata.uid,
-            );
-        }
+        self.settings.cgroups.remove_pod(&rec.pod.metadata.uid);
         if notify_cloud {
             let m = &rec.pod.metadata;
             let sent = timeout(

@@ -120,9 +120,7 @@ impl Shared {
             for s in ours {
                 self.remove_sandbox(&s.id).await;
             }
-            if let Some(parent) = &self.settings.cgroup_parent {
-                crate::cgroup::remove_pod_cgroups(Path::new(CGROUP_ROOT), parent, &uid);
-            }
+            self.settings.cgroups.remove_pod(&uid);
         }
         true
     }

@@ -10,9 +10,13 @@ impl Shared {
     pub(super) async fn refresh_volumes(&self, rec: &PodRecord) {
         let key = rec.pod.key();
         let mut objects = Objects::new(self.meta.as_ref(), &rec.pod.metadata.namespace);
-        let refreshed =
-            volumes::refresh(&self.settings.root_directory, &rec.pod, &self.node, &mut objects)
-                .await;
+        let refreshed = volumes::refresh(
+            &self.settings.root_directory,
+            &rec.pod,
+            &self.node,
+            &mut objects,
+        )
+        .await;
         match refreshed {
             Ok(changed) if changed.is_empty() => {}
             Ok(changed) => info!(pod = %key, volumes = ?changed, "volume files updated"),

@@ -124,7 +124,8 @@ impl Shared {
         let m = &rec.pod.metadata;
         let sent = timeout(
             META_CALL_TIMEOUT,
-            self.meta.patch_pod_status(&m.namespace, &m.name, patch.clone()),
+            self.meta
+                .patch_pod_status(&m.namespace, &m.name, patch.clone()),
         )
         .await;
         match sent {

@@ -1,9 +1,9 @@
 use super::*;
-use std::collections::BTreeMap;
 use crate::fake_runtime::FakeRuntime;
 use crate::testutil::{MetaCall, RecordingMeta};
 use base64::Engine as _;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 const APP: &str = "localhost/app:local";
 
@@ -31,6 +31,11 @@ impl Harness {
         settings.root_directory = root.path().join("root");
         settings.pod_log_directory = root.path().join("logs");
         settings.dns.resolv_conf = Some(root.path().join("resolv.conf"));
+        // A cgroup v1 tree of its own, with the two hierarchies pod limits go to.
+        settings.cgroups.mount = root.path().join("cgroup");
+        for controller in ["cpu", "memory"] {
+            std::fs::create_dir_all(settings.cgroups.mount.join(controller)).unwrap();
+        }
         std::fs::write(
             root.path().join("resolv.conf"),
             "nameserver 192.168.1.1\nsearch lan\n",
@@ -1025,7 +1030,59 @@ async fn requests_and_limits_reach_the_runtime_by_qos_class() {
             ),
             (2, 0, 0, 1000)
         );
+        // Each sandbox sits in its pod's cgroup, in the tree of its QoS class.
+        let parent = |name: &str| {
+            st.sandboxes
+                .values()
+                .find(|s| s.name == name)
+                .and_then(|s| s.cgroup_parent.clone())
+                .unwrap()
+        };
+        assert_eq!(parent("burst"), "/kubepods/burstable/poduid-burst");
+        assert_eq!(parent("guar"), "/kubepods/poduid-guar");
+        assert_eq!(parent("best"), "/kubepods/besteffort/poduid-best");
     }
+    // The pod cgroups hold the pods' limits.
+    let cgroup = h.root.path().join("cgroup");
+    let read = |file: &str| std::fs::read_to_string(cgroup.join(file)).unwrap();
+    let burst = "kubepods/burstable/poduid-burst";
+    assert_eq!(read(&format!("cpu/{burst}/cpu.shares")), "256");
+    assert_eq!(read(&format!("cpu/{burst}/cpu.cfs_quota_us")), "50000");
+    assert_eq!(
+        read(&format!("memory/{burst}/memory.limit_in_bytes")),
+        (512u64 << 20).to_string()
+    );
+    assert_eq!(read("cpu/kubepods/poduid-guar/cpu.cfs_quota_us"), "100000");
+    assert_eq!(read("cpu/kubepods/besteffort/cpu.shares"), "2");
+    assert!(
+        !cgroup
+            .join("memory/kubepods/besteffort/poduid-best/memory.limit_in_bytes")
+            .exists()
+    );
+
+    // A pod that goes takes its cgroup along (here the knob files must go first: a real
+    // cgroup directory is removed with its knobs).
+    for file in ["cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"] {
+        std::fs::remove_file(cgroup.join(format!("cpu/{burst}/{file}"))).unwrap();
+    }
+    std::fs::remove_file(cgroup.join(format!("memory/{burst}/memory.limit_in_bytes"))).unwrap();
+    h.events
+        .send(PodEvent::Delete {
+            namespace: "default".to_owned(),
+            name: "burst".to_owned(),
+            uid: "uid-burst".to_owned(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if !cgroup.join(format!("cpu/{burst}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!cgroup.join(format!("cpu/{burst}")).exists());
+    assert!(!cgroup.join(format!("memory/{burst}")).exists());
+    assert!(cgroup.join("cpu/kubepods/poduid-guar").exists());
     h.stop().await;
 }
 

@@ -48,8 +48,28 @@ pub(super) async fn pods_only_replica(lab: &Lab, listen: SocketAddr) -> Result<C
 pub(super) fn edge_options(lab: &Lab, server: SocketAddr, endpoint: &str) -> EdgeOptions {
     let dir = lab.dir.path().join("edge");
     let mut opts = EdgeOptions::new(NODE, &server.to_string(), lab.paths.clone(), &dir);
-    opts.edged = Some(EdgedOptions::new(endpoint, &dir));
+    let mut edged = EdgedOptions::new(endpoint, &dir);
+    // The pods' cgroups go under the test containerd's own root, which its teardown removes.
+    edged.cgroup_root = std::env::var("EDGECORE_CRI_CGROUP_PARENT").unwrap_or_default();
+    opts.edged = Some(edged);
     opts
+}
+
+/// The pod's own cgroup (`<cgroupRoot>/kubepods/burstable/pod<uid>`) in hierarchy `controller`
+/// (cgroup v1), or the unified one.
+fn pod_cgroup(opts: &EdgeOptions, controller: &str, uid: &str) -> std::path::PathBuf {
+    let root = opts
+        .edged
+        .as_ref()
+        .map(|e| e.cgroup_root.trim_matches('/').to_owned())
+        .unwrap_or_default();
+    let rel = format!("{root}/kubepods/burstable/pod{uid}");
+    let v1 = Path::new("/sys/fs/cgroup").join(controller).join(&rel);
+    if v1.is_dir() {
+        v1
+    } else {
+        Path::new("/sys/fs/cgroup").join(rel)
+    }
 }
 
 /// The node Lease once its `renewTime` has changed `n` times (seconds since the epoch, each
@@ -384,6 +404,23 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
     // Its limits are its cgroup's (cgroup v1 or v2 files, read from inside).
     assert!(text.contains("stdout F mem=67108864\n"), "log: {text}");
     assert!(text.contains("stdout F cpu=50000"), "log: {text}");
+    // The pod's own cgroup, which its containers sit in, holds the pod's limits (the init
+    // container declares none, the app container's are the pod's).
+    let (memory, cpu) = (
+        pod_cgroup(&opts, "memory", &uid),
+        pod_cgroup(&opts, "cpu", &uid),
+    );
+    let read = |dir: &Path, v1: &str, v2: &str| {
+        std::fs::read_to_string(dir.join(v1))
+            .or_else(|_| std::fs::read_to_string(dir.join(v2)))
+            .unwrap_or_else(|e| format!("unreadable in {}: {e}", dir.display()))
+    };
+    assert_eq!(
+        read(&memory, "memory.limit_in_bytes", "memory.max").trim(),
+        "67108864"
+    );
+    let quota = read(&cpu, "cpu.cfs_quota_us", "cpu.max");
+    assert!(quota.starts_with("50000"), "pod cpu quota: {quota}");
     assert_eq!(sandboxes_of(&runtime, &uid).await?.len(), 1);
     edge.check_running()?;
 
@@ -413,6 +450,11 @@ async fn cri_edgecore_runs_a_pod_with_cloud_configmap_and_secret_then_deletes_it
     assert!(
         sandboxes_of(&runtime, &uid).await?.is_empty(),
         "the cloud was asked to forget a pod whose sandbox is still there"
+    );
+    assert!(
+        !memory.exists() && !cpu.exists(),
+        "the pod's cgroup outlived it: {}",
+        memory.display()
     );
     match runtime.container_status(&id).await {
         Err(edged_shim::RuntimeError::NotFound { .. }) => {}
