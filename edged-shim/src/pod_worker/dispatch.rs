@@ -74,18 +74,25 @@ impl PodWorker {
     ) {
         let mut tick = tokio::time::interval(self.shared.settings.pod_sync_period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Sandboxes no pod claims within the grace are removed by a task of their own.
-        let gc = self.shared.clone();
+        // The node's housekeeping, beside the pods: the runtime's health is checked every
+        // period (also with no pod to sync, so the node reports it; while up, by the sandbox
+        // listing the pods' checks share), and sandboxes no pod claimed within the grace are
+        // removed once.
+        let shared = self.shared.clone();
         let period = self.shared.settings.pod_sync_period;
         self.tasks.spawn(
             async move {
-                tokio::time::sleep(ORPHAN_GRACE).await;
+                let collect_at = Instant::now() + ORPHAN_GRACE;
+                let mut collected = false;
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    if gc.probe_runtime().await && gc.collect_orphans().await {
-                        return;
+                    if !shared.probe_runtime().await || shared.relist().await.is_none() {
+                        continue;
+                    }
+                    if !collected && Instant::now() >= collect_at {
+                        collected = shared.collect_orphans().await;
                     }
                 }
             }

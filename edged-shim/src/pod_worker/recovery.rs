@@ -4,7 +4,7 @@ use super::*;
 
 impl Shared {
     /// The runtime's sandboxes, listed at most once per sync period for all pods.
-    async fn relist(&self) -> Option<Arc<Relist>> {
+    pub(super) async fn relist(&self) -> Option<Arc<Relist>> {
         let mut cached = self.relist.lock().await;
         if let Some(list) = cached.as_ref()
             && list.at.elapsed() < self.settings.pod_sync_period

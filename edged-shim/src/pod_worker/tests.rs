@@ -1542,3 +1542,34 @@ async fn a_slow_graceful_stop_does_not_hold_up_other_pods() {
     assert_eq!(h.rt.state().stop_graces, [Duration::from_secs(30)]);
     h.stop().await;
 }
+
+/// With no pod at all the runtime's health is still checked, both ways, so the node can report
+/// it.
+#[tokio::test(start_paused = true)]
+async fn the_runtime_is_checked_with_no_pods() {
+    let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(*h.state.borrow_and_update(), RuntimeState::Up { .. }) {
+            h.state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the runtime's state never went up");
+    h.rt.state().down = true;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(*h.state.borrow_and_update(), RuntimeState::Down { .. }) {
+            h.state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the runtime going away was not noticed");
+    h.rt.state().down = false;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !matches!(*h.state.borrow_and_update(), RuntimeState::Up { .. }) {
+            h.state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the runtime coming back was not noticed");
+    h.stop().await;
+}
