@@ -8,10 +8,11 @@
 //! With the cgroupfs driver edged-shim makes the cgroup before the sandbox and writes the pod's
 //! limits into it (cgroup v1 `cpu.shares`, `cpu.cfs_quota_us`, `memory.limit_in_bytes`; v2
 //! `cpu.weight`, `cpu.max`, `memory.max`), and the best-effort QoS cgroup gets the minimum CPU
-//! shares. With the systemd driver the slices are systemd's to make (the runtime asks systemd);
-//! the pod's own limits would need systemd's D-Bus API and are not set: the containers' limits
-//! still apply. The runtime removes only container cgroups, so the pod's is removed here once
-//! its sandbox is gone.
+//! shares. With the systemd driver the slices are systemd's to make (the runtime asks systemd
+//! when it creates the sandbox); once the sandbox is there the pod's limits are written into the
+//! slice's cgroup files, as runc's systemd driver also writes its own (systemd is not told of
+//! them: the kubelet would set them as unit properties over D-Bus). The runtime removes only
+//! container cgroups, so the pod's is removed here once its sandbox is gone.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -125,25 +126,47 @@ impl CgroupLayout {
         (!root.is_empty()).then(|| self.render(&root))
     }
 
-    /// Makes the pod's cgroup and writes its limits (cgroupfs with `cgroupsPerQOS` only; see
-    /// the module's notes). A hierarchy that is not mounted, or a knob the kernel lacks, is
-    /// skipped.
-    pub(crate) fn ensure_pod(
+    /// Before the pod's sandbox: with cgroupfs, makes the pod's cgroup and writes its limits.
+    /// A hierarchy that is not mounted, or a knob the kernel lacks, is skipped.
+    pub(crate) fn before_sandbox(
         &self,
         qos: QosClass,
         uid: &str,
         limits: &PodResources,
     ) -> Result<(), CgroupError> {
-        if !self.per_qos || self.driver != CgroupDriver::Cgroupfs || !safe_uid(uid) {
+        self.apply(CgroupDriver::Cgroupfs, qos, uid, limits)
+    }
+
+    /// After the pod's sandbox: with systemd, whose slices the runtime had systemd make,
+    /// writes the pod's limits into the slice's cgroup files (as runc's systemd driver also
+    /// writes them there).
+    pub(crate) fn after_sandbox(
+        &self,
+        qos: QosClass,
+        uid: &str,
+        limits: &PodResources,
+    ) -> Result<(), CgroupError> {
+        self.apply(CgroupDriver::Systemd, qos, uid, limits)
+    }
+
+    fn apply(
+        &self,
+        when: CgroupDriver,
+        qos: QosClass,
+        uid: &str,
+        limits: &PodResources,
+    ) -> Result<(), CgroupError> {
+        if !self.per_qos || self.driver != when || !safe_uid(uid) {
             return Ok(());
         }
+        let make = self.driver == CgroupDriver::Cgroupfs;
         let mount = &self.mount;
         let qos_dir = rel(&self.render(&self.qos_name(qos)));
         let pod_dir = rel(&self.render(&self.pod_name(qos, uid)));
         if mount.join("cgroup.controllers").is_file() {
-            ensure_v2(mount, &qos_dir, &pod_dir, qos, limits)
+            ensure_v2(mount, &qos_dir, &pod_dir, qos, limits, make)
         } else {
-            ensure_v1(mount, &qos_dir, &pod_dir, qos, limits)
+            ensure_v1(mount, &qos_dir, &pod_dir, qos, limits, make)
         }
     }
 
@@ -213,20 +236,30 @@ fn make(dir: &Path) -> Result<(), CgroupError> {
     })
 }
 
+/// Writes the limits in each v1 hierarchy; `make` creates the directories, else a hierarchy
+/// without the pod's directory is left alone.
 fn ensure_v1(
     mount: &Path,
     qos_dir: &Path,
     pod_dir: &Path,
     qos: QosClass,
     limits: &PodResources,
+    make_dirs: bool,
 ) -> Result<(), CgroupError> {
+    let ready = |dir: &Path| -> Result<bool, CgroupError> {
+        if make_dirs {
+            make(dir)?;
+            Ok(true)
+        } else {
+            Ok(dir.is_dir())
+        }
+    };
     let cpu = mount.join("cpu");
-    if cpu.is_dir() {
-        make(&cpu.join(pod_dir))?;
+    let dir = cpu.join(pod_dir);
+    if cpu.is_dir() && ready(&dir)? {
         if qos == QosClass::BestEffort {
             write(&cpu.join(qos_dir), "cpu.shares", "2")?;
         }
-        let dir = cpu.join(pod_dir);
         write(&dir, "cpu.shares", &limits.cpu_shares.to_string())?;
         if let Some(quota) = limits.cpu_quota {
             write(
@@ -238,12 +271,12 @@ fn ensure_v1(
         }
     }
     let memory = mount.join("memory");
-    if memory.is_dir() {
-        let dir = memory.join(pod_dir);
-        make(&dir)?;
-        if let Some(bytes) = limits.memory_limit_bytes {
-            write(&dir, "memory.limit_in_bytes", &bytes.to_string())?;
-        }
+    let dir = memory.join(pod_dir);
+    if memory.is_dir()
+        && ready(&dir)?
+        && let Some(bytes) = limits.memory_limit_bytes
+    {
+        write(&dir, "memory.limit_in_bytes", &bytes.to_string())?;
     }
     Ok(())
 }
@@ -259,19 +292,24 @@ fn ensure_v2(
     pod_dir: &Path,
     qos: QosClass,
     limits: &PodResources,
+    make_dirs: bool,
 ) -> Result<(), CgroupError> {
     let dir = mount.join(pod_dir);
-    make(&dir)?;
-    // Each parent hands the cpu and memory controllers down (one at a time: a controller the
-    // kernel lacks must not keep the other off).
-    let mut parent = mount.to_owned();
-    for part in pod_dir.components() {
-        for controller in ["+cpu", "+memory"] {
-            if let Err(error) = write(&parent, "cgroup.subtree_control", controller) {
-                debug!(%error, "controller not enabled");
+    if make_dirs {
+        make(&dir)?;
+        // Each parent hands the cpu and memory controllers down (one at a time: a controller
+        // the kernel lacks must not keep the other off).
+        let mut parent = mount.to_owned();
+        for part in pod_dir.components() {
+            for controller in ["+cpu", "+memory"] {
+                if let Err(error) = write(&parent, "cgroup.subtree_control", controller) {
+                    debug!(%error, "controller not enabled");
+                }
             }
+            parent.push(part);
         }
-        parent.push(part);
+    } else if !dir.is_dir() {
+        return Ok(());
     }
     if qos == QosClass::BestEffort {
         write(&mount.join(qos_dir), "cpu.weight", "1")?;
@@ -411,7 +449,8 @@ mod tests {
             std::fs::create_dir(mount.path().join(ctl)).unwrap();
         }
         let l = at(mount.path(), layout(CgroupDriver::Cgroupfs, "/edge"));
-        l.ensure_pod(QosClass::Burstable, "u1", &limits()).unwrap();
+        l.before_sandbox(QosClass::Burstable, "u1", &limits())
+            .unwrap();
         let cpu = mount.path().join("cpu/edge/kubepods/burstable/podu1");
         assert_eq!(read(cpu.join("cpu.shares")), "102");
         assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
@@ -419,7 +458,7 @@ mod tests {
         let mem = mount.path().join("memory/edge/kubepods/burstable/podu1");
         assert_eq!(read(mem.join("memory.limit_in_bytes")), "67108864");
 
-        l.ensure_pod(
+        l.before_sandbox(
             QosClass::BestEffort,
             "u2",
             &PodResources {
@@ -456,7 +495,8 @@ mod tests {
         let mount = tempfile::tempdir().unwrap();
         std::fs::write(mount.path().join("cgroup.controllers"), "cpu memory").unwrap();
         let l = at(mount.path(), layout(CgroupDriver::Cgroupfs, ""));
-        l.ensure_pod(QosClass::Guaranteed, "u1", &limits()).unwrap();
+        l.before_sandbox(QosClass::Guaranteed, "u1", &limits())
+            .unwrap();
         let pod = mount.path().join("kubepods/podu1");
         assert_eq!(read(pod.join("cpu.weight")), "4");
         assert_eq!(read(pod.join("cpu.max")), "50000 100000");
@@ -469,23 +509,60 @@ mod tests {
     }
 
     #[test]
-    fn systemd_and_flat_layouts_touch_nothing() {
+    fn systemd_slices_get_the_limits_once_they_exist_and_are_never_made() {
         let mount = tempfile::tempdir().unwrap();
         std::fs::create_dir(mount.path().join("cpu")).unwrap();
-        at(mount.path(), layout(CgroupDriver::Systemd, ""))
-            .ensure_pod(QosClass::Burstable, "u1", &limits())
+        std::fs::create_dir(mount.path().join("memory")).unwrap();
+        let sd = at(mount.path(), layout(CgroupDriver::Systemd, ""));
+        sd.before_sandbox(QosClass::Burstable, "u-1", &limits())
             .unwrap();
-        let flat = CgroupLayout {
-            per_qos: false,
-            ..layout(CgroupDriver::Cgroupfs, "")
-        };
-        at(mount.path(), flat)
-            .ensure_pod(QosClass::Burstable, "u1", &limits())
+        sd.after_sandbox(QosClass::Burstable, "u-1", &limits())
             .unwrap();
         assert_eq!(
             std::fs::read_dir(mount.path().join("cpu")).unwrap().count(),
             0
         );
+        // The runtime had systemd make the slice.
+        let slice = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podu_1.slice";
+        for ctl in ["cpu", "memory"] {
+            std::fs::create_dir_all(mount.path().join(ctl).join(slice)).unwrap();
+        }
+        sd.after_sandbox(QosClass::Burstable, "u-1", &limits())
+            .unwrap();
+        assert_eq!(
+            read(
+                mount
+                    .path()
+                    .join("cpu")
+                    .join(slice)
+                    .join("cpu.cfs_quota_us")
+            ),
+            "50000"
+        );
+        assert_eq!(
+            read(
+                mount
+                    .path()
+                    .join("memory")
+                    .join(slice)
+                    .join("memory.limit_in_bytes")
+            ),
+            "67108864"
+        );
+        assert_eq!(sd.pod_dirs("u-1").len(), 2);
+        // cgroupfs writes before, never after; without cgroupsPerQOS nothing is written.
+        let fs = at(mount.path(), layout(CgroupDriver::Cgroupfs, ""));
+        fs.after_sandbox(QosClass::Burstable, "u2", &limits())
+            .unwrap();
+        assert!(!mount.path().join("cpu/kubepods/burstable/podu2").exists());
+        let flat = CgroupLayout {
+            per_qos: false,
+            ..layout(CgroupDriver::Cgroupfs, "")
+        };
+        at(mount.path(), flat)
+            .before_sandbox(QosClass::Burstable, "u3", &limits())
+            .unwrap();
+        assert!(!mount.path().join("cpu/kubepods").exists());
     }
 
     #[test]
@@ -493,7 +570,7 @@ mod tests {
         let mount = tempfile::tempdir().unwrap();
         std::fs::create_dir(mount.path().join("cpu")).unwrap();
         let l = at(mount.path(), layout(CgroupDriver::Cgroupfs, ""));
-        l.ensure_pod(QosClass::Burstable, "../x", &limits())
+        l.before_sandbox(QosClass::Burstable, "../x", &limits())
             .unwrap();
         assert_eq!(
             std::fs::read_dir(mount.path().join("cpu")).unwrap().count(),

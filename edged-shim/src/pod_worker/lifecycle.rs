@@ -94,7 +94,7 @@ impl Shared {
                 }
             };
             let limits = resources::pod_resources(&rec.pod);
-            let made = self.settings.cgroups.ensure_pod(
+            let made = self.settings.cgroups.before_sandbox(
                 rec.pod.qos_class(),
                 &rec.pod.metadata.uid,
                 &limits,
@@ -117,6 +117,14 @@ impl Shared {
             {
                 Ok(id) => {
                     info!(pod = %key, sandbox = %id, "sandbox started");
+                    let limited = self.settings.cgroups.after_sandbox(
+                        rec.pod.qos_class(),
+                        &rec.pod.metadata.uid,
+                        &limits,
+                    );
+                    if let Err(error) = limited {
+                        warn!(pod = %key, %error, "the pod's limits were not written to its slice; its containers' own limits apply");
+                    }
                     rec.pod_ip = self.sandbox_ip(&rec.pod, &id).await;
                     rec.sandbox_id = Some(id);
                     rec.sandbox_since = Some(Instant::now());
