@@ -50,6 +50,8 @@ const CRASH_BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How long after start sandboxes of unknown pods are left alone (the startup pod list
 /// arrives well within it).
 const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+/// How long a pod waits for another pod's runtime check before reporting the runtime down.
+const PROBE_WAIT: Duration = Duration::from_secs(5);
 /// Grace period when the pod names none.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
@@ -231,8 +233,8 @@ struct Shared {
     pulls: Mutex<HashMap<String, images::PullJob>>,
     /// The node as the downward API and resource defaults see it.
     node: NodeFacts,
-    /// When the runtime, while down, is asked again.
-    runtime_probe: Mutex<RuntimeProbe>,
+    /// When the runtime, while down, is asked again; held while it is asked.
+    runtime_probe: tokio::sync::Mutex<RuntimeProbe>,
     /// Sandboxes a previous run left, by pod UID; `None` until listed.
     leftovers: tokio::sync::Mutex<Option<HashMap<String, Vec<SandboxInfo>>>>,
     /// The runtime's sandboxes as last listed, shared by the pods' liveness checks.
@@ -325,40 +327,41 @@ impl Shared {
     }
 
     /// Checks the runtime when due; true when it answers. While it is down one caller asks
-    /// it, with a back-off, and the others learn the verdict at their next sync.
+    /// it at a time, with a back-off; callers meanwhile wait for that answer rather than
+    /// report the runtime missing while it is being asked.
     async fn probe_runtime(&self) -> bool {
-        if matches!(&*self.state.borrow(), RuntimeState::Up { .. }) {
+        let up = || matches!(&*self.state.borrow(), RuntimeState::Up { .. });
+        if up() {
             return true;
         }
-        {
-            let mut probe = lock(&self.runtime_probe);
-            let now = Instant::now();
-            if now < probe.next {
-                return false;
-            }
-            // Asked now: nobody else asks while this call may still be answered.
-            probe.next = now + self.settings.runtime_request_timeout;
+        // A runtime that hangs keeps its checker waiting the whole request timeout; the others
+        // wait a little, then report the runtime unavailable.
+        let Ok(mut probe) = timeout(PROBE_WAIT, self.runtime_probe.lock()).await else {
+            return false;
+        };
+        if up() {
+            return true;
+        }
+        if Instant::now() < probe.next {
+            return false;
         }
         match self.call("Version", self.runtime.version()).await {
             Ok(version) => {
                 info!(%version, "container runtime is up");
-                let mut probe = lock(&self.runtime_probe);
                 probe.backoff.reset();
-                probe.next = Instant::now();
                 self.state.send_replace(RuntimeState::Up { version });
                 true
             }
             Err(error) => {
                 self.runtime_down(&error);
-                let mut probe = lock(&self.runtime_probe);
                 probe.next = Instant::now() + probe.backoff.next_delay();
                 false
             }
         }
     }
 
-    /// Records that the runtime is unreachable; the first report of it is logged and schedules
-    /// the first health check.
+    /// Records that the runtime is unreachable (logged once per outage); pods then wait for
+    /// the next successful check.
     fn runtime_down(&self, error: &RuntimeError) {
         let reason = error.to_string();
         let changed = self.state.send_if_modified(|s| {
@@ -373,9 +376,6 @@ impl Shared {
         });
         if changed {
             warn!(%error, "container runtime is down; pods wait for it");
-            let mut probe = lock(&self.runtime_probe);
-            probe.backoff.reset();
-            probe.next = Instant::now() + probe.backoff.next_delay();
         }
     }
 

@@ -49,7 +49,7 @@ impl PodWorker {
             wake,
             pulls: Mutex::default(),
             node,
-            runtime_probe: Mutex::new(RuntimeProbe {
+            runtime_probe: tokio::sync::Mutex::new(RuntimeProbe {
                 backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                 next: Instant::now(),
             }),
