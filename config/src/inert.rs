@@ -31,6 +31,8 @@ const HONOURED: &[&str] = &[
     "modules.edgeHub.websocket.writeDeadline",
     "modules.metaManager.enable",
     "modules.metaManager.remoteQueryTimeout",
+    "modules.metaManager.metaServer.enable",
+    "modules.metaManager.metaServer.server",
     "modules.edged.enable",
     "modules.edged.hostnameOverride",
     "modules.edged.nodeIP",
@@ -63,7 +65,6 @@ const NOT_RUN: &[&str] = &[
     "modules.serviceBus",
     "modules.taskManager",
     "modules.dbTest",
-    "modules.metaManager.metaServer",
     "modules.edgeHub.quic",
 ];
 
@@ -201,7 +202,8 @@ mod tests {
         );
         assert_eq!(
             i.modules,
-            ["modules.deviceTwin", "modules.metaManager.metaServer"]
+            ["modules.deviceTwin"],
+            "metaServer runs (reads only)"
         );
     }
 

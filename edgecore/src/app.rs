@@ -19,6 +19,7 @@ use crate::health::{HealthServer, ReadyState, follow_link, follow_runtime};
 use crate::link::CloudLink;
 use crate::meta_client::EdgedMeta;
 use crate::metamanager::{MetaSettings, spawn_metamanager};
+use crate::metaserver::{Changes, MetaServer};
 use crate::metrics::{MeteredLink, Metrics, sample_store_size};
 use crate::store::Store;
 
@@ -60,6 +61,22 @@ pub async fn run(
     } else {
         None
     };
+    let meta_server = &config.modules.meta_manager.meta_server;
+    let meta_server = if config.modules.meta_manager.enable && meta_server.enable {
+        let address: std::net::SocketAddr = meta_server.server.parse().with_context(|| {
+            format!(
+                "modules.metaManager.metaServer.server {:?} is not ip:port",
+                meta_server.server
+            )
+        })?;
+        Some(
+            MetaServer::bind(address)
+                .await
+                .context("starting MetaServer (modules.metaManager.metaServer)")?,
+        )
+    } else {
+        None
+    };
     let store = Store::open(&config.database.data_source)
         .with_context(|| format!("opening {}", config.database.data_source.display()))?;
     let cancel = CancellationToken::new();
@@ -93,6 +110,14 @@ pub async fn run(
     } else {
         None
     };
+    if let Some(server) = meta_server {
+        let changes = Changes::new();
+        settings = settings.with_changes(changes.clone());
+        server
+            .spawn(store.clone(), changes, cancel.child_token(), &tracker)
+            .await
+            .context("starting MetaServer (modules.metaManager.metaServer)")?;
+    }
     let node_name = config.modules.edged.hostname_override.clone();
 
     let mut offline_inbound = None;

@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::error::{MetaError, StoreError, StoreFailure};
 use crate::link::CloudLink;
+use crate::metaserver::{ChangeKind, Changes};
 use crate::metrics::{HubMetrics, MetaMetrics, Metrics, StoreMetrics};
 use crate::store::{MetaKey, Op, OutboxEntry, Outcome, PutOutcome, Store};
 use plan::{After, Plan, plan};
@@ -58,6 +59,8 @@ pub struct MetaSettings {
     pub remote_query_timeout: Duration,
     /// Where committed pod changes go (edged-shim); `None` when edged is disabled.
     pub pod_feed: Option<mpsc::Sender<PodEvent>>,
+    /// Where every committed cloud write goes (MetaServer's watches); `None` without it.
+    pub changes: Option<Changes>,
 }
 
 impl MetaSettings {
@@ -66,12 +69,19 @@ impl MetaSettings {
         Self {
             remote_query_timeout: Duration::from_secs(u64::from(section.remote_query_timeout)),
             pod_feed: None,
+            changes: None,
         }
     }
 
     /// Feeds pods to `tx`: every stored pod at start, then each committed cloud pod change.
     pub fn with_pod_feed(mut self, tx: mpsc::Sender<PodEvent>) -> Self {
         self.pod_feed = Some(tx);
+        self
+    }
+
+    /// Publishes every committed cloud insert, update and delete to `changes`.
+    pub fn with_changes(mut self, changes: Changes) -> Self {
+        self.changes = Some(changes);
         self
     }
 }
@@ -81,6 +91,7 @@ impl Default for MetaSettings {
         Self {
             remote_query_timeout: Duration::from_secs(60),
             pod_feed: None,
+            changes: None,
         }
     }
 }
@@ -199,6 +210,7 @@ pub fn spawn_metamanager<L: CloudLink>(
     let (tx, commands) = mpsc::channel(COMMAND_CAPACITY);
     let task = MetaManager {
         pods: settings.pod_feed.clone().map(PodQueue::new),
+        changes: settings.changes.clone(),
         store,
         link_rx: link.link(),
         link,
@@ -241,6 +253,8 @@ struct MetaManager<L> {
     store_metrics: StoreMetrics,
     /// The feed to edged-shim and the pod events waiting for room in it; `None` without edged.
     pods: Option<PodQueue>,
+    /// MetaServer's feed; `None` without MetaServer.
+    changes: Option<Changes>,
 }
 
 impl<L: CloudLink> MetaManager<L> {
@@ -485,6 +499,9 @@ impl<L: CloudLink> MetaManager<L> {
             tracing::debug!(msg_id = %msg.header.msg_id, operation = %msg.route.operation, resource = %msg.route.resource, "committed");
             match then {
                 After::Ack => {
+                    if let Some(changes) = &self.changes {
+                        publish_change(changes, &msg, outcome);
+                    }
                     self.send(Message::ack_of(&msg)).await?;
                     if let Some(q) = self.pods.as_mut()
                         && let Some((key, event)) = pod_event(&msg, outcome)
@@ -659,6 +676,31 @@ impl<L: CloudLink> MetaManager<L> {
 }
 
 /// A cloud answer as a list of objects: an array is its items, null is nothing.
+/// Hands a committed cloud write to MetaServer's watches: an applied insert or update, or a
+/// delete that removed the row.
+fn publish_change(changes: &Changes, msg: &Message, outcome: &[Result<Outcome, StoreError>]) {
+    let Ok(key) = MetaKey::object(&msg.route.resource) else {
+        return;
+    };
+    let kind = match (msg.route.operation.as_str(), outcome.first()) {
+        (op::INSERT, Some(Ok(Outcome::Put(PutOutcome::Applied)))) => ChangeKind::Added,
+        (op::UPDATE, Some(Ok(Outcome::Put(PutOutcome::Applied)))) => ChangeKind::Modified,
+        (op::DELETE, Some(Ok(Outcome::Deleted(n)))) if *n > 0 => ChangeKind::Deleted,
+        _ => return,
+    };
+    let object = match &msg.content {
+        Value::Object(_) => msg.content.clone(),
+        // A delete may come without the object: its name and namespace are in the resource.
+        _ => {
+            let Some(r) = Resource::parse(msg.route.resource.trim()) else {
+                return;
+            };
+            serde_json::json!({"metadata": {"name": r.name, "namespace": r.namespace}})
+        }
+    };
+    changes.publish(kind, key.kind(), object);
+}
+
 fn values_of(v: Value) -> Vec<Value> {
     match v {
         Value::Null => Vec::new(),

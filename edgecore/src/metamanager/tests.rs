@@ -949,3 +949,62 @@ mod meta_client {
         h.stop().await;
     }
 }
+
+/// MetaServer's feed gets each applied write, in commit order, before its ack leaves; stale
+/// writes and deletes of nothing are not changes.
+#[tokio::test]
+async fn committed_cloud_writes_reach_the_change_feed() {
+    let changes = crate::metaserver::Changes::new();
+    let mut h = start_with(
+        tempfile::tempdir().unwrap(),
+        down(),
+        MetaSettings::default().with_changes(changes.clone()),
+    );
+    let mut feed = changes.subscribe_for_tests();
+    let cm = "default/configmap/app";
+    for msg in [
+        cloud_msg(op::INSERT, cm, "5", configmap("5", "a")),
+        cloud_msg(op::UPDATE, cm, "7", configmap("7", "b")),
+        // Older than the stored version: acked, not applied, no change.
+        cloud_msg(op::UPDATE, cm, "6", configmap("6", "stale")),
+        cloud_msg(op::DELETE, cm, "8", Value::Null),
+        // Nothing left to delete.
+        cloud_msg(op::DELETE, cm, "9", Value::Null),
+    ] {
+        h.push(msg).await;
+        h.next("ack").await;
+    }
+    let mut got = Vec::new();
+    while let Ok(c) = feed.try_recv() {
+        got.push((
+            c.kind,
+            c.stored_type.clone(),
+            c.rv,
+            c.object["metadata"]["name"].clone(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [
+            (
+                crate::metaserver::ChangeKind::Added,
+                "configmap".to_owned(),
+                5,
+                json!("app")
+            ),
+            (
+                crate::metaserver::ChangeKind::Modified,
+                "configmap".to_owned(),
+                7,
+                json!("app")
+            ),
+            (
+                crate::metaserver::ChangeKind::Deleted,
+                "configmap".to_owned(),
+                7,
+                json!("app")
+            ),
+        ]
+    );
+    h.stop().await;
+}

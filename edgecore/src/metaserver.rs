@@ -1,0 +1,203 @@
+//! MetaServer: the Kubernetes API of the node (`modules.metaManager.metaServer`), served from
+//! the edge's store so it keeps answering while the cloud is away. Edge pods, EdgeMesh and
+//! kubectl use it as their API server.
+//!
+//! This first part answers reads: discovery (`/api`, `/apis`, their versions), `/version`,
+//! `/healthz`, and get, list and watch of the kinds metamanager stores, with label and field
+//! selectors, list `resourceVersion`s, watches from a resourceVersion (a bounded ring of
+//! committed changes; `410 Gone` before it), bookmarks, and kubectl's table output. Watches
+//! are fed by metamanager's commits ([`Changes`]), never by polling. Not yet: writes, reads
+//! the store cannot answer (dynamicController), HTTPS and authorization, `meta_v2`
+//! (`docs/metaserver.md`).
+
+mod api;
+mod body;
+mod changes;
+mod resources;
+mod route;
+mod selector;
+mod watch;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub(crate) use changes::rv_of;
+pub use changes::{ChangeKind, Changes};
+
+use crate::store::Store;
+
+/// Connections served at once (each watch holds one); more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// Time for a client to send a complete request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often a watch that asked for them gets a bookmark.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+
+/// MetaServer cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaServerError {
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {address} (modules.metaManager.metaServer.server)")]
+    Bind {
+        /// The address from `metaServer.server`.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be read for the starting resourceVersion.
+    #[error("reading the edge store for MetaServer failed")]
+    Store(#[source] crate::StoreError),
+}
+
+/// The bound, not yet serving, MetaServer.
+#[derive(Debug)]
+pub struct MetaServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    bookmark_every: Duration,
+}
+
+impl MetaServer {
+    /// Binds `address` (`metaServer.server`; port 0 picks a free port).
+    pub async fn bind(address: SocketAddr) -> Result<Self, MetaServerError> {
+        let bind_err = |source| MetaServerError::Bind { address, source };
+        let listener = TcpListener::bind(address).await.map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        Ok(Self {
+            listener,
+            local_addr,
+            bookmark_every: BOOKMARK_EVERY,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Bookmarks this often instead of every 30 s (tests).
+    pub fn with_bookmark_interval(mut self, every: Duration) -> Self {
+        self.bookmark_every = every;
+        self
+    }
+
+    /// Serves until `cancel`, on tasks of `tracker`. `changes` must be the feed metamanager
+    /// publishes to; the store's newest resourceVersion is where watches can resume from.
+    pub async fn spawn(
+        self,
+        store: Store,
+        changes: Changes,
+        cancel: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<(), MetaServerError> {
+        let mut newest = 0;
+        for r in resources::RESOURCES {
+            for text in store
+                .list_type(r.stored)
+                .await
+                .map_err(MetaServerError::Store)?
+            {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    newest = newest.max(rv_of(&v).unwrap_or(0));
+                }
+            }
+        }
+        changes.start_at(newest);
+        let api = Arc::new(api::Api {
+            store,
+            changes,
+            bookmark_every: self.bookmark_every,
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+        });
+        let span = tracing::info_span!("metaserver", addr = %self.local_addr);
+        tracing::info!(addr = %self.local_addr, revision = newest, "metaserver listening (reads only)");
+        tracker.spawn(accept_loop(self.listener, api, cancel, tracker.clone()).instrument(span));
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    api: Arc<api::Api>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span = tracing::debug_span!("conn", %peer);
+                tracker.spawn(
+                    serve(stream, Arc::clone(&api), cancel.clone(), permit).instrument(span),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a metaserver connection failed");
+                drop(permit);
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    api: Arc<api::Api>,
+    cancel: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let api = Arc::clone(&api);
+        async move { Ok::<_, Infallible>(api::answer(&api, &req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "metaserver connection ended");
+            }
+        }
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

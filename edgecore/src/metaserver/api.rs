@@ -1,0 +1,284 @@
+//! Answering one request: discovery, get, list, and handing watches to [`super::watch`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use hyper::header::ACCEPT;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::body::{ApiBody, failure, json_response};
+use super::changes::{Changes, rv_of};
+use super::resources::{self, Resource};
+use super::route::{self, Route, Unknown};
+use super::selector::Selector;
+use super::watch::{self, WatchRequest};
+use crate::store::Store;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    pub(crate) store: Store,
+    pub(crate) changes: Changes,
+    /// How often a watch that asked for bookmarks gets one.
+    pub(crate) bookmark_every: Duration,
+    pub(crate) cancel: CancellationToken,
+    /// Where watch tasks run, so shutdown waits for them.
+    pub(crate) tracker: TaskTracker,
+}
+
+/// The server's version, as `/version` tells kubectl.
+fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "30",
+        "gitVersion": concat!("v1.30.7-edgecore-", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", std::env::consts::ARCH),
+    })
+}
+
+/// The answer to `req`.
+pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> {
+    if req.method() != Method::GET {
+        return failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!(
+                "{} is not served: this MetaServer answers get, list and watch only (writes are \
+                 not implemented yet)",
+                req.method()
+            ),
+        );
+    }
+    let route = match route::route(req.uri().path()) {
+        Ok(r) => r,
+        Err(Unknown::Path) => {
+            return failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!(
+                    "the server could not find the requested resource ({})",
+                    req.uri().path()
+                ),
+            );
+        }
+        Err(Unknown::Resource { group, plural }) => {
+            let gr = if group.is_empty() {
+                plural
+            } else {
+                format!("{plural}.{group}")
+            };
+            return failure(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!(
+                    "the server could not find the requested resource: {gr} is not held at the \
+                     edge (served: {})",
+                    resources::RESOURCES
+                        .iter()
+                        .map(|r| r.plural)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    };
+    let ok = |v: Value| json_response(StatusCode::OK, &v);
+    let not_found = || {
+        failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    };
+    match route {
+        Route::Healthz => super::body::text_response("ok"),
+        Route::Version => ok(version()),
+        Route::ApiVersions => ok(resources::api_versions()),
+        Route::ApiGroups => ok(resources::api_groups()),
+        Route::ApiGroup(g) => resources::api_group(&g).map_or_else(not_found, ok),
+        Route::Resources { group, version } => {
+            resources::resource_list(&group, &version).map_or_else(not_found, ok)
+        }
+        Route::Objects {
+            resource,
+            namespace,
+            name,
+        } => {
+            let query = route::query(req.uri().query());
+            let table = req
+                .headers()
+                .get(ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("as=Table"));
+            objects(api, resource, namespace, name, &query, table).await
+        }
+    }
+}
+
+/// The stored objects of `resource` that `selector` picks, typed, and the list's
+/// resourceVersion.
+pub(crate) async fn read(
+    api: &Api,
+    resource: &Resource,
+    selector: &Selector,
+) -> Result<(Vec<Value>, u64), Response<ApiBody>> {
+    let values = api.store.list_type(resource.stored).await.map_err(|e| {
+        failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!("the edge store cannot be read: {e}"),
+        )
+    })?;
+    let mut revision = api.changes.revision();
+    let mut items = Vec::new();
+    for text in values {
+        let Ok(object) = serde_json::from_str::<Value>(&text) else {
+            tracing::debug!(
+                kind = resource.stored,
+                "stored value is not JSON; not served"
+            );
+            continue;
+        };
+        revision = revision.max(rv_of(&object).unwrap_or(0));
+        if selector.matches(&object) {
+            items.push(resource.typed(object));
+        }
+    }
+    Ok((items, revision))
+}
+
+async fn objects(
+    api: &Api,
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    query: &HashMap<String, String>,
+    table: bool,
+) -> Response<ApiBody> {
+    let selector = match Selector::parse(
+        query.get("labelSelector").map(String::as_str),
+        query.get("fieldSelector").map(String::as_str),
+    ) {
+        Ok(s) => s,
+        Err(why) => return failure(StatusCode::BAD_REQUEST, "BadRequest", &why),
+    };
+    let selector = match &namespace {
+        Some(ns) => selector.in_namespace(ns),
+        None => selector,
+    };
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if watching {
+        let rv = query
+            .get("resourceVersion")
+            .map(String::as_str)
+            .unwrap_or("");
+        let from = match rv {
+            "" => watch::From::Now,
+            "0" => watch::From::Everything,
+            v => match v.parse() {
+                Ok(n) => watch::From::Version(n),
+                Err(_) => {
+                    return failure(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!("resourceVersion {v:?} is not a number"),
+                    );
+                }
+            },
+        };
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return watch::start(
+            api,
+            WatchRequest {
+                resource,
+                selector,
+                from,
+                bookmarks: query
+                    .get("allowWatchBookmarks")
+                    .is_some_and(|b| b == "true"),
+                timeout,
+                table,
+            },
+        )
+        .await;
+    }
+    let (items, revision) = match read(api, resource, &selector).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if let Some(name) = name {
+        let found = items
+            .into_iter()
+            .find(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(name.as_str()));
+        return match found {
+            Some(o) if table => json_response(StatusCode::OK, &as_table(&[o], revision)),
+            Some(o) => json_response(StatusCode::OK, &o),
+            None => {
+                let mut status = super::body::status_object(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{} {name:?} not found", resource.plural),
+                );
+                status["details"] = json!({"name": name, "kind": resource.plural});
+                json_response(StatusCode::NOT_FOUND, &status)
+            }
+        };
+    }
+    if table {
+        return json_response(StatusCode::OK, &as_table(&items, revision));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", resource.kind),
+            "apiVersion": resource.api_version(),
+            "metadata": {"resourceVersion": revision.to_string()},
+            "items": items,
+        }),
+    )
+}
+
+/// The API server's default table (name and age) for resources without their own printer;
+/// each row carries the object's metadata, which kubectl reads for the namespace column.
+pub(crate) fn as_table(items: &[Value], revision: u64) -> Value {
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let meta = o.get("metadata").cloned().unwrap_or_else(|| json!({}));
+            json!({
+                "cells": [
+                    meta.get("name").cloned().unwrap_or(Value::Null),
+                    meta.get("creationTimestamp").cloned().unwrap_or(Value::Null),
+                ],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                },
+            })
+        })
+        .collect();
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": revision.to_string()},
+        "columnDefinitions": [
+            {"name": "Name", "type": "string", "format": "name", "priority": 0,
+             "description": "Name must be unique within a namespace."},
+            {"name": "Created At", "type": "date", "format": "", "priority": 0,
+             "description": "When the object was created."},
+        ],
+        "rows": rows,
+    })
+}

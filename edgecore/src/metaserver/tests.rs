@@ -1,0 +1,381 @@
+//! MetaServer over real HTTP on loopback, with a real store and the change feed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::*;
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    store: Store,
+    changes: Changes,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+fn pod(name: &str, ns: &str, rv: u64, app: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns, "resourceVersion": rv.to_string(),
+                        "labels": {"app": app}, "creationTimestamp": "2026-12-05T00:00:00Z"},
+           "spec": {"nodeName": "edge-1"}})
+}
+
+async fn lab() -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("edgecore.db")).unwrap();
+    store
+        .put_object(
+            "default/pod/web",
+            &pod("web", "default", 10, "web"),
+            Some("10"),
+        )
+        .await
+        .unwrap();
+    store
+        .put_object(
+            "kube-system/pod/dns",
+            &pod("dns", "kube-system", 12, "dns"),
+            Some("12"),
+        )
+        .await
+        .unwrap();
+    store
+        .put_object(
+            "default/configmap/cfg",
+            &json!({"metadata": {"name": "cfg", "namespace": "default", "resourceVersion": "11"}}),
+            Some("11"),
+        )
+        .await
+        .unwrap();
+    let changes = Changes::new();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let server = MetaServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .with_bookmark_interval(Duration::from_millis(200));
+    let addr = server.local_addr();
+    server
+        .spawn(store.clone(), changes.clone(), cancel.clone(), &tracker)
+        .await
+        .unwrap();
+    Lab {
+        _dir: dir,
+        store,
+        changes,
+        addr,
+        cancel,
+        tracker,
+    }
+}
+
+impl Lab {
+    async fn request(&self, method: &str, path: &str, accept: &str) -> Response<Incoming> {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "metaserver")
+            .header("accept", accept)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await.unwrap()
+    }
+
+    /// Status code and JSON body of a whole answer.
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.get_as(path, "application/json").await
+    }
+
+    async fn get_as(&self, path: &str, accept: &str) -> (u16, Value) {
+        let resp = self.request("GET", path, accept).await;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
+            .await
+            .expect("metaserver tasks did not stop");
+        self.store.shutdown().await;
+    }
+}
+
+/// Reads watch events (one JSON object per line) from a streaming answer.
+struct Events {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    fn new(resp: Response<Incoming>) -> Self {
+        Self {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event; `None` when the server ended the watch.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("no watch event within 10 s")?
+                .unwrap();
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+
+    /// The next event that is not a bookmark.
+    async fn next_change(&mut self) -> Option<Value> {
+        loop {
+            let e = self.next().await?;
+            if e["type"] != "BOOKMARK" {
+                return Some(e);
+            }
+        }
+    }
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let mut n: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn discovery_get_and_list_as_kubectl_and_client_go_read_them() {
+    let lab = lab().await;
+    let (code, api) = lab.get("/api").await;
+    assert_eq!((code, api["versions"].clone()), (200, json!(["v1"])));
+    let (_, v1) = lab.get("/api/v1").await;
+    assert!(
+        v1["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "pods" && r["verbs"] == json!(["get", "list", "watch"]))
+    );
+    let (_, groups) = lab.get("/apis").await;
+    assert_eq!(groups["kind"], "APIGroupList");
+    assert_eq!(lab.get("/version").await.1["major"], "1");
+
+    // Every namespace, one namespace, selectors; the list carries the newest version.
+    let (code, all) = lab.get("/api/v1/pods").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (all["kind"].clone(), all["apiVersion"].clone()),
+        (json!("PodList"), json!("v1"))
+    );
+    assert_eq!(names(&all), ["dns", "web"]);
+    assert_eq!(all["metadata"]["resourceVersion"], "12");
+    assert_eq!(all["items"][0]["kind"], "Pod", "items are typed");
+    assert_eq!(
+        names(&lab.get("/api/v1/namespaces/default/pods").await.1),
+        ["web"]
+    );
+    assert_eq!(
+        names(&lab.get("/api/v1/pods?labelSelector=app%3Ddns").await.1),
+        ["dns"]
+    );
+    assert_eq!(
+        names(
+            &lab.get("/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-1,metadata.name!%3Dweb")
+                .await
+                .1
+        ),
+        ["dns"]
+    );
+    let (code, web) = lab.get("/api/v1/namespaces/default/pods/web").await;
+    assert_eq!((code, web["metadata"]["name"].clone()), (200, json!("web")));
+
+    // kubectl's table.
+    let (_, table) = lab
+        .get_as(
+            "/api/v1/namespaces/default/configmaps",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .await;
+    assert_eq!(table["kind"], "Table");
+    assert_eq!(table["rows"][0]["cells"][0], "cfg");
+    assert_eq!(
+        table["rows"][0]["object"]["metadata"]["namespace"],
+        "default"
+    );
+
+    // Errors are Kubernetes Status objects that say what was wrong.
+    let (code, missing) = lab.get("/api/v1/namespaces/default/pods/nope").await;
+    assert_eq!((code, missing["reason"].clone()), (404, json!("NotFound")));
+    assert_eq!(missing["message"], "pods \"nope\" not found");
+    let (code, bad) = lab.get("/api/v1/pods?fieldSelector=spec.image%3Dx").await;
+    assert_eq!((code, bad["kind"].clone()), (400, json!("Status")));
+    assert!(bad["message"].as_str().unwrap().contains("spec.image"));
+    let (code, unknown) = lab.get("/apis/apps/v1/deployments").await;
+    assert_eq!(code, 404);
+    assert!(
+        unknown["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployments.apps")
+    );
+    let resp = lab
+        .request("DELETE", "/api/v1/namespaces/default/pods/web", "*/*")
+        .await;
+    assert_eq!(resp.status().as_u16(), 405);
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn watches_follow_commits_resume_and_refuse_what_is_gone() {
+    let lab = lab().await;
+    // resourceVersion=0: the current objects as ADDED, then the changes.
+    let mut everything = Events::new(
+        lab.request(
+            "GET",
+            "/api/v1/namespaces/default/pods?watch=1&resourceVersion=0",
+            "*/*",
+        )
+        .await,
+    );
+    let first = everything.next_change().await.unwrap();
+    assert_eq!(
+        (
+            first["type"].clone(),
+            first["object"]["metadata"]["name"].clone()
+        ),
+        (json!("ADDED"), json!("web"))
+    );
+    // No resourceVersion: from now on, with bookmarks.
+    let mut live = Events::new(
+        lab.request(
+            "GET",
+            "/api/v1/pods?watch=true&allowWatchBookmarks=true",
+            "*/*",
+        )
+        .await,
+    );
+    let bookmark = live.next().await.unwrap();
+    assert_eq!(bookmark["type"], "BOOKMARK");
+    assert_eq!(bookmark["object"]["metadata"]["resourceVersion"], "12");
+
+    lab.changes.publish(
+        ChangeKind::Modified,
+        "pod",
+        pod("web", "default", 13, "web"),
+    );
+    lab.changes.publish(
+        ChangeKind::Added,
+        "configmap",
+        json!({"metadata": {"name": "x", "namespace": "default", "resourceVersion": "14"}}),
+    );
+    lab.changes.publish(
+        ChangeKind::Deleted,
+        "pod",
+        pod("dns", "kube-system", 15, "dns"),
+    );
+    let e = live.next_change().await.unwrap();
+    assert_eq!(
+        (
+            e["type"].clone(),
+            e["object"]["metadata"]["resourceVersion"].clone()
+        ),
+        (json!("MODIFIED"), json!("13"))
+    );
+    let e = live.next_change().await.unwrap();
+    assert_eq!(
+        (e["type"].clone(), e["object"]["metadata"]["name"].clone()),
+        (json!("DELETED"), json!("dns")),
+        "the configmap is not a pod"
+    );
+    // The namespaced watch sees its namespace only.
+    let e = everything.next_change().await.unwrap();
+    assert_eq!(e["type"], "MODIFIED");
+
+    // Resuming from 13 replays what followed; from before the server's start is too old.
+    let mut resumed = Events::new(
+        lab.request("GET", "/api/v1/pods?watch=1&resourceVersion=13", "*/*")
+            .await,
+    );
+    let e = resumed.next_change().await.unwrap();
+    assert_eq!(
+        (e["type"].clone(), e["object"]["metadata"]["name"].clone()),
+        (json!("DELETED"), json!("dns"))
+    );
+    let mut old = Events::new(
+        lab.request("GET", "/api/v1/pods?watch=1&resourceVersion=3", "*/*")
+            .await,
+    );
+    let e = old.next().await.unwrap();
+    assert_eq!(
+        (e["type"].clone(), e["object"]["code"].clone()),
+        (json!("ERROR"), json!(410))
+    );
+    assert!(old.next().await.is_none(), "the watch ends after the error");
+
+    // timeoutSeconds ends a watch.
+    let mut short = Events::new(
+        lab.request("GET", "/api/v1/pods?watch=1&timeoutSeconds=1", "*/*")
+            .await,
+    );
+    assert!(short.next().await.is_none());
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn a_watcher_that_does_not_read_is_closed_not_buffered() {
+    let lab = lab().await;
+    let mut stuck = Events::new(lab.request("GET", "/api/v1/pods?watch=1", "*/*").await);
+    // Far more than the socket buffers, the client buffer and the feed hold together.
+    let big = "x".repeat(16 * 1024);
+    for rv in 100..1600u64 {
+        let mut p = pod("web", "default", rv, "web");
+        p["metadata"]["annotations"] = json!({"pad": big});
+        lab.changes.publish(ChangeKind::Modified, "pod", p);
+        if rv % 200 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut last = Value::Null;
+    let mut count = 0;
+    while let Some(e) = stuck.next().await {
+        count += 1;
+        last = e;
+    }
+    assert!(
+        count < 1500,
+        "every change was buffered for the slow client ({count})"
+    );
+    assert_eq!(
+        (last["type"].clone(), last["object"]["code"].clone()),
+        (json!("ERROR"), json!(410))
+    );
+    lab.stop().await;
+}
