@@ -192,13 +192,15 @@ class Edge:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(c, f, default_flow_style=False, sort_keys=False)
 
-    def start(self, with_token=True, kubelet=None):
-        """Starts the agent; `kubelet` overrides tailoredKubeletConfig keys."""
-        if not os.path.exists(self.config_path) or with_token or kubelet:
+    def start(self, with_token=True, kubelet=None, meta_server=None):
+        """Starts the agent; `kubelet` overrides tailoredKubeletConfig keys, `meta_server`
+        metaManager.metaServer keys."""
+        if not os.path.exists(self.config_path) or with_token or kubelet or meta_server:
             self.write_config(with_token=with_token)
-        if kubelet:
+        if kubelet or meta_server:
             c = yaml.safe_load(open(self.config_path))
-            c["modules"]["edged"]["tailoredKubeletConfig"].update(kubelet)
+            c["modules"]["edged"]["tailoredKubeletConfig"].update(kubelet or {})
+            c["modules"]["metaManager"]["metaServer"].update(meta_server or {})
             with open(self.config_path, "w") as f:
                 yaml.safe_dump(c, f, default_flow_style=False, sort_keys=False)
         env = dict(os.environ)

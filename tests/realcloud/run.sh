@@ -58,7 +58,15 @@ if ! have_bins; then
 fi
 [ "$(id -u)" = 0 ] || skip "needs root (containerd, mounts); run as root"
 command -v kubectl >/dev/null || skip "no kubectl on PATH (the assertions go through it)"
-apt_install etcd-server haproxy openssl curl python3-yaml libsqlite3-0 iproute2
+apt_install etcd-server haproxy openssl curl python3-yaml python3-venv libsqlite3-0 iproute2
+# The scenarios run in a venv that adds the official Kubernetes Python client (MetaServer's
+# real-client check) to the system's packages; made once, kept beside the lab's state.
+VENV="${REALCLOUD_ROOT:-/tmp/edgecore-rc}/venv"
+[ -x "$VENV/bin/python3" ] || python3 -m venv --system-site-packages "$VENV"
+"$VENV/bin/python3" -c 'import kubernetes' 2>/dev/null || {
+  say "pip install kubernetes (into $VENV)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'kubernetes==31.0.0'
+}
 
 if [ -z "${EDGECORE_BIN:-}" ]; then
   say "building the release edgecore"
@@ -72,7 +80,7 @@ cleanup() {
   if [ "${REALCLOUD_KEEP:-0}" = 1 ]; then
     say "REALCLOUD_KEEP=1: the lab stays up (tests/realcloud/lab.sh down stops it)"
   else
-    python3 "$HERE/scenarios.py" --stop-edges >/dev/null 2>&1 || true
+    "$VENV/bin/python3" "$HERE/scenarios.py" --stop-edges >/dev/null 2>&1 || true
     "$HERE/lab.sh" down || true
   fi
   say "took $(( $(date +%s) - started ))s (exit $rc)"
@@ -86,5 +94,5 @@ if [ "${1:-}" = --fleet ]; then
   ulimit -n 65536 2>/dev/null || true
   $REALCLOUD_SCENARIOS_CMD
 else
-  python3 "$HERE/scenarios.py" "$@"
+  "$VENV/bin/python3" "$HERE/scenarios.py" "$@"
 fi

@@ -17,7 +17,7 @@ import time
 import traceback
 
 import rc
-from rc import Edge, Failed, check, kget, kubectl, wait_for
+from rc import Edge, Failed, check, kget, kubectl, wait_for  # noqa: F401
 
 
 class Report:
@@ -797,6 +797,120 @@ def podbench():
             teardown(e, [], node)
 
 
+# ---------------------------------------------------------------------------------------------
+def metaserver():
+    """MetaServer with real clients: kubectl, and the official Python client's list-then-watch
+    loop (as a reflector: watches that end after 5 s, each resumed from the last
+    resourceVersion), across a VIP move and an offline period."""
+    import threading
+
+    from kubernetes import client, watch
+    from kubernetes.client.rest import ApiException
+
+    s, node, pod, cm = "metaserver", "rc-ms", "rc-ms-app", "rc-ms-cm"
+    port = 10560
+    server = f"http://127.0.0.1:{port}"
+    e = Edge(node)
+    stop = threading.Event()
+    seen, errors, calls = [], [], {"list": 0, "watch": 0}
+    thread = None
+    try:
+        rc.apply(rc.configmap(cm, "v0"))
+        e.start(meta_server={"enable": True, "server": f"127.0.0.1:{port}"})
+        wait_for("Node Ready", 60, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+        rc.apply(rc.app_pod(pod, node, cm=cm))
+        wait_for("pod Running", 90, lambda: rc.pod_running(pod))
+
+        def local(*args):
+            # The lab's kubeconfig is for kube-apiserver: none for MetaServer.
+            return rc.run("kubectl", "--kubeconfig", "/dev/null", "--server", server, *args).stdout
+
+        def kubectl_reads():
+            pods = json.loads(local("get", "pods", "-A", "-o", "json"))
+            mine = [p for p in pods["items"] if p["metadata"]["name"] == pod]
+            check(mine and mine[0]["status"].get("phase") == "Running", f"{pod} not Running in MetaServer's list")
+            got = local("get", "configmap", cm, "-o", "jsonpath={.data.greeting}")
+            check(got == "v0", f"configmap greeting {got!r}")
+            table = local("get", "pods", "-n", "default", "--field-selector", f"spec.nodeName={node}")
+            check(pod in table, f"kubectl's table: {table!r}")
+            return f"{len(pods['items'])} pods listed; get, jsonpath, field selector, table"
+        step(s, "kubectl get/list through MetaServer", wait_for, "the pod in MetaServer", 30, kubectl_reads)
+
+        cfg = client.Configuration()
+        cfg.host = server
+        api = client.CoreV1Api(client.ApiClient(cfg))
+        listed = api.list_namespaced_config_map("default")
+        calls["list"] += 1
+        start_rv = listed.metadata.resource_version
+
+        def reflect():
+            rv = start_rv
+            while not stop.is_set():
+                calls["watch"] += 1
+                try:
+                    for ev in watch.Watch().stream(api.list_namespaced_config_map, "default",
+                                                   resource_version=rv, timeout_seconds=5):
+                        o = ev["object"]
+                        rv = o.metadata.resource_version
+                        if o.metadata.name == cm:
+                            seen.append((ev["type"], (o.data or {}).get("greeting")))
+                except ApiException as x:
+                    errors.append(x.status)
+                    return
+                except Exception as x:  # the connection itself
+                    errors.append(repr(x))
+                    return
+        thread = threading.Thread(target=reflect, daemon=True)
+        thread.start()
+
+        def arrives(value, within=60):
+            rc.patch_cm(cm, "greeting", value)
+            try:
+                wait_for(f"the watch to see {value}", within, lambda: ("MODIFIED", value) in seen)
+            except Failed as x:
+                stored = rc.stored_data(e, f"default/configmap/{cm}", "greeting")
+                raise Failed(f"{x}; events {seen}, errors {errors}, watches {calls['watch']}, "
+                             f"edge store has {stored!r}") from None
+            return f"seen after {calls['watch']} watch requests"
+        step(s, "a cloud change reaches the Python client's watch", arrives, "p1")
+        rc.lab("vip", "b")
+        wait_for("session on replica b", 60, lambda: rc.lab("replica") == "b")
+        step(s, "after a VIP move", arrives, "p2")
+
+        rc.lab("vip", "none")
+        wait_for("the edge to notice the cloud is gone", 30, lambda: "session lost" in e.log())
+        rc.patch_cm(cm, "greeting", "p3")
+        watches = calls["watch"]
+
+        def serves_offline():
+            got = local("get", "configmap", cm, "-o", "jsonpath={.data.greeting}")
+            check(got == "p2", f"offline read {got!r}")
+            time.sleep(11)
+            check(calls["watch"] >= watches + 2, f"watches {watches} -> {calls['watch']}")
+            check(not errors, f"watch errors {errors}")
+            return f"reads answered and watches resumed ({calls['watch'] - watches} while offline)"
+        step(s, "offline: MetaServer answers and the watch keeps resuming", serves_offline)
+        rc.lab("vip", "auto")
+        step(s, "the change made offline reaches the watch after reconnect", wait_for,
+             "p3 in the watch", 90, lambda: ("MODIFIED", "p3") in seen)
+
+        def no_relist():
+            check(calls["list"] == 1 and not errors, f"lists {calls['list']}, errors {errors}")
+            values = [v for t, v in seen if t == "MODIFIED"]
+            check(values == ["p1", "p2", "p3"], f"changes seen {values}")
+            return f"1 list, {calls['watch']} watches, each change seen once"
+        step(s, "one list, every change once, no 410", no_relist)
+        check(e.alive(), "edgecore exited")
+    finally:
+        stop.set()
+        try:
+            rc.lab("vip", "auto")
+        finally:
+            if thread:
+                thread.join(timeout=10)
+            teardown(e, [pod], node)
+
+
 BENCHMARKS = {"podbench": podbench}
 
 SCENARIOS = {
@@ -807,6 +921,7 @@ SCENARIOS = {
     "offline": offline,
     "shared-db": shared_db,
     "compare": compare,
+    "metaserver": metaserver,
 }
 
 

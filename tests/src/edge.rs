@@ -47,6 +47,8 @@ pub struct EdgeOptions {
     pub data_source: Option<PathBuf>,
     /// Extra environment for the process (e.g. `LD_PRELOAD` of libfaketime).
     pub env: Vec<(String, String)>,
+    /// `modules.metaManager.metaServer.server` with MetaServer enabled; off when `None`.
+    pub meta_server: Option<String>,
 }
 
 /// `modules.edged` when enabled: where the runtime is and where pods leave files.
@@ -100,6 +102,7 @@ impl EdgeOptions {
             edged: None,
             data_source: None,
             env: Vec::new(),
+            meta_server: None,
         }
     }
 
@@ -184,10 +187,17 @@ modules:
       backoffMaxMs: {bm}
   metaManager:
     enable: true
-  health:
+{meta_server}  health:
     enable: true
     address: 127.0.0.1:0
 {edged}",
+            meta_server = self
+                .meta_server
+                .as_ref()
+                .map_or(String::new(), |addr| format!(
+                    "    metaServer:\n      enable: true\n      server: {}\n",
+                    serde_json::to_string(addr).unwrap_or_default()
+                )),
             db = q(&self.db_path()),
             heartbeat = self.heartbeat,
             qps = self.message_qps,

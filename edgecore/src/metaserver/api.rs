@@ -44,6 +44,12 @@ fn version() -> Value {
     })
 }
 
+/// A query flag as the API server reads it (Go's `strconv.ParseBool`): the Python client
+/// sends `watch=True`.
+fn truthy(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
 /// The answer to `req`.
 pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> {
     if req.method() != Method::GET {
@@ -174,7 +180,7 @@ async fn objects(
         Some(ns) => selector.in_namespace(ns),
         None => selector,
     };
-    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let watching = query.get("watch").is_some_and(|w| truthy(w));
     if watching {
         let rv = query
             .get("resourceVersion")
@@ -204,9 +210,7 @@ async fn objects(
                 resource,
                 selector,
                 from,
-                bookmarks: query
-                    .get("allowWatchBookmarks")
-                    .is_some_and(|b| b == "true"),
+                bookmarks: query.get("allowWatchBookmarks").is_some_and(|b| truthy(b)),
                 timeout,
                 table,
             },

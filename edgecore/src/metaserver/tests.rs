@@ -277,7 +277,7 @@ async fn watches_follow_commits_resume_and_refuse_what_is_gone() {
     let mut live = Events::new(
         lab.request(
             "GET",
-            "/api/v1/pods?watch=true&allowWatchBookmarks=true",
+            "/api/v1/pods?watch=True&allowWatchBookmarks=true",
             "*/*",
         )
         .await,
