@@ -13,6 +13,7 @@
 mod api;
 mod body;
 mod changes;
+mod head;
 mod resources;
 mod route;
 mod selector;
@@ -34,7 +35,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub(crate) use changes::rv_of;
 pub use changes::{ChangeKind, Changes};
 
 use crate::store::Store;
@@ -113,8 +113,8 @@ impl MetaServer {
                 .await
                 .map_err(MetaServerError::Store)?
             {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                    newest = newest.max(rv_of(&v).unwrap_or(0));
+                if let Some(head) = head::Head::parse(&text) {
+                    newest = newest.max(head.resource_version().unwrap_or(0));
                 }
             }
         }

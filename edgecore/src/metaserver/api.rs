@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::body::{ApiBody, failure, json_response};
-use super::changes::{Changes, rv_of};
+use super::body::{ApiBody, failure, json_response, text_json_response};
+use super::changes::Changes;
+use super::head::Head;
 use super::resources::{self, Resource};
 use super::route::{self, Route, Unknown};
 use super::selector::Selector;
@@ -129,13 +130,13 @@ pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> 
     }
 }
 
-/// The stored objects of `resource` that `selector` picks, typed, and the list's
-/// resourceVersion.
-pub(crate) async fn read(
+/// The stored text of the objects of `resource` that `selector` picks, and the list's
+/// resourceVersion (the newest stored or published). Only each object's head is parsed.
+pub(crate) async fn select(
     api: &Api,
     resource: &Resource,
     selector: &Selector,
-) -> Result<(Vec<Value>, u64), Response<ApiBody>> {
+) -> Result<(Vec<String>, u64), Response<ApiBody>> {
     let values = api.store.list_type(resource.stored).await.map_err(|e| {
         failure(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -146,19 +147,58 @@ pub(crate) async fn read(
     let mut revision = api.changes.revision();
     let mut items = Vec::new();
     for text in values {
-        let Ok(object) = serde_json::from_str::<Value>(&text) else {
-            tracing::debug!(
-                kind = resource.stored,
-                "stored value is not JSON; not served"
-            );
-            continue;
+        let keep = match Head::parse(&text) {
+            Some(head) => {
+                revision = revision.max(head.resource_version().unwrap_or(0));
+                selector.matches(&head)
+            }
+            None => {
+                tracing::debug!(
+                    kind = resource.stored,
+                    "stored value is not a JSON object; not served"
+                );
+                false
+            }
         };
-        revision = revision.max(rv_of(&object).unwrap_or(0));
-        if selector.matches(&object) {
-            items.push(resource.typed(object));
+        if keep {
+            items.push(text);
         }
     }
     Ok((items, revision))
+}
+
+/// Selected stored texts as typed objects (a get, a table, a watch's first events).
+pub(crate) fn parsed(resource: &Resource, texts: Vec<String>) -> Vec<Value> {
+    texts
+        .into_iter()
+        .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+        .map(|v| resource.typed(v))
+        .collect()
+}
+
+/// The list document, spliced from the stored texts.
+fn list_json(resource: &Resource, texts: &[String], revision: u64) -> String {
+    let api_version = resource.api_version();
+    let mut out = String::with_capacity(texts.iter().map(|t| t.len() + 48).sum::<usize>() + 160);
+    out.push_str("{\"apiVersion\":");
+    out.push_str(&Value::from(api_version.as_str()).to_string());
+    out.push_str(",\"items\":[");
+    let mut first = true;
+    for text in texts {
+        let Some(head) = Head::parse(text) else {
+            continue;
+        };
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        head.write_typed(text, resource.kind, &api_version, &mut out);
+    }
+    out.push_str(&format!(
+        "],\"kind\":\"{}List\",\"metadata\":{{\"resourceVersion\":\"{revision}\"}}}}\n",
+        resource.kind
+    ));
+    out
 }
 
 async fn objects(
@@ -217,15 +257,16 @@ async fn objects(
         )
         .await;
     }
-    let (items, revision) = match read(api, resource, &selector).await {
+    let selector = match &name {
+        Some(name) => selector.named(name),
+        None => selector,
+    };
+    let (texts, revision) = match select(api, resource, &selector).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     if let Some(name) = name {
-        let found = items
-            .into_iter()
-            .find(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(name.as_str()));
-        return match found {
+        return match parsed(resource, texts).into_iter().next() {
             Some(o) if table => json_response(StatusCode::OK, &as_table(&[o], revision)),
             Some(o) => json_response(StatusCode::OK, &o),
             None => {
@@ -240,17 +281,10 @@ async fn objects(
         };
     }
     if table {
+        let items = parsed(resource, texts);
         return json_response(StatusCode::OK, &as_table(&items, revision));
     }
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", resource.kind),
-            "apiVersion": resource.api_version(),
-            "metadata": {"resourceVersion": revision.to_string()},
-            "items": items,
-        }),
-    )
+    text_json_response(StatusCode::OK, list_json(resource, &texts, revision))
 }
 
 /// The API server's default table (name and age) for resources without their own printer;

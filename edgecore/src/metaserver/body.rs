@@ -34,6 +34,11 @@ impl Body for ChannelBody {
 pub(crate) fn json_response(code: StatusCode, value: &Value) -> Response<ApiBody> {
     let mut text = value.to_string();
     text.push('\n');
+    text_json_response(code, text)
+}
+
+/// JSON text, already written, as the answer with `code`.
+pub(crate) fn text_json_response(code: StatusCode, text: String) -> Response<ApiBody> {
     let mut resp = Response::new(BoxBody::new(Full::new(Bytes::from(text))));
     *resp.status_mut() = code;
     resp.headers_mut().insert(

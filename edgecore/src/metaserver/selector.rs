@@ -158,9 +158,18 @@ impl Selector {
         self
     }
 
-    pub(crate) fn matches(&self, object: &Value) -> bool {
-        let labels = object.pointer("/metadata/labels");
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    /// Adds `metadata.name=<name>` (a get).
+    pub(crate) fn named(mut self, name: &str) -> Self {
+        self.fields.push(Field {
+            pointer: "/metadata/name",
+            value: name.to_owned(),
+            negated: false,
+        });
+        self
+    }
+
+    pub(crate) fn matches(&self, object: &impl Fields) -> bool {
+        let get = |k: &str| object.label(k);
         let labels_ok = self.labels.iter().all(|r| match r {
             Label::Equals(k, v) => get(k) == Some(v.as_str()),
             Label::NotEquals(k, v) => get(k) != Some(v.as_str()),
@@ -171,12 +180,29 @@ impl Selector {
         });
         labels_ok
             && self.fields.iter().all(|f| {
-                let have = object
-                    .pointer(f.pointer)
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let have = object.field(f.pointer).unwrap_or("");
                 (have == f.value) != f.negated
             })
+    }
+}
+
+/// What a selector reads of an object.
+pub(crate) trait Fields {
+    /// The string at a JSON pointer of `FIELDS`.
+    fn field(&self, pointer: &str) -> Option<&str>;
+    /// A label's value.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl Fields for Value {
+    fn field(&self, pointer: &str) -> Option<&str> {
+        self.pointer(pointer).and_then(Value::as_str)
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.pointer("/metadata/labels")
+            .and_then(|l| l.get(key))
+            .and_then(Value::as_str)
     }
 }
 

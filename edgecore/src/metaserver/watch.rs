@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::api::{Api, as_table, read};
+use super::api::{Api, as_table, parsed, select};
 use super::body::{ApiBody, ChannelBody, status_object};
 use super::changes::{Change, ChangeKind, TooOld};
 use super::resources::Resource;
@@ -128,11 +128,16 @@ async fn run(api: Api, w: Watcher) {
     let mut seen = sub.seq;
     let mut revision = sub.revision;
     match w.req.from {
-        From::Everything => match read(&api, w.req.resource, &w.req.selector).await {
-            Ok((items, listed)) => {
+        From::Everything => match select(&api, w.req.resource, &w.req.selector).await {
+            Ok((texts, listed)) => {
                 revision = revision.max(listed);
-                for item in items {
-                    if !w.send(ChangeKind::Added.as_str(), w.object(&item)).await {
+                for item in parsed(w.req.resource, texts) {
+                    let object = if w.req.table {
+                        as_table(std::slice::from_ref(&item), 0)
+                    } else {
+                        item
+                    };
+                    if !w.send(ChangeKind::Added.as_str(), object).await {
                         return;
                     }
                 }
