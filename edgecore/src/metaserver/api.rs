@@ -265,6 +265,9 @@ async fn objects(
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    if let Err(resp) = version_served(query, revision) {
+        return resp;
+    }
     if let Some(name) = name {
         return match parsed(resource, texts).into_iter().next() {
             Some(o) if table => json_response(StatusCode::OK, &as_table(&[o], revision)),
@@ -285,6 +288,58 @@ async fn objects(
         return json_response(StatusCode::OK, &as_table(&items, revision));
     }
     text_json_response(StatusCode::OK, list_json(resource, &texts, revision))
+}
+
+/// Whether the store's state (at `revision`) is what `resourceVersion` and
+/// `resourceVersionMatch` ask for; the store keeps no history, so only its current state can
+/// be served.
+fn version_served(query: &HashMap<String, String>, revision: u64) -> Result<(), Response<ApiBody>> {
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
+    let rvm = query
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .unwrap_or("");
+    let bad = |why: String| Err(failure(StatusCode::BAD_REQUEST, "BadRequest", &why));
+    if rv.is_empty() || rv == "0" {
+        return match rvm {
+            "" | "NotOlderThan" if rv == "0" || rvm.is_empty() => Ok(()),
+            "" | "NotOlderThan" | "Exact" => bad(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided".to_owned(),
+            ),
+            other => bad(format!(
+                "resourceVersionMatch {other:?} is not supported (Exact or NotOlderThan)"
+            )),
+        };
+    }
+    let Ok(asked) = rv.parse::<u64>() else {
+        return bad(format!("resourceVersion {rv:?} is not a number"));
+    };
+    let too_large = || {
+        Err(failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            &format!("Too large resource version: {asked}, current: {revision}"),
+        ))
+    };
+    match rvm {
+        "Exact" if asked == revision => Ok(()),
+        "Exact" if asked < revision => Err(failure(
+            StatusCode::GONE,
+            "Expired",
+            &format!(
+                "too old resource version: {asked} ({revision}); the edge keeps only the current state"
+            ),
+        )),
+        "Exact" => too_large(),
+        "" | "NotOlderThan" if asked <= revision => Ok(()),
+        "" | "NotOlderThan" => too_large(),
+        other => bad(format!(
+            "resourceVersionMatch {other:?} is not supported (Exact or NotOlderThan)"
+        )),
+    }
 }
 
 /// The API server's default table (name and age) for resources without their own printer;

@@ -246,6 +246,22 @@ async fn discovery_get_and_list_as_kubectl_and_client_go_read_them() {
             .unwrap()
             .contains("deployments.apps")
     );
+    // resourceVersion and resourceVersionMatch: only the current state (12) can be served.
+    for (query, want) in [
+        ("resourceVersion=0", 200),
+        ("resourceVersion=12&resourceVersionMatch=Exact", 200),
+        ("resourceVersion=11&resourceVersionMatch=Exact", 410),
+        ("resourceVersion=13&resourceVersionMatch=Exact", 504),
+        ("resourceVersion=5", 200),
+        ("resourceVersion=5&resourceVersionMatch=NotOlderThan", 200),
+        ("resourceVersion=99&resourceVersionMatch=NotOlderThan", 504),
+        ("resourceVersionMatch=Exact", 400),
+        ("resourceVersion=5&resourceVersionMatch=Newest", 400),
+        ("resourceVersion=abc", 400),
+    ] {
+        let (code, _) = lab.get(&format!("/api/v1/pods?{query}")).await;
+        assert_eq!(code, want, "{query}");
+    }
     let resp = lab
         .request("DELETE", "/api/v1/namespaces/default/pods/web", "*/*")
         .await;
