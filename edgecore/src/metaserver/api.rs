@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::body::{ApiBody, failure, json_response, text_json_response};
+use super::body::{ApiBody, ApiError, failure, json_response, text_json_response};
 use super::changes::Changes;
 use super::head::Head;
 use super::resources::{self, Resource};
@@ -136,12 +136,12 @@ pub(crate) async fn select(
     api: &Api,
     resource: &Resource,
     selector: &Selector,
-) -> Result<(Vec<String>, u64), Response<ApiBody>> {
+) -> Result<(Vec<String>, u64), ApiError> {
     let values = api.store.list_type(resource.stored).await.map_err(|e| {
-        failure(
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
-            &format!("the edge store cannot be read: {e}"),
+            format!("the edge store cannot be read: {e}"),
         )
     })?;
     let mut revision = api.changes.revision();
@@ -263,10 +263,10 @@ async fn objects(
     };
     let (texts, revision) = match select(api, resource, &selector).await {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.response(),
     };
-    if let Err(resp) = version_served(query, revision) {
-        return resp;
+    if let Err(e) = version_served(query, revision) {
+        return e.response();
     }
     if let Some(name) = name {
         return match parsed(resource, texts).into_iter().next() {
@@ -293,7 +293,7 @@ async fn objects(
 /// Whether the store's state (at `revision`) is what `resourceVersion` and
 /// `resourceVersionMatch` ask for; the store keeps no history, so only its current state can
 /// be served.
-fn version_served(query: &HashMap<String, String>, revision: u64) -> Result<(), Response<ApiBody>> {
+fn version_served(query: &HashMap<String, String>, revision: u64) -> Result<(), ApiError> {
     let rv = query
         .get("resourceVersion")
         .map(String::as_str)
@@ -302,13 +302,13 @@ fn version_served(query: &HashMap<String, String>, revision: u64) -> Result<(), 
         .get("resourceVersionMatch")
         .map(String::as_str)
         .unwrap_or("");
-    let bad = |why: String| Err(failure(StatusCode::BAD_REQUEST, "BadRequest", &why));
+    let bad = |why: String| Err(ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", why));
     if rv.is_empty() || rv == "0" {
         return match rvm {
             "" | "NotOlderThan" if rv == "0" || rvm.is_empty() => Ok(()),
-            "" | "NotOlderThan" | "Exact" => bad(
-                "resourceVersionMatch is forbidden unless resourceVersion is provided".to_owned(),
-            ),
+            "" | "NotOlderThan" | "Exact" => bad(format!(
+                "resourceVersionMatch={rvm} is forbidden with resourceVersion {rv:?}"
+            )),
             other => bad(format!(
                 "resourceVersionMatch {other:?} is not supported (Exact or NotOlderThan)"
             )),
@@ -318,18 +318,18 @@ fn version_served(query: &HashMap<String, String>, revision: u64) -> Result<(), 
         return bad(format!("resourceVersion {rv:?} is not a number"));
     };
     let too_large = || {
-        Err(failure(
+        Err(ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "Timeout",
-            &format!("Too large resource version: {asked}, current: {revision}"),
+            format!("Too large resource version: {asked}, current: {revision}"),
         ))
     };
     match rvm {
         "Exact" if asked == revision => Ok(()),
-        "Exact" if asked < revision => Err(failure(
+        "Exact" if asked < revision => Err(ApiError::new(
             StatusCode::GONE,
             "Expired",
-            &format!(
+            format!(
                 "too old resource version: {asked} ({revision}); the edge keeps only the current state"
             ),
         )),

@@ -79,3 +79,25 @@ pub(crate) fn text_response(text: &'static str) -> Response<ApiBody> {
     );
     resp
 }
+
+/// A failure to answer as a `Status`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) code: StatusCode,
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn response(&self) -> Response<ApiBody> {
+        failure(self.code, self.reason, &self.message)
+    }
+}

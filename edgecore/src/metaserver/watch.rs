@@ -142,13 +142,8 @@ async fn run(api: Api, w: Watcher) {
                     }
                 }
             }
-            Err(_) => {
-                w.error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    "the edge store cannot be read",
-                )
-                .await;
+            Err(e) => {
+                w.error(e.code, e.reason, &e.message).await;
                 return;
             }
         },
