@@ -26,7 +26,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -47,8 +47,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Time a connection gets to finish its response after shutdown or its lifetime.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often [`follow_link`] copies the hub's counters between link transitions.
 const STATS_REFRESH: Duration = Duration::from_secs(1);
 
@@ -221,7 +219,20 @@ impl HealthServer {
             runtime,
         });
         tracing::info!(addr = %self.local_addr, "health endpoint listening");
-        tracker.spawn(accept_loop(self.listener, shared, cancel, tracker.clone()).instrument(span));
+        let serving = cancel.clone();
+        tracker.spawn(
+            crate::accept::accept_loop(
+                self.listener,
+                MAX_CONNECTIONS,
+                "health",
+                cancel,
+                tracker.clone(),
+                move |stream, permit| {
+                    serve_connection(stream, Arc::clone(&shared), serving.clone(), permit)
+                },
+            )
+            .instrument(span),
+        );
     }
 }
 
@@ -230,50 +241,6 @@ struct Shared {
     ready: watch::Receiver<ReadyState>,
     /// The container runtime's state; `None` without edged.
     runtime: watch::Receiver<Option<RuntimeState>>,
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                // The semaphore is never closed.
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let span = tracing::debug_span!("conn", %peer);
-                tracker.spawn(
-                    serve_connection(stream, Arc::clone(&shared), cancel.clone(), permit)
-                        .instrument(span),
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a health connection failed");
-                drop(permit);
-                tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
-                }
-            }
-        }
-    }
-    tracing::debug!("health endpoint stopped accepting");
 }
 
 async fn serve_connection(

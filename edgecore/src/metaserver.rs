@@ -30,7 +30,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -43,8 +43,6 @@ use crate::store::Store;
 const MAX_CONNECTIONS: usize = 256;
 /// Time for a client to send a complete request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed accept so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// How often a watch that asked for them gets a bookmark.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 
@@ -128,45 +126,19 @@ impl MetaServer {
         });
         let span = tracing::info_span!("metaserver", addr = %self.local_addr);
         tracing::info!(addr = %self.local_addr, revision = newest, "metaserver listening (reads only)");
-        tracker.spawn(accept_loop(self.listener, api, cancel, tracker.clone()).instrument(span));
+        let serving = cancel.clone();
+        tracker.spawn(
+            crate::accept::accept_loop(
+                self.listener,
+                MAX_CONNECTIONS,
+                "metaserver",
+                cancel,
+                tracker.clone(),
+                move |stream, permit| serve(stream, Arc::clone(&api), serving.clone(), permit),
+            )
+            .instrument(span),
+        );
         Ok(())
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    api: Arc<api::Api>,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            biased;
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let span = tracing::debug_span!("conn", %peer);
-                tracker.spawn(
-                    serve(stream, Arc::clone(&api), cancel.clone(), permit).instrument(span),
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a metaserver connection failed");
-                drop(permit);
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
     }
 }
 

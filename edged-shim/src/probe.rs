@@ -593,6 +593,24 @@ mod tests {
 
     /// An HTTP server answering each request with the status its path names (`/200`), and
     /// recording the request heads.
+    /// Reads one request and answers with the status code its path names (`/503`); the
+    /// request head.
+    async fn answer_with_path_code(
+        s: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    ) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.trim_start_matches('/').parse::<u16>().ok())
+            .unwrap_or(404);
+        let reply = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
+        let _ = s.write_all(reply.as_bytes()).await;
+        head
+    }
+
     async fn http_server() -> (u16, Arc<Mutex<Vec<String>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -600,17 +618,8 @@ mod tests {
         let log = seen.clone();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let mut buf = vec![0u8; 4096];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let code = head
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.trim_start_matches('/').parse::<u16>().ok())
-                    .unwrap_or(404);
+                let head = answer_with_path_code(&mut s).await;
                 log.lock().unwrap().push(head);
-                let reply = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
-                let _ = s.write_all(reply.as_bytes()).await;
             }
         });
         (port, seen)
@@ -690,16 +699,7 @@ mod tests {
                 let Ok(mut s) = acceptor.accept(s).await else {
                     continue;
                 };
-                let mut buf = vec![0u8; 4096];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let code = head
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|p| p.trim_start_matches('/').parse::<u16>().ok())
-                    .unwrap_or(404);
-                let reply = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
-                let _ = s.write_all(reply.as_bytes()).await;
+                answer_with_path_code(&mut s).await;
                 let _ = s.shutdown().await;
             }
         });

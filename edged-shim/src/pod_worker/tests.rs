@@ -142,6 +142,23 @@ impl Harness {
         found
     }
 
+    /// Waits until the runtime state satisfies `pred`.
+    async fn runtime_state(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&RuntimeState) -> bool,
+    ) {
+        let wait = async {
+            while !pred(&self.state.borrow_and_update()) {
+                self.state.changed().await.unwrap();
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .unwrap_or_else(|_| panic!("the runtime state never went {what}"));
+    }
+
     async fn stop(self) {
         self.cancel.cancel();
         self.task.await.unwrap();
@@ -1548,28 +1565,19 @@ async fn a_slow_graceful_stop_does_not_hold_up_other_pods() {
 #[tokio::test(start_paused = true)]
 async fn the_runtime_is_checked_with_no_pods() {
     let mut h = Harness::start(FakeRuntime::with_images(&[APP]));
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !matches!(*h.state.borrow_and_update(), RuntimeState::Up { .. }) {
-            h.state.changed().await.unwrap();
-        }
+    h.runtime_state("up", Duration::from_secs(10), |s| {
+        matches!(s, RuntimeState::Up { .. })
     })
-    .await
-    .expect("the runtime's state never went up");
+    .await;
     h.rt.state().down = true;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !matches!(*h.state.borrow_and_update(), RuntimeState::Down { .. }) {
-            h.state.changed().await.unwrap();
-        }
+    h.runtime_state("down", Duration::from_secs(10), |s| {
+        matches!(s, RuntimeState::Down { .. })
     })
-    .await
-    .expect("the runtime going away was not noticed");
+    .await;
     h.rt.state().down = false;
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while !matches!(*h.state.borrow_and_update(), RuntimeState::Up { .. }) {
-            h.state.changed().await.unwrap();
-        }
+    h.runtime_state("up again", Duration::from_secs(60), |s| {
+        matches!(s, RuntimeState::Up { .. })
     })
-    .await
-    .expect("the runtime coming back was not noticed");
+    .await;
     h.stop().await;
 }
