@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use super::body::{ApiBody, ApiError, failure, json_response, text_json_response};
 use super::changes::Changes;
-use super::head::Head;
+use super::head::{Head, Stored};
 use super::resources::{self, Resource};
 use super::route::{self, Route, Unknown};
 use super::selector::Selector;
@@ -136,7 +136,7 @@ pub(crate) async fn select(
     api: &Api,
     resource: &Resource,
     selector: &Selector,
-) -> Result<(Vec<String>, u64), ApiError> {
+) -> Result<(Vec<Stored>, u64), ApiError> {
     let values = api.store.list_type(resource.stored).await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -147,52 +147,48 @@ pub(crate) async fn select(
     let mut revision = api.changes.revision();
     let mut items = Vec::new();
     for text in values {
-        let keep = match Head::parse(&text) {
+        let typing = match Head::parse(&text) {
             Some(head) => {
                 revision = revision.max(head.resource_version().unwrap_or(0));
-                selector.matches(&head)
+                selector.matches(&head).then(|| head.typing())
             }
             None => {
                 tracing::debug!(
                     kind = resource.stored,
                     "stored value is not a JSON object; not served"
                 );
-                false
+                None
             }
         };
-        if keep {
-            items.push(text);
+        if let Some(typing) = typing {
+            items.push(Stored { text, typing });
         }
     }
     Ok((items, revision))
 }
 
-/// Selected stored texts as typed objects (a get, a table, a watch's first events).
-pub(crate) fn parsed(resource: &Resource, texts: Vec<String>) -> Vec<Value> {
-    texts
+/// Selected stored objects as typed objects (a get, a table, a watch's first events).
+pub(crate) fn parsed(resource: &Resource, picked: Vec<Stored>) -> Vec<Value> {
+    picked
         .into_iter()
-        .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
+        .filter_map(|s| serde_json::from_str::<Value>(&s.text).ok())
         .map(|v| resource.typed(v))
         .collect()
 }
 
 /// The list document, spliced from the stored texts.
-fn list_json(resource: &Resource, texts: &[String], revision: u64) -> String {
+fn list_json(resource: &Resource, picked: &[Stored], revision: u64) -> String {
     let api_version = resource.api_version();
-    let mut out = String::with_capacity(texts.iter().map(|t| t.len() + 48).sum::<usize>() + 160);
+    let mut out =
+        String::with_capacity(picked.iter().map(|s| s.text.len() + 48).sum::<usize>() + 160);
     out.push_str("{\"apiVersion\":");
     out.push_str(&Value::from(api_version.as_str()).to_string());
     out.push_str(",\"items\":[");
-    let mut first = true;
-    for text in texts {
-        let Some(head) = Head::parse(text) else {
-            continue;
-        };
-        if !first {
+    for (i, stored) in picked.iter().enumerate() {
+        if i > 0 {
             out.push(',');
         }
-        first = false;
-        head.write_typed(text, resource.kind, &api_version, &mut out);
+        stored.write_typed(resource.kind, &api_version, &mut out);
     }
     out.push_str(&format!(
         "],\"kind\":\"{}List\",\"metadata\":{{\"resourceVersion\":\"{revision}\"}}}}\n",

@@ -81,17 +81,41 @@ impl<'a> Head<'a> {
         self.metadata.resource_version.as_deref()?.parse().ok()
     }
 
-    /// Writes `text` (this head's object) into `out` with `kind` and `apiVersion` set, adding
-    /// only the ones it lacks (no key twice).
-    pub(crate) fn write_typed(&self, text: &str, kind: &str, api_version: &str, out: &mut String) {
+    /// Which of `apiVersion` and `kind` the object has.
+    pub(crate) fn typing(&self) -> Typing {
+        Typing {
+            api_version: self.api_version.is_some(),
+            kind: self.kind.is_some(),
+        }
+    }
+}
+
+/// Which of `apiVersion` and `kind` a stored object has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Typing {
+    api_version: bool,
+    kind: bool,
+}
+
+/// A stored object picked for an answer: its text as stored, and what its head said.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) text: String,
+    pub(crate) typing: Typing,
+}
+
+impl Stored {
+    /// Writes the object into `out` with `kind` and `apiVersion` set, adding only the ones it
+    /// lacks (no key twice).
+    pub(crate) fn write_typed(&self, kind: &str, api_version: &str, out: &mut String) {
         let mut missing = Vec::new();
-        if self.api_version.is_none() {
+        if !self.typing.api_version {
             missing.push(format!("\"apiVersion\":{}", json_str(api_version)));
         }
-        if self.kind.is_none() {
+        if !self.typing.kind {
             missing.push(format!("\"kind\":{}", json_str(kind)));
         }
-        let body = text.trim();
+        let body = self.text.trim();
         match body.strip_prefix('{') {
             Some(rest) if !missing.is_empty() => {
                 out.push('{');
@@ -132,6 +156,13 @@ mod tests {
 
     use super::*;
 
+    fn stored(text: &str) -> Stored {
+        Stored {
+            text: text.to_owned(),
+            typing: Head::parse(text).unwrap().typing(),
+        }
+    }
+
     #[test]
     fn the_head_reads_what_selectors_need_and_typing_adds_no_key_twice() {
         let text = r#"{"metadata":{"labels":{"app":"we\"b"},"name":"web","namespace":"default","resourceVersion":"42"},"spec":{"nodeName":"n1"},"status":{"phase":"Running"}}"#;
@@ -141,7 +172,7 @@ mod tests {
         assert_eq!(h.field("/status/phase"), Some("Running"));
         assert_eq!(h.label("app"), Some("we\"b"), "escaped text is read too");
         let mut out = String::new();
-        h.write_typed(text, "Pod", "v1", &mut out);
+        stored(text).write_typed("Pod", "v1", &mut out);
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
             (v["kind"].clone(), v["apiVersion"].clone()),
@@ -152,23 +183,20 @@ mod tests {
         // Already typed: written as stored. Odd `status`/`spec` shapes do not stop the read.
         let typed = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"},"status":"x","spec":[1]}"#;
         let h = Head::parse(typed).unwrap();
+        assert!(h.field("/spec/nodeName").is_none());
         let mut out = String::new();
-        h.write_typed(typed, "Secret", "v1", &mut out);
+        stored(typed).write_typed("Secret", "v1", &mut out);
         assert_eq!(out, typed);
         // Half typed, and empty.
         let half = r#"{"kind":"Lease"}"#;
         let mut out = String::new();
-        Head::parse(half)
-            .unwrap()
-            .write_typed(half, "Lease", "coordination.k8s.io/v1", &mut out);
+        stored(half).write_typed("Lease", "coordination.k8s.io/v1", &mut out);
         assert_eq!(
             out,
             r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease"}"#
         );
         let mut out = String::new();
-        Head::parse("{}")
-            .unwrap()
-            .write_typed("{}", "Pod", "v1", &mut out);
+        stored("{}").write_typed("Pod", "v1", &mut out);
         assert_eq!(out, r#"{"apiVersion":"v1","kind":"Pod"}"#);
         assert!(Head::parse("[1]").is_none());
     }
