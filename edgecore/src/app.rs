@@ -120,6 +120,7 @@ pub async fn run(
     }
     let node_name = config.modules.edged.hostname_override.clone();
 
+    let mut trim_link = None;
     let mut offline_inbound = None;
     let mut offline_ready = None;
     let meta = if config.modules.edge_hub.enable {
@@ -174,6 +175,7 @@ pub async fn run(
             cancel.child_token(),
             &tracker,
         );
+        trim_link = Some(hub.link());
         let stats = hub.clone();
         tracker.spawn(
             follow_link(
@@ -223,6 +225,10 @@ pub async fn run(
             .instrument(tracing::info_span!("runtime_readiness")),
         );
     }
+    tracker.spawn(
+        crate::trim::after_startup(trim_link, cancel.child_token())
+            .instrument(tracing::info_span!("trim")),
+    );
     tracing::info!(node = %node_name, "edgecore started");
 
     let failed = tokio::select! {

@@ -37,7 +37,7 @@ const FAILOVER_OBJECTS: usize = 30;
 /// Objects synced for the second memory reading.
 const MEMORY_OBJECTS: usize = 10_000;
 /// How long the idle reading samples, after the session is up.
-const IDLE_WINDOW: Duration = Duration::from_secs(6);
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
 /// Bound on one connect.
 const CONNECT_WITHIN: Duration = Duration::from_secs(60);
 /// Bound on one failover step (detection, reconnect).
