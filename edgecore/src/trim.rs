@@ -57,7 +57,9 @@ pub(crate) async fn after_startup(
             resident_kib = t.resident_kib,
             "start-up over: released the pages of read-only file mappings (they map again when used)"
         ),
-        Err(e) => tracing::warn!(error = %e, "could not release start-up pages; memory use is unaffected otherwise"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not release start-up pages; edgecore runs on, only its resident memory stays higher")
+        }
     }
 }
 
