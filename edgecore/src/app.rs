@@ -110,14 +110,14 @@ pub async fn run(
     } else {
         None
     };
-    if let Some(server) = meta_server {
-        let changes = Changes::new();
-        settings = settings.with_changes(changes.clone());
-        server
-            .spawn(store.clone(), changes, cancel.child_token(), &tracker)
-            .await
-            .context("starting MetaServer (modules.metaManager.metaServer)")?;
-    }
+    let meta_server = match meta_server {
+        Some(server) => {
+            let changes = Changes::new();
+            settings = settings.with_changes(changes.clone());
+            Some((server, changes))
+        }
+        None => None,
+    };
     let node_name = config.modules.edged.hostname_override.clone();
 
     let mut trim_link = None;
@@ -213,6 +213,14 @@ pub async fn run(
             &tracker,
         )
     };
+    if let Some((server, changes)) = meta_server {
+        // Writes and reads of what the store lacks go to the cloud through metamanager.
+        server
+            .with_cloud(meta.clone(), &node_name)
+            .spawn(store.clone(), changes, cancel.child_token(), &tracker)
+            .await
+            .context("starting MetaServer (modules.metaManager.metaServer)")?;
+    }
     if let Some(pods_rx) = pods_rx {
         let edged = start_edged(&config, &meta, &store, pods_rx, &cancel, &tracker)?;
         tracker.spawn(

@@ -150,6 +150,12 @@ impl MetaHandle {
     /// `remoteQueryTimeout`. Fails at once with [`MetaError::NotConnected`] while no session is
     /// up (spec §5.6); a request in flight when the session drops is re-sent on the next one.
     pub async fn request(&self, msg: Message) -> QueryResult {
+        self.request_within(msg, self.remote_query_timeout).await
+    }
+
+    /// [`Self::request`] with its own time limit (MetaServer's applications wait 10 s, as
+    /// KubeEdge's do).
+    pub(crate) async fn request_within(&self, msg: Message, within: Duration) -> QueryResult {
         let resource = msg.route.resource.clone();
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -159,11 +165,11 @@ impl MetaHandle {
             })
             .await
             .map_err(|_| MetaError::Stopped)?;
-        match tokio::time::timeout(self.remote_query_timeout, rx).await {
+        match tokio::time::timeout(within, rx).await {
             Ok(answer) => answer.map_err(|_| MetaError::Stopped)?,
             Err(_) => Err(MetaError::RemoteTimeout {
                 resource,
-                after: self.remote_query_timeout,
+                after: within,
             }),
         }
     }

@@ -11,8 +11,10 @@
 //! (`docs/metaserver.md`).
 
 mod api;
+mod application;
 mod body;
 mod changes;
+mod cloud;
 mod head;
 mod resources;
 mod route;
@@ -24,10 +26,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper::{Method, Request};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -69,6 +71,7 @@ pub struct MetaServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     bookmark_every: Duration,
+    cloud: Option<cloud::Cloud>,
 }
 
 impl MetaServer {
@@ -81,6 +84,7 @@ impl MetaServer {
             listener,
             local_addr,
             bookmark_every: BOOKMARK_EVERY,
+            cloud: None,
         })
     }
 
@@ -92,6 +96,17 @@ impl MetaServer {
     /// Bookmarks this often instead of every 30 s (tests).
     pub fn with_bookmark_interval(mut self, every: Duration) -> Self {
         self.bookmark_every = every;
+        self
+    }
+
+    /// Carries writes, and reads of what the store lacks, to the cloud through metamanager
+    /// (`node` is this node's name, which the cloud checks the request against). Without
+    /// this, MetaServer answers reads only.
+    pub fn with_cloud(mut self, meta: crate::MetaHandle, node: &str) -> Self {
+        self.cloud = Some(cloud::Cloud {
+            meta,
+            node: node.to_owned(),
+        });
         self
     }
 
@@ -117,15 +132,17 @@ impl MetaServer {
             }
         }
         changes.start_at(newest);
+        let through_cloud = self.cloud.is_some();
         let api = Arc::new(api::Api {
             store,
             changes,
             bookmark_every: self.bookmark_every,
             cancel: cancel.clone(),
             tracker: tracker.clone(),
+            cloud: self.cloud,
         });
         let span = tracing::info_span!("metaserver", addr = %self.local_addr);
-        tracing::info!(addr = %self.local_addr, revision = newest, "metaserver listening (reads only)");
+        tracing::info!(addr = %self.local_addr, revision = newest, through_cloud, "metaserver listening");
         let serving = cancel.clone();
         tracker.spawn(
             crate::accept::accept_loop(
@@ -150,7 +167,13 @@ async fn serve(
 ) {
     let service = service_fn(move |req: Request<Incoming>| {
         let api = Arc::clone(&api);
-        async move { Ok::<_, Infallible>(api::answer(&api, &req).await) }
+        async move {
+            let answer = match (&api.cloud, req.method()) {
+                (Some(cloud), m) if m != Method::GET => cloud::write(cloud, req).await,
+                _ => api::answer(&api, &req).await,
+            };
+            Ok::<_, Infallible>(answer)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

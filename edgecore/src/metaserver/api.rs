@@ -28,6 +28,8 @@ pub(crate) struct Api {
     pub(crate) cancel: CancellationToken,
     /// Where watch tasks run, so shutdown waits for them.
     pub(crate) tracker: TaskTracker,
+    /// The way to the cloud for writes and what the store lacks; `None`: reads only.
+    pub(crate) cloud: Option<super::cloud::Cloud>,
 }
 
 /// The server's version, as `/version` tells kubectl.
@@ -58,8 +60,8 @@ pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> 
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             &format!(
-                "{} is not served: this MetaServer answers get, list and watch only (writes are \
-                 not implemented yet)",
+                "{} is not served: this MetaServer has no way to the cloud and answers get, list \
+                 and watch only",
                 req.method()
             ),
         );
@@ -77,6 +79,15 @@ pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> 
             );
         }
         Err(Unknown::Resource { group, plural }) => {
+            let query = route::query(req.uri().query());
+            let watching = query.get("watch").is_some_and(|w| truthy(w));
+            if let (Some(cloud), false, Some(target)) = (
+                &api.cloud,
+                watching,
+                super::cloud::Target::parse(req.uri().path()),
+            ) {
+                return super::cloud::read(cloud, &target, &query).await;
+            }
             let gr = if group.is_empty() {
                 plural
             } else {
@@ -112,7 +123,8 @@ pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> 
         Route::ApiGroups => ok(resources::api_groups()),
         Route::ApiGroup(g) => resources::api_group(&g).map_or_else(not_found, ok),
         Route::Resources { group, version } => {
-            resources::resource_list(&group, &version).map_or_else(not_found, ok)
+            resources::resource_list(&group, &version, api.cloud.is_some())
+                .map_or_else(not_found, ok)
         }
         Route::Objects {
             resource,

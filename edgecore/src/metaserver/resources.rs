@@ -132,8 +132,16 @@ pub(crate) fn api_group(group: &str) -> Option<Value> {
     })
 }
 
-/// `/api/v1` or `/apis/<group>/<version>`: the resources served there, read-only.
-pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
+/// `/api/v1` or `/apis/<group>/<version>`: the resources served there; with `writable` (a way
+/// to the cloud) their write verbs too.
+pub(crate) fn resource_list(group: &str, version: &str, writable: bool) -> Option<Value> {
+    let verbs = if writable {
+        json!([
+            "create", "delete", "get", "list", "patch", "update", "watch"
+        ])
+    } else {
+        json!(["get", "list", "watch"])
+    };
     let here: Vec<Value> = RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
@@ -143,7 +151,7 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "singularName": r.kind.to_lowercase(),
                 "namespaced": r.namespaced,
                 "kind": r.kind,
-                "verbs": ["get", "list", "watch"],
+                "verbs": verbs,
                 "shortNames": r.short_names,
             })
         })
@@ -172,8 +180,14 @@ mod tests {
     fn discovery_names_every_served_resource_once() {
         assert_eq!(find("", "v1", "pods").map(|r| r.kind), Some("Pod"));
         assert_eq!(find("apps", "v1", "pods"), None);
-        let core = resource_list("", "v1").unwrap();
+        let core = resource_list("", "v1", false).unwrap();
         assert_eq!(core["groupVersion"], "v1");
+        assert_eq!(
+            core["resources"][0]["verbs"],
+            json!(["get", "list", "watch"])
+        );
+        let writable = resource_list("", "v1", true).unwrap();
+        assert_eq!(writable["resources"][0]["verbs"][0], "create");
         assert_eq!(core["resources"].as_array().unwrap().len(), 6);
         let groups = api_groups();
         assert_eq!(

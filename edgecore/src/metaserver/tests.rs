@@ -395,3 +395,321 @@ async fn a_watcher_that_does_not_read_is_closed_not_buffered() {
     );
     lab.stop().await;
 }
+
+// ------------------------------------------------- writes and what the store lacks, via the cloud
+
+/// A cloud link whose sent messages the test reads, and whose state it sets.
+#[derive(Clone)]
+struct TestLink {
+    sent: tokio::sync::mpsc::Sender<edgehub::Message>,
+    link: tokio::sync::watch::Receiver<edgehub::LinkState>,
+}
+
+impl crate::CloudLink for TestLink {
+    async fn send(&self, msg: edgehub::Message) -> Result<(), edgehub::Message> {
+        self.sent.send(msg).await.map_err(|e| e.0)
+    }
+
+    fn link(&self) -> tokio::sync::watch::Receiver<edgehub::LinkState> {
+        self.link.clone()
+    }
+}
+
+/// MetaServer with metamanager behind it; the test plays CloudCore.
+struct CloudLab {
+    lab: Lab,
+    to_cloud: tokio::sync::mpsc::Receiver<edgehub::Message>,
+    from_cloud: tokio::sync::mpsc::Sender<edgehub::Message>,
+    link: tokio::sync::watch::Sender<edgehub::LinkState>,
+}
+
+fn connected() -> edgehub::LinkState {
+    edgehub::LinkState::Connected {
+        session: 1,
+        endpoint: "cloud:10000".into(),
+    }
+}
+
+async fn cloud_lab(state: edgehub::LinkState) -> CloudLab {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("edgecore.db")).unwrap();
+    let changes = Changes::new();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (sent, to_cloud) = tokio::sync::mpsc::channel(16);
+    let (link, link_rx) = tokio::sync::watch::channel(state);
+    let (from_cloud, inbound) = tokio::sync::mpsc::channel(16);
+    let meta = crate::spawn_metamanager(
+        crate::MetaSettings::default().with_changes(changes.clone()),
+        store.clone(),
+        TestLink {
+            sent,
+            link: link_rx,
+        },
+        &crate::Metrics::new(),
+        inbound,
+        cancel.child_token(),
+        &tracker,
+    );
+    let server = MetaServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .with_cloud(meta, "edge-1");
+    let addr = server.local_addr();
+    server
+        .spawn(store.clone(), changes.clone(), cancel.clone(), &tracker)
+        .await
+        .unwrap();
+    CloudLab {
+        lab: Lab {
+            _dir: dir,
+            store,
+            changes,
+            addr,
+            cancel,
+            tracker,
+        },
+        to_cloud,
+        from_cloud,
+        link,
+    }
+}
+
+impl CloudLab {
+    /// Sends a request with a body; returns once the answer's head is in.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &'static [u8],
+    ) -> tokio::task::JoinHandle<(u16, Value)> {
+        let addr = self.lab.addr;
+        let (method, path, content_type) =
+            (method.to_owned(), path.to_owned(), content_type.to_owned());
+        tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(method.as_str())
+                .uri(path)
+                .header("host", "metaserver")
+                .header("content-type", content_type)
+                .body(http_body_util::Full::new(Bytes::from_static(body)))
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let code = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        })
+    }
+
+    /// The next application the edge sent, decoded.
+    async fn application(&mut self) -> (edgehub::Message, application::Application) {
+        let msg = tokio::time::timeout(Duration::from_secs(5), self.to_cloud.recv())
+            .await
+            .expect("an application within 5 s")
+            .expect("link open");
+        assert_eq!(
+            (
+                msg.route.source.as_str(),
+                msg.route.group.as_str(),
+                msg.route.operation.as_str(),
+                msg.route.resource.as_str()
+            ),
+            ("metaserver", "dynamiccontroller", "null", "null")
+        );
+        let app = serde_json::from_value(msg.content.clone()).expect("an application");
+        (msg, app)
+    }
+
+    /// Answers `req` as dynamicController does.
+    async fn answer(&self, req: &edgehub::Message, app: application::Application) {
+        let mut msg = edgehub::Message::new(
+            edgehub::Route::new(
+                "dynamiccontroller",
+                "resource",
+                "applicationResponse",
+                "node/edge-1/ignore/Application/ignore",
+            ),
+            serde_json::to_value(&app).unwrap(),
+        );
+        msg.header.parent_msg_id = req.header.msg_id.clone();
+        self.from_cloud.send(msg).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_write_goes_to_the_cloud_and_answers_with_its_result_without_touching_the_store() {
+    let mut lab = cloud_lab(connected()).await;
+    let created = lab.send(
+        "POST",
+        "/api/v1/namespaces/default/configmaps?fieldManager=kubectl-create",
+        "application/json",
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"new"},"data":{"k":"v"}}"#,
+    );
+    let (req, mut app) = lab.application().await;
+    assert_eq!(app.verb, "create");
+    assert_eq!(app.nodename, "edge-1");
+    assert_eq!(app.key, "/core/v1/configmaps/default/null");
+    let option: Value = serde_json::from_slice(app.option.as_deref().unwrap()).unwrap();
+    assert_eq!(option["fieldManager"], "kubectl-create");
+    let body: Value = serde_json::from_slice(app.req_body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["data"]["k"], "v");
+    // Nothing is stored before the cloud answers, nor because it answered.
+    assert_eq!(
+        lab.lab.store.get("default/configmap/new").await.unwrap(),
+        None
+    );
+    app.status = "Approved".into();
+    app.resp_body = Some(
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"new","namespace":"default","resourceVersion":"77"},"data":{"k":"v"}}"#.to_vec(),
+    );
+    lab.answer(&req, app).await;
+    let (code, answer) = created.await.unwrap();
+    assert_eq!(code, 201, "{answer}");
+    assert_eq!(answer["metadata"]["resourceVersion"], "77");
+    assert_eq!(
+        lab.lab.store.get("default/configmap/new").await.unwrap(),
+        None
+    );
+
+    // The API server's refusal comes back as its Status, with its code.
+    let again = lab.send(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        br#"{"metadata":{"name":"new"}}"#,
+    );
+    let (req, mut app) = lab.application().await;
+    app.status = "Rejected".into();
+    app.error = json!({"ErrStatus": {"metadata": {}, "status": "Failure", "message": "configmaps \"new\" already exists", "reason": "AlreadyExists", "details": {"name": "new", "kind": "configmaps"}, "code": 409}});
+    lab.answer(&req, app).await;
+    let (code, status) = again.await.unwrap();
+    assert_eq!(code, 409);
+    assert_eq!(
+        (status["kind"].as_str(), status["reason"].as_str()),
+        (Some("Status"), Some("AlreadyExists"))
+    );
+
+    // A patch carries its type and data; a delete its options.
+    let patched = lab.send(
+        "PATCH",
+        "/api/v1/namespaces/default/configmaps/new",
+        "application/merge-patch+json",
+        br#"{"data":{"k":"w"}}"#,
+    );
+    let (req, mut app) = lab.application().await;
+    assert_eq!(
+        (app.verb.as_str(), app.key.as_str()),
+        ("patch", "/core/v1/configmaps/default/new")
+    );
+    let info: Value = serde_json::from_slice(app.option.as_deref().unwrap()).unwrap();
+    assert_eq!(info["PatchType"], "application/merge-patch+json");
+    app.status = "Approved".into();
+    app.resp_body = Some(br#"{"kind":"ConfigMap","data":{"k":"w"}}"#.to_vec());
+    lab.answer(&req, app).await;
+    assert_eq!(patched.await.unwrap().0, 200);
+
+    let deleted = lab.send(
+        "DELETE",
+        "/api/v1/namespaces/default/configmaps/new",
+        "application/json",
+        br#"{"propagationPolicy":"Background"}"#,
+    );
+    let (req, mut app) = lab.application().await;
+    assert_eq!(app.verb, "delete");
+    app.status = "Approved".into();
+    lab.answer(&req, app).await;
+    let (code, status) = deleted.await.unwrap();
+    assert_eq!((code, status["status"].as_str()), (200, Some("Success")));
+    lab.lab.stop().await;
+}
+
+#[tokio::test]
+async fn a_resource_the_edge_does_not_hold_is_listed_by_the_cloud() {
+    let mut lab = cloud_lab(connected()).await;
+    let listed = lab.send(
+        "GET",
+        "/apis/apps/v1/namespaces/default/deployments?labelSelector=app%3Dweb&limit=5",
+        "",
+        b"",
+    );
+    let (req, mut app) = lab.application().await;
+    assert_eq!(
+        (app.verb.as_str(), app.key.as_str()),
+        ("list", "/apps/v1/deployments/default/null")
+    );
+    let option: Value = serde_json::from_slice(app.option.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (option["labelSelector"].as_str(), option["limit"].as_i64()),
+        (Some("app=web"), Some(5))
+    );
+    app.status = "Approved".into();
+    app.resp_body = Some(br#"{"apiVersion":"apps/v1","kind":"DeploymentList","metadata":{"resourceVersion":"90"},"items":[]}"#.to_vec());
+    lab.answer(&req, app).await;
+    let (code, list) = listed.await.unwrap();
+    assert_eq!((code, list["kind"].as_str()), (200, Some("DeploymentList")));
+    lab.lab.stop().await;
+}
+
+#[tokio::test]
+async fn offline_a_write_fails_at_once_with_503_and_reads_keep_working() {
+    let lab = cloud_lab(edgehub::LinkState::Disconnected {
+        reason: edgehub::DisconnectReason::Closed,
+    })
+    .await;
+    lab.lab
+        .store
+        .put_object(
+            "default/pod/web",
+            &pod("web", "default", 10, "web"),
+            Some("10"),
+        )
+        .await
+        .unwrap();
+    let (code, status) = lab
+        .send(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            br#"{"metadata":{"name":"x"}}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 503, "{status}");
+    assert_eq!(status["reason"], "ServiceUnavailable");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("not connected to CloudCore"),
+        "{status}"
+    );
+    let (code, _) = lab.lab.get("/api/v1/namespaces/default/pods/web").await;
+    assert_eq!(code, 200);
+    drop(lab.link);
+    lab.lab.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cloud_without_dynamic_controller_gets_a_504_that_says_so() {
+    let mut lab = cloud_lab(connected()).await;
+    let pending = lab.send("DELETE", "/api/v1/namespaces/default/configmaps/a", "", b"");
+    let _ = lab.application().await;
+    // No answer: time runs on to the 10 s limit.
+    let (code, status) = pending.await.unwrap();
+    assert_eq!(code, 504, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("dynamicController"),
+        "{status}"
+    );
+    lab.lab.stop().await;
+}
