@@ -27,4 +27,9 @@ for mod in ("cloudStream", "router", "iptablesManager"):
         m[mod]["enable"] = False
 if "cloudStream" in m:   # never used (disabled) but keep replicas' ports apart anyway
     m["cloudStream"].update(tunnelPort=10004 if name == "a" else 10014, streamPort=10003 if name == "a" else 10013)
+# MetaServer's applications (writes, reads of what the edge does not hold) are answered by
+# dynamicController, which KubeEdge ships disabled; both replicas run it so that a VIP move
+# keeps them answered.
+if "dynamicController" in m:
+    m["dynamicController"]["enable"] = True
 yaml.safe_dump(c, sys.stdout, default_flow_style=False, sort_keys=False)

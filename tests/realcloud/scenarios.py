@@ -836,6 +836,33 @@ def metaserver():
             return f"{len(pods['items'])} pods listed; get, jsonpath, field selector, table"
         step(s, "kubectl get/list through MetaServer", wait_for, "the pod in MetaServer", 30, kubectl_reads)
 
+        written = "rc-ms-written"
+
+        def writes():
+            # kubectl against MetaServer; the result is read from kube-apiserver itself.
+            local("create", "configmap", written, "--from-literal=k=v1")
+            got = (kget("configmap", written) or {}).get("data", {})
+            check(got == {"k": "v1"}, f"created configmap in kube-apiserver: {got}")
+            local("patch", "configmap", written, "--type=merge", "-p", '{"data":{"k":"v2"}}')
+            got = (kget("configmap", written) or {}).get("data", {})
+            check(got == {"k": "v2"}, f"patched configmap in kube-apiserver: {got}")
+            dup = rc.run("kubectl", "--kubeconfig", "/dev/null", "--server", server, "create",
+                         "configmap", written, check_rc=False)
+            check(dup.returncode != 0 and "AlreadyExists" in dup.stderr, f"second create: {dup.stderr!r}")
+            local("delete", "configmap", written)
+            check(kget("configmap", written) is None, "deleted configmap still in kube-apiserver")
+            return "create, patch, AlreadyExists and delete answered by kube-apiserver"
+        step(s, "kubectl writes through MetaServer reach kube-apiserver", writes)
+
+        def not_held():
+            raw = json.loads(local("get", "--raw", "/api/v1/namespaces"))
+            names = [n["metadata"]["name"] for n in raw.get("items", [])]
+            check(raw.get("kind") == "NamespaceList" and "default" in names, f"namespaces: {raw.get('kind')} {names}")
+            one = json.loads(local("get", "--raw", "/api/v1/namespaces/kube-system"))
+            check(one.get("kind") == "Namespace", f"get namespace: {one.get('kind')}")
+            return f"{len(names)} namespaces listed by the cloud"
+        step(s, "a resource the edge does not hold is answered by the cloud", not_held)
+
         cfg = client.Configuration()
         cfg.host = server
         api = client.CoreV1Api(client.ApiClient(cfg))
@@ -885,11 +912,14 @@ def metaserver():
         def serves_offline():
             got = local("get", "configmap", cm, "-o", "jsonpath={.data.greeting}")
             check(got == "p2", f"offline read {got!r}")
+            w = rc.run("kubectl", "--kubeconfig", "/dev/null", "--server", server, "create",
+                       "configmap", "rc-ms-offline", check_rc=False)
+            check(w.returncode != 0 and "not connected to CloudCore" in w.stderr, f"offline write: {w.stderr!r}")
             time.sleep(11)
             check(calls["watch"] >= watches + 2, f"watches {watches} -> {calls['watch']}")
             check(not errors, f"watch errors {errors}")
-            return f"reads answered and watches resumed ({calls['watch'] - watches} while offline)"
-        step(s, "offline: MetaServer answers and the watch keeps resuming", serves_offline)
+            return f"reads answered, a write refused with 503, watches resumed ({calls['watch'] - watches} while offline)"
+        step(s, "offline: MetaServer answers reads, refuses writes, and the watch keeps resuming", serves_offline)
         rc.lab("vip", "auto")
         step(s, "the change made offline reaches the watch after reconnect", wait_for,
              "p3 in the watch", 90, lambda: ("MODIFIED", "p3") in seen)
@@ -908,6 +938,7 @@ def metaserver():
         finally:
             if thread:
                 thread.join(timeout=10)
+            kubectl("delete", "configmap", "rc-ms-written", "rc-ms-offline", "--ignore-not-found", check_rc=False)
             teardown(e, [pod], node)
 
 

@@ -281,6 +281,19 @@ async fn objects(
             Some(o) if table => json_response(StatusCode::OK, &as_table(&[o], revision)),
             Some(o) => json_response(StatusCode::OK, &o),
             None => {
+                if let Some(cloud) = &api.cloud {
+                    let target = super::cloud::Target {
+                        group: resource.group.to_owned(),
+                        version: resource.version.to_owned(),
+                        plural: resource.plural.to_owned(),
+                        namespace: namespace.clone(),
+                        name: Some(name.clone()),
+                        subresource: String::new(),
+                    };
+                    if let Some(answer) = super::cloud::get_missing(cloud, &target, query).await {
+                        return answer;
+                    }
+                }
                 let mut status = super::body::status_object(
                     StatusCode::NOT_FOUND,
                     "NotFound",

@@ -318,16 +318,49 @@ fn list_options(query: &HashMap<String, String>) -> Value {
     )
 }
 
+/// A get of an object of a held kind that the store does not have (the cloud pushes only what
+/// the node uses), asked of the cloud. `None` when the cloud cannot answer (offline, or no
+/// dynamicController): the store's 404 stands. The answer is not stored: nothing would keep
+/// that copy up to date.
+pub(crate) async fn get_missing(
+    cloud: &Cloud,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Option<Response<ApiBody>> {
+    let option = pick(query, &["resourceVersion"]);
+    let app = Application::new(&cloud.node, target.key(), Verb::Get, "", &option, None);
+    match ask(cloud, target, Verb::Get, app).await {
+        Ok(resp) => Some(resp),
+        Err(e) => {
+            tracing::debug!(error = %e, key = %target.key(), "the cloud could not answer a get; answering from the store");
+            None
+        }
+    }
+}
+
 /// Sends `app` and turns the cloud's answer into the HTTP answer.
 async fn answer(cloud: &Cloud, target: &Target, verb: Verb, app: Application) -> Response<ApiBody> {
+    match ask(cloud, target, verb, app).await {
+        Ok(resp) => resp,
+        Err(e) => unreachable_cloud(&e, verb, &target.describe()),
+    }
+}
+
+/// Sends `app`; the HTTP answer when the cloud answered, else why it did not.
+async fn ask(
+    cloud: &Cloud,
+    target: &Target,
+    verb: Verb,
+    app: Application,
+) -> Result<Response<ApiBody>, MetaError> {
     let content = match serde_json::to_value(&app) {
         Ok(v) => v,
         Err(e) => {
-            return failure(
+            return Ok(failure(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
                 &format!("the application could not be encoded: {e}"),
-            );
+            ));
         }
     };
     let msg = Message::new(
@@ -336,25 +369,22 @@ async fn answer(cloud: &Cloud, target: &Target, verb: Verb, app: Application) ->
     );
     tracing::debug!(verb = verb.as_str(), key = %app.key, id = %app.id, "application to the cloud");
     let what = target.describe();
-    let answered = match cloud.meta.request_within(msg, APPLICATION_TIMEOUT).await {
-        Ok(values) => values,
-        Err(e) => return unreachable_cloud(&e, verb, &what),
-    };
+    let answered = cloud.meta.request_within(msg, APPLICATION_TIMEOUT).await?;
     let Some(reply) = answered
         .into_iter()
         .next()
         .and_then(|v| serde_json::from_value::<Application>(v).ok())
     else {
-        return failure(
+        return Ok(failure(
             StatusCode::BAD_GATEWAY,
             "InternalError",
             &format!(
                 "CloudCore's answer to {} {what} is not an application",
                 verb.as_str()
             ),
-        );
+        ));
     };
-    match reply.outcome() {
+    Ok(match reply.outcome() {
         Outcome::Approved(body) if body.is_empty() => json_response(
             StatusCode::OK,
             &json!({
@@ -387,7 +417,7 @@ async fn answer(cloud: &Cloud, target: &Target, verb: Verb, app: Application) ->
                 verb.as_str()
             ),
         ),
-    }
+    })
 }
 
 fn unreachable_cloud(e: &MetaError, verb: Verb, what: &str) -> Response<ApiBody> {

@@ -713,3 +713,54 @@ async fn a_cloud_without_dynamic_controller_gets_a_504_that_says_so() {
     );
     lab.lab.stop().await;
 }
+
+#[tokio::test]
+async fn a_get_the_store_cannot_answer_is_asked_of_the_cloud_and_offline_is_a_404() {
+    let mut lab = cloud_lab(connected()).await;
+    let got = lab.send(
+        "GET",
+        "/api/v1/namespaces/default/configmaps/elsewhere",
+        "",
+        b"",
+    );
+    let (req, mut app) = lab.application().await;
+    assert_eq!(
+        (app.verb.as_str(), app.key.as_str()),
+        ("get", "/core/v1/configmaps/default/elsewhere")
+    );
+    app.status = "Approved".into();
+    app.resp_body = Some(br#"{"kind":"ConfigMap","metadata":{"name":"elsewhere"}}"#.to_vec());
+    lab.answer(&req, app).await;
+    let (code, cm) = got.await.unwrap();
+    assert_eq!(
+        (code, cm["metadata"]["name"].as_str()),
+        (200, Some("elsewhere"))
+    );
+    // Not stored: nothing would keep it current.
+    assert_eq!(
+        lab.lab
+            .store
+            .get("default/configmap/elsewhere")
+            .await
+            .unwrap(),
+        None
+    );
+
+    lab.link.send_replace(edgehub::LinkState::Disconnected {
+        reason: edgehub::DisconnectReason::Closed,
+    });
+    // Offline the store answers (at once once metamanager has seen the link go down; should
+    // the request beat that, the application waits out its 10 s and the store answers then).
+    let (code, status) = lab
+        .send(
+            "GET",
+            "/api/v1/namespaces/default/configmaps/elsewhere",
+            "",
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    assert_eq!(status["reason"], "NotFound");
+    lab.lab.stop().await;
+}
