@@ -848,10 +848,10 @@ def metaserver():
             check(got == {"k": "v2"}, f"patched configmap in kube-apiserver: {got}")
             dup = rc.run("kubectl", "--kubeconfig", "/dev/null", "--server", server, "create",
                          "configmap", written, check_rc=False)
-            check(dup.returncode != 0 and "AlreadyExists" in dup.stderr, f"second create: {dup.stderr!r}")
+            check(dup.returncode != 0 and "already exists" in dup.stderr, f"second create: {dup.stderr!r}")
             local("delete", "configmap", written)
             check(kget("configmap", written) is None, "deleted configmap still in kube-apiserver")
-            return "create, patch, AlreadyExists and delete answered by kube-apiserver"
+            return "create, patch, a second create (already exists) and delete answered by kube-apiserver"
         step(s, "kubectl writes through MetaServer reach kube-apiserver", writes)
 
         def not_held():
@@ -903,6 +903,14 @@ def metaserver():
         rc.lab("vip", "b")
         wait_for("session on replica b", 60, lambda: rc.lab("replica") == "b")
         step(s, "after a VIP move", arrives, "p2")
+
+        def write_on_b():
+            local("create", "configmap", "rc-ms-written", "--from-literal=k=b")
+            got = (kget("configmap", "rc-ms-written") or {}).get("data", {})
+            check(got == {"k": "b"}, f"created on replica b: {got}")
+            local("delete", "configmap", "rc-ms-written")
+            return "create and delete answered through replica b's dynamicController"
+        step(s, "a write after the VIP move", write_on_b)
 
         rc.lab("vip", "none")
         wait_for("the edge to notice the cloud is gone", 30, lambda: "session lost" in e.log())
