@@ -4,6 +4,7 @@
 //! batches of operations over a bounded channel; each batch is answered on a oneshot only after
 //! its transaction has committed, so a caller that acks after `await` acks durable state.
 
+mod meta_v2;
 mod resource_version;
 mod writer;
 
@@ -123,6 +124,13 @@ pub(crate) enum Op {
     Get { key: String },
     /// Read every value of one type (namespace ignored, as KubeEdge does).
     ListType { kind: String },
+    /// Read one `meta_v2` value by its key.
+    GetV2 { key: String },
+    /// Read the `meta_v2` values of one GVR (Go's string form), in one namespace or all.
+    ListV2 {
+        gvr: String,
+        namespace: Option<String>,
+    },
     /// Insert an outbox entry, replacing the one with the same key.
     OutboxPut(OutboxEntry),
     /// Remove the outbox entry with this msg_id.
@@ -177,11 +185,11 @@ impl Store {
     /// Opens (creating if needed) the database at `path` (`database.dataSource`) and starts the
     /// writer thread. An existing KubeEdge `edgecore.db` keeps its tables and rows.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = writer::open(path)?;
+        let (conn, v2) = writer::open(path)?;
         let (tx, rx) = mpsc::channel(STORE_QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("edgecore-store".to_owned())
-            .spawn(move || writer::run(conn, rx))
+            .spawn(move || writer::run(conn, v2, rx))
             .map_err(|e| StoreError::Thread {
                 source: StoreError::cause(e),
             })?;
@@ -224,6 +232,39 @@ impl Store {
         match self
             .one(Op::ListType {
                 kind: kind.to_owned(),
+            })
+            .await?
+        {
+            Outcome::Values(v) => Ok(v),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The `meta_v2` value under `key` (`/<group>/<version>/<resource>/<namespace>/<name>`).
+    pub(crate) async fn get_v2(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self
+            .one(Op::GetV2 {
+                key: key.to_owned(),
+            })
+            .await?
+        {
+            Outcome::Value(v) => Ok(v),
+            _ => Ok(None),
+        }
+    }
+
+    /// The `meta_v2` values of `group`/`version`/`resource`, in `namespace` or all, by key.
+    pub(crate) async fn list_v2(
+        &self,
+        group: &str,
+        version: &str,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        match self
+            .one(Op::ListV2 {
+                gvr: meta_v2::gvr(group, version, resource),
+                namespace: namespace.map(str::to_owned),
             })
             .await?
         {

@@ -86,7 +86,7 @@ pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> 
                 watching,
                 super::cloud::Target::parse(req.uri().path()),
             ) {
-                return super::cloud::read(cloud, &target, &query).await;
+                return super::cloud::read(cloud, &api.store, &target, &query).await;
             }
             let gr = if group.is_empty() {
                 plural

@@ -20,8 +20,11 @@ use serde_json::{Map, Value, json};
 
 use super::application::{Application, Outcome, Verb, key};
 use super::body::{ApiBody, ApiError, failure, json_response, text_json_response};
+use super::head::Head;
+use super::selector::Selector;
 use crate::MetaError;
 use crate::metamanager::MetaHandle;
+use crate::store::Store;
 
 /// How long an application waits for dynamicController (KubeEdge's edge waits 10 s).
 pub(crate) const APPLICATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,9 +106,12 @@ impl Target {
     }
 }
 
-/// A get or list of a resource the edge does not hold, asked of the cloud.
+/// A get or list of a resource the edge does not hold, asked of the cloud. When the cloud
+/// cannot answer (offline, or no dynamicController), KubeEdge's `meta_v2` rows answer, as
+/// KubeEdge's MetaServer does.
 pub(crate) async fn read(
     cloud: &Cloud,
+    store: &Store,
     target: &Target,
     query: &HashMap<String, String>,
 ) -> Response<ApiBody> {
@@ -121,7 +127,87 @@ pub(crate) async fn read(
         &option,
         None,
     );
-    answer(cloud, target, verb, app).await
+    match ask(cloud, target, verb, app).await {
+        Ok(resp) => resp,
+        Err(e) if target.subresource.is_empty() => match from_meta_v2(store, target, query).await {
+            Ok(Some(resp)) => {
+                tracing::debug!(error = %e, key = %target.key(), "the cloud could not answer; answered from meta_v2");
+                resp
+            }
+            Ok(None) => unreachable_cloud(&e, verb, &target.describe()),
+            Err(resp) => resp,
+        },
+        Err(e) => unreachable_cloud(&e, verb, &target.describe()),
+    }
+}
+
+/// The answer from `meta_v2`: the object, or the list of what is there; `None` when there is
+/// nothing of that resource at all (then the cloud's absence is the answer).
+async fn from_meta_v2(
+    store: &Store,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<Option<Response<ApiBody>>, Response<ApiBody>> {
+    let unreadable = |e: crate::StoreError| {
+        failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!("the edge store cannot be read: {e}"),
+        )
+    };
+    if target.name.is_some() {
+        let value = store.get_v2(&target.key()).await.map_err(unreadable)?;
+        return Ok(value.map(|v| text_json_response(StatusCode::OK, v)));
+    }
+    let selector = Selector::parse(
+        query.get("labelSelector").map(String::as_str),
+        query.get("fieldSelector").map(String::as_str),
+    )
+    .map_err(|why| failure(StatusCode::BAD_REQUEST, "BadRequest", &why))?;
+    let values = store
+        .list_v2(
+            &target.group,
+            &target.version,
+            &target.plural,
+            target.namespace.as_deref(),
+        )
+        .await
+        .map_err(unreadable)?;
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let mut revision = 0;
+    let mut kind = String::new();
+    let mut items = Vec::new();
+    for text in &values {
+        let Some(head) = Head::parse(text) else {
+            continue;
+        };
+        revision = revision.max(head.resource_version().unwrap_or(0));
+        if !selector.matches(&head) {
+            continue;
+        }
+        if let Ok(v) = serde_json::from_str::<Value>(text) {
+            if kind.is_empty() {
+                kind = v["kind"].as_str().unwrap_or_default().to_owned();
+            }
+            items.push(v);
+        }
+    }
+    let api_version = if target.group.is_empty() {
+        target.version.clone()
+    } else {
+        format!("{}/{}", target.group, target.version)
+    };
+    Ok(Some(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{kind}List"),
+            "apiVersion": api_version,
+            "metadata": {"resourceVersion": revision.to_string()},
+            "items": items,
+        }),
+    )))
 }
 
 /// A write, carried to the cloud.

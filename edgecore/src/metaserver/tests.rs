@@ -764,3 +764,61 @@ async fn a_get_the_store_cannot_answer_is_asked_of_the_cloud_and_offline_is_a_40
     assert_eq!(status["reason"], "NotFound");
     lab.lab.stop().await;
 }
+
+#[tokio::test]
+async fn offline_a_resource_the_edge_does_not_hold_is_answered_from_meta_v2() {
+    let lab = cloud_lab(edgehub::LinkState::Disconnected {
+        reason: edgehub::DisconnectReason::Closed,
+    })
+    .await;
+    for (name, app) in [("web", "web"), ("db", "db")] {
+        lab.lab
+            .store
+            .put_object(
+                &format!("shop/deployment/{name}"),
+                &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                        "metadata": {"name": name, "namespace": "shop", "resourceVersion": "31",
+                                     "labels": {"app": app}}}),
+                Some("31"),
+            )
+            .await
+            .unwrap();
+    }
+    let (code, list) = lab
+        .send(
+            "GET",
+            "/apis/apps/v1/namespaces/shop/deployments?labelSelector=app%3Dweb",
+            "",
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["kind"], "DeploymentList");
+    assert_eq!(list["metadata"]["resourceVersion"], "31");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web"]);
+    let (code, one) = lab
+        .send(
+            "GET",
+            "/apis/apps/v1/namespaces/shop/deployments/db",
+            "",
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!((code, one["metadata"]["name"].as_str()), (200, Some("db")));
+    // Nothing of the resource at all: the cloud's absence is the answer.
+    let (code, status) = lab
+        .send("GET", "/apis/batch/v1/namespaces/shop/jobs", "", b"")
+        .await
+        .unwrap();
+    assert_eq!(code, 503, "{status}");
+    drop(lab.link);
+    lab.lab.stop().await;
+}

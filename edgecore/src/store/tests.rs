@@ -409,7 +409,8 @@ async fn existing_kubeedge_database_opens_and_keeps_its_tables() {
     let conn = Connection::open(&path).unwrap();
     for (table, n) in [
         ("meta", 2),
-        ("meta_v2", 1),
+        // KubeEdge's row and MetaServer's copy of the pod, in the v1.22 columns it has.
+        ("meta_v2", 2),
         ("sub_topics", 1),
         ("device", 0),
     ] {
@@ -418,6 +419,36 @@ async fn existing_kubeedge_database_opens_and_keeps_its_tables() {
             .unwrap();
         assert_eq!(count, n, "{table}");
     }
+    let (gvr, rv, ns, name): (String, i64, String, String) = conn
+        .query_row(
+            "SELECT groupversionresource, resourceversion, namespace, name FROM meta_v2
+             WHERE key = '/core/v1/pods/default/nginx'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (gvr.as_str(), rv, ns.as_str(), name.as_str()),
+        ("/v1, Resource=pods", 1, "default", "nginx")
+    );
+    drop(conn);
+
+    // A delete removes MetaServer's copy with the row.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.delete("default/pod/p", Some("u")).await.unwrap(), 1);
+    assert_eq!(
+        store.get_v2("/core/v1/pods/default/nginx").await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .get_v2("/core/v1/pods/default/x")
+            .await
+            .unwrap()
+            .is_some(),
+        "KubeEdge's own row stays"
+    );
+    store.shutdown().await;
 }
 
 #[tokio::test]
@@ -507,7 +538,7 @@ async fn concurrent_batches_all_commit_with_their_own_results() {
 #[test]
 fn connection_page_cache_is_small() {
     let dir = tempfile::tempdir().unwrap();
-    let conn = super::writer::open(&dir.path().join("edgecore.db")).unwrap();
+    let (conn, _) = super::writer::open(&dir.path().join("edgecore.db")).unwrap();
     let kib: i64 = conn
         .query_row("PRAGMA cache_size", [], |r| r.get(0))
         .unwrap();

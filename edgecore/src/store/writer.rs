@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
+use super::meta_v2::{self, MetaV2};
 use super::{BatchReply, Command, MetaKey, Op, OutboxEntry, Outcome, PutOutcome, ResourceVersion};
 use crate::error::{StoreError, StoreFailure};
 
@@ -54,8 +55,8 @@ CREATE TABLE IF NOT EXISTS edgecore_outbox (
 CREATE INDEX IF NOT EXISTS edgecore_outbox_msg_id ON edgecore_outbox(msg_id);
 ";
 
-/// Opens the file, applies the pragmas and creates missing tables.
-pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
+/// Opens the file, applies the pragmas and creates missing tables; learns `meta_v2`'s columns.
+pub(super) fn open(path: &Path) -> Result<(Connection, MetaV2), StoreError> {
     create_parent(path)?;
     let open_err = |e: rusqlite::Error| StoreError::Open {
         path: path.to_owned(),
@@ -81,8 +82,14 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
             source: StoreError::cause(e),
         })
     })?;
+    let v2 = MetaV2::prepare(&conn).map_err(|e| {
+        refused(path, e).unwrap_or_else(|e| StoreError::Schema {
+            path: path.to_owned(),
+            source: StoreError::cause(e),
+        })
+    })?;
     tracing::info!(path = %path.display(), "store opened");
-    Ok(conn)
+    Ok((conn, v2))
 }
 
 fn create_parent(path: &Path) -> Result<(), StoreError> {
@@ -141,7 +148,7 @@ fn check_integrity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 /// The writer loop: take a batch, merge whatever else is queued, commit once, answer each.
-pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+pub(super) fn run(mut conn: Connection, v2: MetaV2, mut rx: mpsc::Receiver<Command>) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = Vec::new();
         let mut stop = None;
@@ -157,7 +164,7 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
             }
         }
         if !group.is_empty() {
-            commit_group(&mut conn, group);
+            commit_group(&mut conn, &v2, group);
         }
         if let Some(done) = stop {
             rx.close();
@@ -179,12 +186,17 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
 
 type Group = Vec<(Vec<Op>, tokio::sync::oneshot::Sender<BatchReply>)>;
 
-fn commit_group(conn: &mut Connection, group: Group) {
+fn commit_group(conn: &mut Connection, v2: &MetaV2, group: Group) {
     let started = Instant::now();
     let writes = group.iter().flat_map(|(ops, _)| ops).any(|op| {
         !matches!(
             op,
-            Op::Get { .. } | Op::ListType { .. } | Op::OutboxList | Op::OutboxCount
+            Op::Get { .. }
+                | Op::ListType { .. }
+                | Op::GetV2 { .. }
+                | Op::ListV2 { .. }
+                | Op::OutboxList
+                | Op::OutboxCount
         )
     });
     let behavior = if writes {
@@ -198,7 +210,7 @@ fn commit_group(conn: &mut Connection, group: Group) {
     };
     let mut answers = Vec::with_capacity(group.len());
     for (ops, reply) in group {
-        let results = ops.iter().map(|op| apply(&tx, op)).collect::<Vec<_>>();
+        let results = ops.iter().map(|op| apply(&tx, v2, op)).collect::<Vec<_>>();
         answers.push((results, reply));
     }
     if let Err(e) = tx.commit() {
@@ -232,7 +244,7 @@ fn fail_all(group: Group, e: rusqlite::Error) {
     }
 }
 
-fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Outcome, StoreError> {
+fn apply(tx: &Transaction<'_>, v2: &MetaV2, op: &Op) -> Result<Outcome, StoreError> {
     let what = op_name(op);
     let sql = |e: rusqlite::Error| StoreError::Statement {
         failure: StoreFailure::of(&e),
@@ -248,20 +260,32 @@ fn apply(tx: &Transaction<'_>, op: &Op) -> Result<Outcome, StoreError> {
                 return Ok(Outcome::Put(PutOutcome::Stale { stored, incoming }));
             }
             put(tx, key, json).map_err(sql)?;
+            // MetaServer's copy in KubeEdge's table, in the same transaction.
+            if let Some(row) = meta_v2::row_of(key.kind(), json) {
+                v2.upsert(tx, &row).map_err(sql)?;
+            }
             Ok(Outcome::Put(PutOutcome::Applied))
         }
         Op::PutRaw { key, value } => {
             put(tx, key, value).map_err(sql)?;
             Ok(Outcome::Put(PutOutcome::Applied))
         }
-        Op::Delete { key, uid } => delete(tx, key, uid.as_deref()).map_err(sql),
-        Op::Get { key } => tx
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()
-            .map(|v| Outcome::Value(v.flatten()))
+        Op::Delete { key, uid } => {
+            let before = get(tx, key.as_str()).map_err(sql)?;
+            let outcome = delete(tx, key, uid.as_deref()).map_err(sql)?;
+            if matches!(outcome, Outcome::Deleted(n) if n > 0)
+                && let Some(row) = before.and_then(|v| meta_v2::row_of(key.kind(), &v))
+            {
+                MetaV2::delete(tx, &row.key).map_err(sql)?;
+            }
+            Ok(outcome)
+        }
+        Op::GetV2 { key } => MetaV2::get(tx, key).map(Outcome::Value).map_err(sql),
+        Op::ListV2 { gvr, namespace } => v2
+            .list(tx, gvr, namespace.as_deref())
+            .map(Outcome::Values)
             .map_err(sql),
+        Op::Get { key } => get(tx, key).map(Outcome::Value).map_err(sql),
         Op::ListType { kind } => {
             let mut stmt = tx
                 .prepare_cached(
@@ -321,12 +345,21 @@ fn op_name(op: &Op) -> &'static str {
         Op::PutObject { .. } | Op::PutRaw { .. } => "put meta",
         Op::Delete { .. } => "delete meta",
         Op::Get { .. } => "get meta",
+        Op::GetV2 { .. } => "get meta_v2",
+        Op::ListV2 { .. } => "list meta_v2",
         Op::ListType { .. } => "list meta",
         Op::OutboxPut(_) => "put outbox",
         Op::OutboxRemove { .. } => "remove outbox",
         Op::OutboxList => "list outbox",
         Op::OutboxCount => "count outbox",
     }
+}
+
+fn get(tx: &Transaction<'_>, key: &str) -> rusqlite::Result<Option<String>> {
+    tx.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get::<_, Option<String>>(0))
+        .optional()
+        .map(Option::flatten)
 }
 
 fn put(tx: &Transaction<'_>, key: &MetaKey, value: &str) -> rusqlite::Result<()> {
