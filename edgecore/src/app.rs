@@ -121,6 +121,10 @@ pub async fn run(
     let node_name = config.modules.edged.hostname_override.clone();
 
     let mut trim_link = None;
+    // The link MetaServer follows to re-register its cloud watches; offline it never changes.
+    let (_offline_link, mut meta_link) = watch::channel(LinkState::Disconnected {
+        reason: DisconnectReason::Closed,
+    });
     let mut offline_inbound = None;
     let mut offline_ready = None;
     let meta = if config.modules.edge_hub.enable {
@@ -176,6 +180,7 @@ pub async fn run(
             &tracker,
         );
         trim_link = Some(hub.link());
+        meta_link = hub.link();
         let stats = hub.clone();
         tracker.spawn(
             follow_link(
@@ -216,7 +221,7 @@ pub async fn run(
     if let Some((server, changes)) = meta_server {
         // Writes and reads of what the store lacks go to the cloud through metamanager.
         server
-            .with_cloud(meta.clone(), &node_name)
+            .with_cloud(meta.clone(), &node_name, meta_link.clone())
             .spawn(store.clone(), changes, cancel.child_token(), &tracker)
             .await
             .context("starting MetaServer (modules.metaManager.metaServer)")?;

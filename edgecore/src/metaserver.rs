@@ -16,6 +16,7 @@ mod body;
 mod changes;
 mod cloud;
 mod head;
+mod remote_watch;
 mod resources;
 mod route;
 mod selector;
@@ -71,7 +72,10 @@ pub struct MetaServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     bookmark_every: Duration,
-    cloud: Option<cloud::Cloud>,
+    cloud: Option<(
+        cloud::Cloud,
+        tokio::sync::watch::Receiver<edgehub::LinkState>,
+    )>,
 }
 
 impl MetaServer {
@@ -102,11 +106,22 @@ impl MetaServer {
     /// Carries writes, and reads of what the store lacks, to the cloud through metamanager
     /// (`node` is this node's name, which the cloud checks the request against). Without
     /// this, MetaServer answers reads only.
-    pub fn with_cloud(mut self, meta: crate::MetaHandle, node: &str) -> Self {
-        self.cloud = Some(cloud::Cloud {
-            meta,
-            node: node.to_owned(),
-        });
+    /// `link` is the hub's link state: after each new session the watches registered with the
+    /// cloud are registered again.
+    pub fn with_cloud(
+        mut self,
+        meta: crate::MetaHandle,
+        node: &str,
+        link: tokio::sync::watch::Receiver<edgehub::LinkState>,
+    ) -> Self {
+        self.cloud = Some((
+            cloud::Cloud {
+                meta,
+                node: node.to_owned(),
+                watches: Arc::default(),
+            },
+            link,
+        ));
         self
     }
 
@@ -133,13 +148,20 @@ impl MetaServer {
         }
         changes.start_at(newest);
         let through_cloud = self.cloud.is_some();
+        let cloud = self.cloud.map(|(cloud, link)| {
+            tracker.spawn(
+                remote_watch::sync_loop(cloud.clone(), link, cancel.clone())
+                    .instrument(tracing::info_span!("metaserver_watch_sync")),
+            );
+            cloud
+        });
         let api = Arc::new(api::Api {
             store,
             changes,
             bookmark_every: self.bookmark_every,
             cancel: cancel.clone(),
             tracker: tracker.clone(),
-            cloud: self.cloud,
+            cloud,
         });
         let span = tracing::info_span!("metaserver", addr = %self.local_addr);
         tracing::info!(addr = %self.local_addr, revision = newest, through_cloud, "metaserver listening");

@@ -81,11 +81,17 @@ pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> 
         Err(Unknown::Resource { group, plural }) => {
             let query = route::query(req.uri().query());
             let watching = query.get("watch").is_some_and(|w| truthy(w));
-            if let (Some(cloud), false, Some(target)) = (
-                &api.cloud,
-                watching,
-                super::cloud::Target::parse(req.uri().path()),
-            ) {
+            if let (Some(cloud), Some(target)) =
+                (&api.cloud, super::cloud::Target::parse(req.uri().path()))
+            {
+                if watching {
+                    let table = req
+                        .headers()
+                        .get(ACCEPT)
+                        .and_then(|a| a.to_str().ok())
+                        .is_some_and(|a| a.contains("as=Table"));
+                    return super::remote_watch::start(api, cloud, &target, &query, table).await;
+                }
                 return super::cloud::read(cloud, &api.store, &target, &query).await;
             }
             let gr = if group.is_empty() {
@@ -261,6 +267,7 @@ async fn objects(
                 bookmarks: query.get("allowWatchBookmarks").is_some_and(|b| truthy(b)),
                 timeout,
                 table,
+                guard: None,
             },
         )
         .await;

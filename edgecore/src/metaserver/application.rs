@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 pub(crate) enum Verb {
     Get,
     List,
+    Watch,
     Create,
     Update,
     UpdateStatus,
@@ -27,6 +28,7 @@ impl Verb {
         match self {
             Self::Get => "get",
             Self::List => "list",
+            Self::Watch => "watch",
             Self::Create => "create",
             Self::Update => "update",
             Self::UpdateStatus => "updatestatus",
@@ -74,6 +76,27 @@ pub(crate) struct Application {
     pub(crate) error: Value,
     #[serde(rename = "Timestamp", default)]
     pub(crate) timestamp: Value,
+}
+
+/// The `meta` type of the objects dynamicController sends for `plural`: KubeEdge guesses the
+/// kind from the resource name (`UnsafeResourceToKind`) and lower-cases it.
+pub(crate) fn stored_type(plural: &str) -> String {
+    match plural {
+        "endpoints" => return "endpoints".to_owned(),
+        "endpointslices" => return "endpointslice".to_owned(),
+        "leases" => return "leases".to_owned(),
+        _ => {}
+    }
+    let lower = plural.to_lowercase();
+    if let Some(stem) = lower.strip_suffix("ies") {
+        format!("{stem}y")
+    } else if let Some(stem) = lower.strip_suffix("ses") {
+        format!("{stem}s")
+    } else if let Some(stem) = lower.strip_suffix('s') {
+        stem.to_owned()
+    } else {
+        lower
+    }
 }
 
 /// The `meta_v2` key of a request: `/<group>/<version>/<resource>/<namespace>/<name>`, `core`
@@ -184,6 +207,15 @@ mod go_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_types_follow_kubeedge_guess() {
+        assert_eq!(stored_type("deployments"), "deployment");
+        assert_eq!(stored_type("networkpolicies"), "networkpolicy");
+        assert_eq!(stored_type("ingresses"), "ingress");
+        assert_eq!(stored_type("leases"), "leases");
+        assert_eq!(stored_type("namespaces"), "namespace");
+    }
 
     #[test]
     fn keys_follow_kubeedge() {

@@ -36,6 +36,8 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 pub(crate) struct Cloud {
     pub(crate) meta: MetaHandle,
     pub(crate) node: String,
+    /// Watches of what the edge does not hold, registered with the cloud.
+    pub(crate) watches: std::sync::Arc<super::remote_watch::WatchApps>,
 }
 
 /// Where a request points, for any resource (held or not).
@@ -439,14 +441,43 @@ async fn ask(
     verb: Verb,
     app: Application,
 ) -> Result<Response<ApiBody>, MetaError> {
+    Ok(match ask_body(cloud, target, verb, app).await? {
+        Ok(body) if body.is_empty() => json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": target.name, "kind": target.plural},
+            }),
+        ),
+        Ok(body) => {
+            let code = if verb == Verb::Create {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            text_json_response(code, String::from_utf8_lossy(&body).into_owned())
+        }
+        Err(refused) => refused,
+    })
+}
+
+/// Sends `app` and waits for the cloud: `Ok(Ok(body))` when approved (the API server's answer,
+/// empty for a delete or a watch), `Ok(Err(answer))` when refused (the HTTP answer saying
+/// why), `Err` when the cloud could not be asked or did not answer.
+pub(crate) async fn ask_body(
+    cloud: &Cloud,
+    target: &Target,
+    verb: Verb,
+    app: Application,
+) -> Result<Result<Vec<u8>, Response<ApiBody>>, MetaError> {
     let content = match serde_json::to_value(&app) {
         Ok(v) => v,
         Err(e) => {
-            return Ok(failure(
+            return Ok(Err(failure(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
                 &format!("the application could not be encoded: {e}"),
-            ));
+            )));
         }
     };
     let msg = Message::new(
@@ -461,31 +492,17 @@ async fn ask(
         .next()
         .and_then(|v| serde_json::from_value::<Application>(v).ok())
     else {
-        return Ok(failure(
+        return Ok(Err(failure(
             StatusCode::BAD_GATEWAY,
             "InternalError",
             &format!(
                 "CloudCore's answer to {} {what} is not an application",
                 verb.as_str()
             ),
-        ));
+        )));
     };
     Ok(match reply.outcome() {
-        Outcome::Approved(body) if body.is_empty() => json_response(
-            StatusCode::OK,
-            &json!({
-                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                "details": {"name": target.name, "kind": target.plural},
-            }),
-        ),
-        Outcome::Approved(body) => {
-            let code = if verb == Verb::Create {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            text_json_response(code, String::from_utf8_lossy(&body).into_owned())
-        }
+        Outcome::Approved(body) => Ok(body),
         Outcome::Status(status) => {
             let code = status
                 .get("code")
@@ -493,20 +510,30 @@ async fn ask(
                 .and_then(|c| u16::try_from(c).ok())
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            json_response(code, &status)
+            Err(json_response(code, &status))
         }
-        Outcome::Failed { status, reason } => failure(
+        Outcome::Failed { status, reason } => Err(failure(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
             &format!(
                 "CloudCore answered {} {what} with {status}: {reason}",
                 verb.as_str()
             ),
-        ),
+        )),
     })
 }
 
-fn unreachable_cloud(e: &MetaError, verb: Verb, what: &str) -> Response<ApiBody> {
+/// [`ask_body`] for an answer without a body (a watch's registration).
+pub(crate) async fn ask_raw(
+    cloud: &Cloud,
+    target: &Target,
+    verb: Verb,
+    app: Application,
+) -> Result<Result<(), Response<ApiBody>>, MetaError> {
+    Ok(ask_body(cloud, target, verb, app).await?.map(|_| ()))
+}
+
+pub(crate) fn unreachable_cloud(e: &MetaError, verb: Verb, what: &str) -> Response<ApiBody> {
     let verb = verb.as_str();
     match e {
         MetaError::NotConnected { .. } => failure(

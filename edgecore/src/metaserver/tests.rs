@@ -438,6 +438,7 @@ async fn cloud_lab(state: edgehub::LinkState) -> CloudLab {
     let tracker = TaskTracker::new();
     let (sent, to_cloud) = tokio::sync::mpsc::channel(16);
     let (link, link_rx) = tokio::sync::watch::channel(state);
+    let server_link = link_rx.clone();
     let (from_cloud, inbound) = tokio::sync::mpsc::channel(16);
     let meta = crate::spawn_metamanager(
         crate::MetaSettings::default().with_changes(changes.clone()),
@@ -454,7 +455,7 @@ async fn cloud_lab(state: edgehub::LinkState) -> CloudLab {
     let server = MetaServer::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
-        .with_cloud(meta, "edge-1");
+        .with_cloud(meta, "edge-1", server_link);
     let addr = server.local_addr();
     server
         .spawn(store.clone(), changes.clone(), cancel.clone(), &tracker)
@@ -820,5 +821,116 @@ async fn offline_a_resource_the_edge_does_not_hold_is_answered_from_meta_v2() {
         .unwrap();
     assert_eq!(code, 503, "{status}");
     drop(lab.link);
+    lab.lab.stop().await;
+}
+
+impl CloudLab {
+    /// The next message to the cloud that is not an ack.
+    async fn next_request(&mut self) -> edgehub::Message {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.to_cloud.recv())
+                .await
+                .expect("a message within 5 s")
+                .expect("link open");
+            if msg.route.operation != "response" {
+                return msg;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watch_of_what_the_edge_does_not_hold_registers_a_listener_and_is_served_locally() {
+    let mut lab = cloud_lab(connected()).await;
+    let addr = lab.lab.addr;
+    let watching = tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri("/apis/apps/v1/namespaces/shop/deployments?watch=true&resourceVersion=50")
+            .header("host", "metaserver")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        (resp.status().as_u16(), Events::new(resp))
+    });
+    // The kind is learnt from a one-item list.
+    let (req, mut app) = lab.application().await;
+    assert_eq!(
+        (app.verb.as_str(), app.key.as_str()),
+        ("list", "/apps/v1/deployments/shop/null")
+    );
+    app.status = "Approved".into();
+    app.resp_body = Some(br#"{"apiVersion":"apps/v1","kind":"DeploymentList","metadata":{"resourceVersion":"50"},"items":[]}"#.to_vec());
+    lab.answer(&req, app).await;
+    // Then the listener is registered.
+    let (req, mut app) = lab.application().await;
+    assert_eq!(
+        (app.verb.as_str(), app.key.as_str()),
+        ("watch", "/apps/v1/deployments/shop/null")
+    );
+    let watch_id = app.id.clone();
+    app.status = "Approved".into();
+    lab.answer(&req, app).await;
+    let (code, mut events) = watching.await.unwrap();
+    assert_eq!(code, 200);
+
+    // The listener sends the current objects, then changes, as dynamicController does.
+    for (op, rv) in [("insert", "40"), ("update", "60")] {
+        let msg = edgehub::Message::new(
+            edgehub::Route::new("dynamiccontroller", "resource", op, "shop/deployment/web"),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "web", "namespace": "shop", "resourceVersion": rv}}),
+        )
+        .with_resource_version(rv);
+        lab.from_cloud.send(msg).await.unwrap();
+    }
+    // Only what is newer than the watch's version reaches it.
+    let ev = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("an event")
+        .expect("the watch is open");
+    assert_eq!(ev["type"], "MODIFIED");
+    assert_eq!(ev["object"]["metadata"]["resourceVersion"], "60");
+    assert_eq!(ev["object"]["kind"], "Deployment");
+    // Stored like any cloud object, with MetaServer's meta_v2 copy.
+    assert!(
+        lab.lab
+            .store
+            .get("shop/deployment/web")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A new session: the live watch is registered again.
+    lab.link.send_replace(edgehub::LinkState::Connected {
+        session: 2,
+        endpoint: "cloud:10000".into(),
+    });
+    let sync = lab.next_request().await;
+    assert_eq!(sync.route.resource, "watchapp/sync");
+    assert!(sync.content.get(&watch_id).is_some(), "{}", sync.content);
+    let mut answer = edgehub::Message::new(
+        edgehub::Route::new(
+            "dynamiccontroller",
+            "resource",
+            "applicationResponse",
+            "watchapp/sync",
+        ),
+        json!({}),
+    );
+    answer.header.parent_msg_id = sync.header.msg_id.clone();
+    lab.from_cloud.send(answer).await.unwrap();
+
+    // The last watcher goes: the cloud is told to drop the listener.
+    drop(events);
+    let sync = lab.next_request().await;
+    assert_eq!(sync.route.resource, "watchapp/sync");
+    assert_eq!(sync.content, json!({}));
     lab.lab.stop().await;
 }

@@ -41,6 +41,10 @@ pub(crate) struct WatchRequest {
     pub(crate) timeout: Option<Duration>,
     /// Objects as one-row tables (`kubectl get -w`).
     pub(crate) table: bool,
+    /// For a watch through the cloud: held while the watch runs, never read (its drop
+    /// tells the cloud when the last watcher of an application is gone).
+    #[allow(dead_code)]
+    pub(crate) guard: Option<super::remote_watch::WatchGuard>,
 }
 
 struct Watcher {
@@ -68,6 +72,14 @@ impl Watcher {
     async fn change(&self, change: &Change) -> bool {
         if change.stored_type != self.req.resource.stored
             || !self.req.selector.matches(&change.object)
+        {
+            return true;
+        }
+        // A watch from a version gets only what is newer (the cloud's listener first sends
+        // every current object, which the client has listed already).
+        if let From::Version(v) = self.req.from
+            && change.rv <= v
+            && change.kind != ChangeKind::Deleted
         {
             return true;
         }

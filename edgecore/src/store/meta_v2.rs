@@ -118,23 +118,22 @@ pub(crate) fn gvr(group: &str, version: &str, resource: &str) -> String {
     format!("{group}/{version}, Resource={resource}")
 }
 
-/// The plural of a kind as KubeEdge guesses it for kinds it has no table for.
+/// The plural of a kind as KubeEdge guesses it for kinds it has no table for
+/// (`UnsafeKindToResource`, used for its own `meta_v2` keys; "Gateway" becomes "gatewaies").
 fn plural(kind: &str) -> String {
+    match kind {
+        "Endpoints" => return "endpoints".to_owned(),
+        "Leases" => return "leases".to_owned(),
+        _ => {}
+    }
     let lower = kind.to_lowercase();
-    if let Some(stem) = lower.strip_suffix('y')
-        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
-    {
-        return format!("{stem}ies");
+    if lower.ends_with('s') {
+        format!("{lower}es")
+    } else if let Some(stem) = lower.strip_suffix('y') {
+        format!("{stem}ies")
+    } else {
+        format!("{lower}s")
     }
-    if lower.ends_with('s')
-        || lower.ends_with("ch")
-        || lower.ends_with("sh")
-        || lower.ends_with('x')
-        || lower.ends_with('z')
-    {
-        return format!("{lower}es");
-    }
-    format!("{lower}s")
 }
 
 /// The `meta_v2` row of an object stored in `meta` under type `meta_kind`; `None` for what is
@@ -327,7 +326,8 @@ mod tests {
         assert_eq!(deployment.key, "/apps/v1/deployments/ns/d");
         assert_eq!(plural("NetworkPolicy"), "networkpolicies");
         assert_eq!(plural("Ingress"), "ingresses");
-        assert_eq!(plural("Gateway"), "gateways");
+        assert_eq!(plural("Gateway"), "gatewaies");
+        assert_eq!(plural("Deployment"), "deployments");
 
         assert_eq!(row_of("podpatch", r#"{"metadata":{"name":"x"}}"#), None);
         assert_eq!(row_of("pod", "not json"), None);
