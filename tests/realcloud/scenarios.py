@@ -863,6 +863,50 @@ def metaserver():
             return f"{len(names)} namespaces listed by the cloud"
         step(s, "a resource the edge does not hold is answered by the cloud", not_held)
 
+        # A Deployment (no controller-manager here: it stays an object) watched through
+        # MetaServer: the watch registers a dynamicController listener for the node.
+        deploy = "rc-ms-deploy"
+        rc.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": deploy, "namespace": "default", "annotations": {"v": "1"}},
+                  "spec": {"replicas": 0, "selector": {"matchLabels": {"app": deploy}},
+                           "template": {"metadata": {"labels": {"app": deploy}},
+                                        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})
+        dcfg = client.Configuration()
+        dcfg.host = server
+        apps = client.AppsV1Api(client.ApiClient(dcfg))
+        deployed = apps.list_namespaced_deployment("default")
+        check(any(d.metadata.name == deploy for d in deployed.items), "the Deployment in the cloud's list")
+
+        def watch_deployments():
+            rv = deployed.metadata.resource_version
+            while not stop.is_set():
+                try:
+                    for ev in watch.Watch().stream(apps.list_namespaced_deployment, "default",
+                                                   resource_version=rv, timeout_seconds=300):
+                        o = ev["object"]
+                        rv = o.metadata.resource_version
+                        if o.metadata.name == deploy:
+                            d_seen.append((ev["type"], (o.metadata.annotations or {}).get("v")))
+                except Exception as x:  # noqa: BLE001 - reported by the steps
+                    d_errors.append(repr(x))
+                    return
+        d_seen, d_errors = [], []
+        d_thread = threading.Thread(target=watch_deployments, daemon=True)
+        d_thread.start()
+
+        def deployment_change(v, within=60):
+            kubectl("annotate", "deployment", deploy, f"v={v}", "--overwrite")
+            try:
+                # ADDED when the change raced the listener's registration: its first dump of
+                # the current objects then carries it (client-go takes it as an update).
+                wait_for(f"the Deployment watch to see v={v}", within,
+                         lambda: ("MODIFIED", v) in d_seen or ("ADDED", v) in d_seen)
+            except Failed as x:
+                raise Failed(f"{x}; events {d_seen}, errors {d_errors}") from None
+            return f"seen through the node's listener ({len(d_seen)} events)"
+        step(s, "a watch of what the edge does not hold (Deployments) through dynamicController",
+             deployment_change, "2")
+
         cfg = client.Configuration()
         cfg.host = server
         api = client.CoreV1Api(client.ApiClient(cfg))
@@ -911,6 +955,12 @@ def metaserver():
             local("delete", "configmap", "rc-ms-written")
             return "create and delete answered through replica b's dynamicController"
         step(s, "a write after the VIP move", write_on_b)
+        def deployment_after_move():
+            detail = deployment_change("3")
+            check("watch applications synced with the cloud" in e.log(), "no watchapp/sync in the edge's log")
+            return detail + "; watchapp/sync sent to b"
+        step(s, "the Deployment watch after the VIP move (listener registered again on b)",
+             deployment_after_move)
 
         rc.lab("vip", "none")
         wait_for("the edge to notice the cloud is gone", 30, lambda: "session lost" in e.log())
@@ -947,6 +997,7 @@ def metaserver():
             if thread:
                 thread.join(timeout=10)
             kubectl("delete", "configmap", "rc-ms-written", "rc-ms-offline", "--ignore-not-found", check_rc=False)
+            kubectl("delete", "deployment", "rc-ms-deploy", "--ignore-not-found", check_rc=False)
             teardown(e, [pod], node)
 
 
