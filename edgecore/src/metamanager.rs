@@ -451,7 +451,18 @@ impl<L: CloudLink> MetaManager<L> {
                 }
                 Plan::Write { ops: mine, then } => {
                     answers |= matches!(then, After::Answer { .. });
-                    todo.push((msg, ops.len()..ops.len() + mine.len(), then));
+                    // For MetaServer's watches: the object an upsert replaces, read in the same
+                    // transaction just before it.
+                    let previous = match (&self.changes, &then, mine.first()) {
+                        (Some(_), After::Ack, Some(Op::PutObject { key, .. })) => {
+                            ops.push(Op::Get {
+                                key: key.as_str().to_owned(),
+                            });
+                            Some(ops.len() - 1)
+                        }
+                        _ => None,
+                    };
+                    todo.push((msg, ops.len()..ops.len() + mine.len(), then, previous));
                     ops.extend(mine);
                 }
             }
@@ -475,14 +486,14 @@ impl<L: CloudLink> MetaManager<L> {
                     self.store_metrics.write_failed(failure);
                 }
                 tracing::error!(error = %e, failure = failure.as_str(), messages = todo.len(), "store commit failed; not acking");
-                for (msg, _, _) in &todo {
+                for (msg, _, _, _) in &todo {
                     self.send(Message::error_to(msg, "edge store commit failed"))
                         .await?;
                 }
                 return Ok(());
             }
         };
-        for (msg, range, then) in todo {
+        for (msg, range, then, previous) in todo {
             let expected = range.len();
             let outcome = results.get(range).unwrap_or_default();
             let failed = outcome.iter().find_map(|r| r.as_ref().err());
@@ -506,7 +517,12 @@ impl<L: CloudLink> MetaManager<L> {
             match then {
                 After::Ack => {
                     if let Some(changes) = &self.changes {
-                        publish_change(changes, &msg, outcome);
+                        let previous =
+                            previous.and_then(|i| results.get(i)).and_then(|r| match r {
+                                Ok(Outcome::Value(Some(text))) => serde_json::from_str(text).ok(),
+                                _ => None,
+                            });
+                        publish_change(changes, &msg, outcome, previous.as_ref());
                     }
                     self.send(Message::ack_of(&msg)).await?;
                     if let Some(q) = self.pods.as_mut()
@@ -684,11 +700,22 @@ impl<L: CloudLink> MetaManager<L> {
 /// A cloud answer as a list of objects: an array is its items, null is nothing.
 /// Hands a committed cloud write to MetaServer's watches: an applied insert or update, or a
 /// delete that removed the row.
-fn publish_change(changes: &Changes, msg: &Message, outcome: &[Result<Outcome, StoreError>]) {
+fn publish_change(
+    changes: &Changes,
+    msg: &Message,
+    outcome: &[Result<Outcome, StoreError>],
+    previous: Option<&Value>,
+) {
     let Ok(key) = MetaKey::object(&msg.route.resource) else {
         return;
     };
     let kind = match (msg.route.operation.as_str(), outcome.first()) {
+        // An insert over a stored object changes it, as an update does.
+        (op::INSERT | op::UPDATE, Some(Ok(Outcome::Put(PutOutcome::Applied))))
+            if previous.is_some() =>
+        {
+            ChangeKind::Modified
+        }
         (op::INSERT, Some(Ok(Outcome::Put(PutOutcome::Applied)))) => ChangeKind::Added,
         (op::UPDATE, Some(Ok(Outcome::Put(PutOutcome::Applied)))) => ChangeKind::Modified,
         (op::DELETE, Some(Ok(Outcome::Deleted(n)))) if *n > 0 => ChangeKind::Deleted,
@@ -704,7 +731,7 @@ fn publish_change(changes: &Changes, msg: &Message, outcome: &[Result<Outcome, S
             serde_json::json!({"metadata": {"name": r.name, "namespace": r.namespace}})
         }
     };
-    changes.publish(kind, key.kind(), object);
+    changes.publish(kind, key.kind(), object, previous);
 }
 
 fn values_of(v: Value) -> Vec<Value> {

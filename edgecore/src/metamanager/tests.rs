@@ -975,6 +975,7 @@ async fn committed_cloud_writes_reach_the_change_feed() {
         h.next("ack").await;
     }
     let mut got = Vec::new();
+    let mut previous = Vec::new();
     while let Ok(c) = feed.try_recv() {
         got.push((
             c.kind,
@@ -982,7 +983,10 @@ async fn committed_cloud_writes_reach_the_change_feed() {
             c.rv,
             c.object["metadata"]["name"].clone(),
         ));
+        previous.push(c.previous.as_ref().map(|p| p["metadata"]["name"].clone()));
     }
+    // The update carries what it replaced (read in its transaction), for watch selectors.
+    assert_eq!(previous, [None, Some(json!("app")), None]);
     assert_eq!(
         got,
         [

@@ -45,6 +45,8 @@ pub(crate) struct Change {
     /// The `meta` table's type of the object (`pod`, `configmap`, …).
     pub(crate) stored_type: String,
     pub(crate) object: Value,
+    /// What selectors read of the object this change replaced (`None`: there was none).
+    pub(crate) previous: Option<Value>,
     /// The object's resourceVersion (for a delete without one: the revision at the time).
     pub(crate) rv: u64,
 }
@@ -113,7 +115,18 @@ impl Changes {
     }
 
     /// Records a committed change and hands it to the live watchers.
-    pub(crate) fn publish(&self, kind: ChangeKind, stored_type: &str, object: Value) {
+    ///
+    /// `previous` is the object this change replaced, if any: a watch with a selector turns a
+    /// change into `ADDED` or `DELETED` when the object starts or stops matching. Only what
+    /// selectors read of it is kept.
+    pub(crate) fn publish(
+        &self,
+        kind: ChangeKind,
+        stored_type: &str,
+        object: Value,
+        previous: Option<&Value>,
+    ) {
+        let previous = previous.map(selector_view);
         let mut ring = self.ring();
         ring.seq += 1;
         let rv = rv_of(&object).unwrap_or(ring.revision);
@@ -123,6 +136,7 @@ impl Changes {
             kind,
             stored_type: stored_type.to_owned(),
             object,
+            previous,
             rv,
         });
         if ring.changes.len() == RING
@@ -190,8 +204,8 @@ mod tests {
     #[test]
     fn resuming_replays_what_followed_and_refuses_what_was_dropped() {
         let c = Changes::new();
-        c.publish(ChangeKind::Added, "pod", obj("a", 10));
-        c.publish(ChangeKind::Modified, "pod", obj("a", 11));
+        c.publish(ChangeKind::Added, "pod", obj("a", 10), None);
+        c.publish(ChangeKind::Modified, "pod", obj("a", 11), None);
         let s = c.subscribe(Some(10)).ok().unwrap();
         assert_eq!(s.replay.len(), 1);
         assert_eq!(s.replay[0].kind, ChangeKind::Modified);
@@ -201,7 +215,7 @@ mod tests {
         assert_eq!(c.subscribe(Some(5)).ok().unwrap().replay.len(), 2);
 
         for i in 0..RING as u64 {
-            c.publish(ChangeKind::Modified, "pod", obj("a", 12 + i));
+            c.publish(ChangeKind::Modified, "pod", obj("a", 12 + i), None);
         }
         // 10 and 11 were dropped: from 11 on the ring is whole.
         assert_eq!(c.subscribe(Some(10)).err(), Some(TooOld { oldest: 11 }));
@@ -211,10 +225,11 @@ mod tests {
             ChangeKind::Deleted,
             "pod",
             json!({"metadata": {"name": "a"}}),
+            None,
         );
         let mut live = c.subscribe(None).ok().unwrap();
         assert!(live.replay.is_empty());
-        c.publish(ChangeKind::Added, "pod", obj("b", 5000));
+        c.publish(ChangeKind::Added, "pod", obj("b", 5000), None);
         let got = live.live.try_recv().unwrap();
         assert_eq!((got.seq, got.rv), (RING as u64 + 4, 5000));
     }
@@ -225,8 +240,22 @@ mod tests {
         c.start_at(40);
         assert_eq!(c.subscribe(Some(7)).err(), Some(TooOld { oldest: 40 }));
         assert!(c.subscribe(Some(40)).is_ok());
-        c.publish(ChangeKind::Added, "pod", obj("a", 41));
+        c.publish(ChangeKind::Added, "pod", obj("a", 41), None);
         assert_eq!(c.subscribe(Some(40)).ok().unwrap().replay.len(), 1);
         assert!(c.subscribe(Some(39)).is_err());
     }
+}
+
+/// The parts of an object that label and field selectors read.
+fn selector_view(object: &Value) -> Value {
+    let meta = &object["metadata"];
+    serde_json::json!({
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": meta["labels"],
+        },
+        "spec": {"nodeName": object["spec"]["nodeName"]},
+        "status": {"phase": object["status"]["phase"]},
+    })
 }

@@ -306,16 +306,19 @@ async fn watches_follow_commits_resume_and_refuse_what_is_gone() {
         ChangeKind::Modified,
         "pod",
         pod("web", "default", 13, "web"),
+        None,
     );
     lab.changes.publish(
         ChangeKind::Added,
         "configmap",
         json!({"metadata": {"name": "x", "namespace": "default", "resourceVersion": "14"}}),
+        None,
     );
     lab.changes.publish(
         ChangeKind::Deleted,
         "pod",
         pod("dns", "kube-system", 15, "dns"),
+        None,
     );
     let e = live.next_change().await.unwrap();
     assert_eq!(
@@ -374,7 +377,7 @@ async fn a_watcher_that_does_not_read_is_closed_not_buffered() {
     for rv in 100..1600u64 {
         let mut p = pod("web", "default", rv, "web");
         p["metadata"]["annotations"] = json!({"pad": big});
-        lab.changes.publish(ChangeKind::Modified, "pod", p);
+        lab.changes.publish(ChangeKind::Modified, "pod", p, None);
         if rv % 200 == 0 {
             tokio::task::yield_now().await;
         }
@@ -933,4 +936,64 @@ async fn a_watch_of_what_the_edge_does_not_hold_registers_a_listener_and_is_serv
     assert_eq!(sync.route.resource, "watchapp/sync");
     assert_eq!(sync.content, json!({}));
     lab.lab.stop().await;
+}
+
+#[tokio::test]
+async fn an_object_that_starts_or_stops_matching_a_watch_selector_is_added_or_deleted() {
+    let lab = lab().await;
+    let mut web = Events::new(
+        lab.request(
+            "GET",
+            "/api/v1/namespaces/default/pods?watch=1&labelSelector=app%3Dweb",
+            "*/*",
+        )
+        .await,
+    );
+    // The web pod is relabelled db: it leaves the watch.
+    lab.changes.publish(
+        ChangeKind::Modified,
+        "pod",
+        pod("web", "default", 20, "db"),
+        Some(&pod("web", "default", 10, "web")),
+    );
+    // An unrelated change that never matched: nothing.
+    lab.changes.publish(
+        ChangeKind::Modified,
+        "pod",
+        pod("other", "default", 21, "db"),
+        Some(&pod("other", "default", 9, "db")),
+    );
+    // Relabelled back: it joins again; then a change while matching.
+    lab.changes.publish(
+        ChangeKind::Modified,
+        "pod",
+        pod("web", "default", 22, "web"),
+        Some(&pod("web", "default", 20, "db")),
+    );
+    lab.changes.publish(
+        ChangeKind::Modified,
+        "pod",
+        pod("web", "default", 23, "web"),
+        Some(&pod("web", "default", 22, "web")),
+    );
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let e = web.next_change().await.unwrap();
+        got.push((
+            e["type"].as_str().unwrap().to_owned(),
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [
+            ("DELETED".to_owned(), "20".to_owned()),
+            ("ADDED".to_owned(), "22".to_owned()),
+            ("MODIFIED".to_owned(), "23".to_owned())
+        ]
+    );
+    lab.stop().await;
 }

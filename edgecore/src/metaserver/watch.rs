@@ -70,11 +70,27 @@ impl Watcher {
     }
 
     async fn change(&self, change: &Change) -> bool {
-        if change.stored_type != self.req.resource.stored
-            || !self.req.selector.matches(&change.object)
-        {
+        if change.stored_type != self.req.resource.stored {
             return true;
         }
+        let now = self.req.selector.matches(&change.object);
+        let before = change
+            .previous
+            .as_ref()
+            .map(|p| self.req.selector.matches(p));
+        // As kube-apiserver's watch cache: an object that starts matching the selector is
+        // ADDED to this watch, one that stops matching is DELETED from it.
+        let kind = match (change.kind, before, now) {
+            (ChangeKind::Deleted, before, now) if now || before == Some(true) => {
+                ChangeKind::Deleted
+            }
+            (ChangeKind::Deleted, ..) => return true,
+            (_, Some(true), true) => ChangeKind::Modified,
+            (_, Some(true), false) => ChangeKind::Deleted,
+            (_, Some(false), true) => ChangeKind::Added,
+            (kind, None, true) => kind,
+            _ => return true,
+        };
         // A watch from a version gets only what is newer (the cloud's listener first sends
         // every current object, which the client has listed already).
         if let From::Version(v) = self.req.from
@@ -83,8 +99,7 @@ impl Watcher {
         {
             return true;
         }
-        self.send(change.kind.as_str(), self.object(&change.object))
-            .await
+        self.send(kind.as_str(), self.object(&change.object)).await
     }
 
     async fn error(&self, code: StatusCode, reason: &str, message: &str) {
