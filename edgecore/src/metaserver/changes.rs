@@ -191,6 +191,20 @@ impl Changes {
     }
 }
 
+/// The parts of an object that label and field selectors read.
+fn selector_view(object: &Value) -> Value {
+    let meta = &object["metadata"];
+    serde_json::json!({
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": meta["labels"],
+        },
+        "spec": {"nodeName": object["spec"]["nodeName"]},
+        "status": {"phase": object["status"]["phase"]},
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -244,18 +258,4 @@ mod tests {
         assert_eq!(c.subscribe(Some(40)).ok().unwrap().replay.len(), 1);
         assert!(c.subscribe(Some(39)).is_err());
     }
-}
-
-/// The parts of an object that label and field selectors read.
-fn selector_view(object: &Value) -> Value {
-    let meta = &object["metadata"];
-    serde_json::json!({
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": meta["labels"],
-        },
-        "spec": {"nodeName": object["spec"]["nodeName"]},
-        "status": {"phase": object["status"]["phase"]},
-    })
 }
