@@ -2,13 +2,13 @@
 //! the edge's store so it keeps answering while the cloud is away. Edge pods, EdgeMesh and
 //! kubectl use it as their API server.
 //!
-//! This first part answers reads: discovery (`/api`, `/apis`, their versions), `/version`,
+//! It answers reads from the store: discovery (`/api`, `/apis`, their versions), `/version`,
 //! `/healthz`, and get, list and watch of the kinds metamanager stores, with label and field
 //! selectors, list `resourceVersion`s, watches from a resourceVersion (a bounded ring of
 //! committed changes; `410 Gone` before it), bookmarks, and kubectl's table output. Watches
-//! are fed by metamanager's commits ([`Changes`]), never by polling. Not yet: writes, reads
-//! the store cannot answer (dynamicController), HTTPS and authorization, `meta_v2`
-//! (`docs/metaserver.md`).
+//! are fed by metamanager's commits ([`Changes`]), never by polling. Writes, and reads and
+//! watches of what the store lacks, go to CloudCore's dynamicController as applications
+//! (`cloud`, `remote_watch`). Not yet: HTTPS and authorization (`docs/metaserver.md`).
 
 mod api;
 mod application;
