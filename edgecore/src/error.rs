@@ -143,6 +143,15 @@ pub enum MetaError {
         /// The resource of the request.
         resource: String,
     },
+    /// The session ended while a request that must not be sent twice (a write) waited for its
+    /// answer: the cloud may or may not have carried it out.
+    #[error(
+        "the session to the cloud ended before it answered {resource:?}; it may have been carried out"
+    )]
+    SessionLost {
+        /// The resource of the request.
+        resource: String,
+    },
     /// Too many remote queries are waiting for an answer.
     #[error("too many remote queries in flight ({limit}); retry later")]
     Busy {

@@ -81,7 +81,9 @@ fn to_shim(e: MetaError) -> edged_shim::MetaError {
     use edged_shim::MetaError as Shim;
     match e {
         MetaError::Stopped => Shim::Closed,
-        MetaError::NotConnected { .. } => Shim::NotConnected(e.to_string()),
+        MetaError::NotConnected { .. } | MetaError::SessionLost { .. } => {
+            Shim::NotConnected(e.to_string())
+        }
         MetaError::RemoteTimeout { after, .. } => Shim::Timeout(after),
         MetaError::Remote {
             status: RemoteStatus::AlreadyExists,

@@ -110,6 +110,8 @@ enum Command {
     Request {
         msg: Box<Message>,
         reply: oneshot::Sender<QueryResult>,
+        /// Re-sent on the next session when the current one ends before the answer.
+        resend: bool,
     },
 }
 
@@ -156,12 +158,24 @@ impl MetaHandle {
     /// [`Self::request`] with its own time limit (MetaServer's applications wait 10 s, as
     /// KubeEdge's do).
     pub(crate) async fn request_within(&self, msg: Message, within: Duration) -> QueryResult {
+        self.send_request(msg, within, true).await
+    }
+
+    /// [`Self::request_within`] for a request that must not be carried out twice (a write):
+    /// it is never re-sent, and fails with [`MetaError::SessionLost`] if the session ends
+    /// before the answer.
+    pub(crate) async fn request_once(&self, msg: Message, within: Duration) -> QueryResult {
+        self.send_request(msg, within, false).await
+    }
+
+    async fn send_request(&self, msg: Message, within: Duration, resend: bool) -> QueryResult {
         let resource = msg.route.resource.clone();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Request {
                 msg: Box::new(msg),
                 reply,
+                resend,
             })
             .await
             .map_err(|_| MetaError::Stopped)?;
@@ -244,6 +258,8 @@ struct Pending {
     reply: oneshot::Sender<QueryResult>,
     /// The session the query was last sent on.
     session: u64,
+    /// Re-sent on a new session; otherwise failed when its session ends.
+    resend: bool,
 }
 
 struct MetaManager<L> {
@@ -380,6 +396,20 @@ impl<L: CloudLink> MetaManager<L> {
             LinkState::Connected { .. } => Ok(()),
             LinkState::Connecting { .. } | LinkState::Disconnected { .. } => {
                 self.session = None;
+                // What must not be sent twice cannot wait for the next session.
+                let once: Vec<String> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.resend)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in once {
+                    if let Some(p) = self.pending.remove(&id) {
+                        let _ = p.reply.send(Err(MetaError::SessionLost {
+                            resource: p.msg.route.resource,
+                        }));
+                    }
+                }
                 Ok(())
             }
         }
@@ -558,7 +588,7 @@ impl<L: CloudLink> MetaManager<L> {
         match cmd {
             Command::Submit { msg, reply } => self.submit(*msg, reply).await,
             Command::Query { resource, reply } => self.query(resource, reply).await,
-            Command::Request { msg, reply } => self.request(*msg, reply).await,
+            Command::Request { msg, reply, resend } => self.request(*msg, reply, resend).await,
         }
     }
 
@@ -621,6 +651,7 @@ impl<L: CloudLink> MetaManager<L> {
         &mut self,
         mut msg: Message,
         reply: oneshot::Sender<QueryResult>,
+        resend: bool,
     ) -> Result<(), Stop> {
         let Some(session) = self.session else {
             let _ = reply.send(Err(MetaError::NotConnected {
@@ -631,7 +662,7 @@ impl<L: CloudLink> MetaManager<L> {
         if msg.header.msg_id.is_empty() {
             msg.header.msg_id = Message::new(Route::default(), Value::Null).header.msg_id;
         }
-        self.await_answer(msg, reply, session).await
+        self.await_answer(msg, reply, session, resend).await
     }
 
     /// Sends `msg` to the cloud and parks `reply` until the answer (`parent_msg_id`) arrives.
@@ -640,6 +671,7 @@ impl<L: CloudLink> MetaManager<L> {
         msg: Message,
         reply: oneshot::Sender<QueryResult>,
         session: u64,
+        resend: bool,
     ) -> Result<(), Stop> {
         self.pending.retain(|_, p| !p.reply.is_closed());
         if self.pending.len() >= MAX_PENDING_QUERIES {
@@ -655,6 +687,7 @@ impl<L: CloudLink> MetaManager<L> {
                 msg: msg.clone(),
                 reply,
                 session,
+                resend,
             },
         );
         self.send(msg).await
@@ -679,7 +712,7 @@ impl<L: CloudLink> MetaManager<L> {
                 Route::new("edged", "meta", op::QUERY, resource.trim()),
                 Value::Null,
             );
-            return self.await_answer(msg, reply, session).await;
+            return self.await_answer(msg, reply, session, true).await;
         }
         let read = match parsed.name {
             Some(_) => self

@@ -486,7 +486,14 @@ pub(crate) async fn ask_body(
     );
     tracing::debug!(verb = verb.as_str(), key = %app.key, id = %app.id, "application to the cloud");
     let what = target.describe();
-    let answered = cloud.meta.request_within(msg, APPLICATION_TIMEOUT).await?;
+    // Reads are re-sent after a reconnect; a write is sent once, so it is never carried out
+    // twice.
+    let answered = match verb {
+        Verb::Get | Verb::List | Verb::Watch => {
+            cloud.meta.request_within(msg, APPLICATION_TIMEOUT).await?
+        }
+        _ => cloud.meta.request_once(msg, APPLICATION_TIMEOUT).await?,
+    };
     let Some(reply) = answered
         .into_iter()
         .next()
@@ -550,6 +557,14 @@ pub(crate) fn unreachable_cloud(e: &MetaError, verb: Verb, what: &str) -> Respon
             &format!(
                 "CloudCore did not answer {verb} {what} within {after:?}; it answers through its \
                  dynamicController (modules.dynamicController.enable in cloudcore.yaml)"
+            ),
+        ),
+        MetaError::SessionLost { .. } => failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!(
+                "the connection to CloudCore dropped before it answered {verb} {what}; it may \
+                 have been carried out: read the object before retrying"
             ),
         ),
         MetaError::Busy { .. } => failure(

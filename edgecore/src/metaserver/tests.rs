@@ -997,3 +997,47 @@ async fn an_object_that_starts_or_stops_matching_a_watch_selector_is_added_or_de
     );
     lab.stop().await;
 }
+
+#[tokio::test]
+async fn a_write_is_never_sent_twice_but_a_read_is_sent_again_after_a_reconnect() {
+    let mut lab = cloud_lab(connected()).await;
+    let write = lab.send(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        br#"{"metadata":{"name":"once"}}"#,
+    );
+    let read = lab.send("GET", "/apis/apps/v1/deployments", "", b"");
+    let mut sent = vec![
+        lab.application().await.1.verb,
+        lab.application().await.1.verb,
+    ];
+    sent.sort();
+    assert_eq!(sent, ["create", "list"]);
+    // The session drops before the cloud answers either.
+    lab.link.send_replace(edgehub::LinkState::Disconnected {
+        reason: edgehub::DisconnectReason::Closed,
+    });
+    let (code, status) = write.await.unwrap();
+    assert_eq!(code, 503, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("may have been carried out"),
+        "{status}"
+    );
+    // A new session: only the read goes again, and its answer is the client's.
+    lab.link.send_replace(edgehub::LinkState::Connected {
+        session: 2,
+        endpoint: "cloud:10000".into(),
+    });
+    let (req, mut app) = lab.application().await;
+    assert_eq!(app.verb, "list");
+    app.status = "Approved".into();
+    app.resp_body = Some(br#"{"kind":"DeploymentList","metadata":{},"items":[]}"#.to_vec());
+    lab.answer(&req, app).await;
+    let (code, list) = read.await.unwrap();
+    assert_eq!((code, list["kind"].as_str()), (200, Some("DeploymentList")));
+    lab.lab.stop().await;
+}
