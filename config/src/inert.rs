@@ -33,6 +33,12 @@ const HONOURED: &[&str] = &[
     "modules.metaManager.remoteQueryTimeout",
     "modules.metaManager.metaServer.enable",
     "modules.metaManager.metaServer.server",
+    "modules.metaManager.metaServer.dummyServer",
+    "modules.metaManager.metaServer.serviceAccountIssuers",
+    "modules.metaManager.metaServer.apiAudiences",
+    "modules.metaManager.metaServer.serviceAccountKeyFiles",
+    "modules.metaManager.metaServer.certificatesDir",
+    "featureGates.requireAuthorization",
     "modules.edged.enable",
     "modules.edged.hostnameOverride",
     "modules.edged.nodeIP",
@@ -200,11 +206,7 @@ mod tests {
             ],
             "heartbeat, cgroupDriver, maxPods and clusterDNS act; a disabled module's keys are not listed"
         );
-        assert_eq!(
-            i.modules,
-            ["modules.deviceTwin"],
-            "metaServer runs (reads only)"
-        );
+        assert_eq!(i.modules, ["modules.deviceTwin"], "metaServer runs");
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub struct MetaManager {
     pub meta_server: MetaServer,
 }
 
-/// `modules.metaManager.metaServer` (not run; kept so the keys are known and print back).
+/// `modules.metaManager.metaServer`: the node's local Kubernetes API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct MetaServer {
@@ -133,6 +133,19 @@ pub struct MetaServer {
     pub api_audiences: Option<Vec<String>>,
     /// Service-account public keys.
     pub service_account_key_files: Option<Vec<String>>,
+    /// Ours: where the serving certificate requested with `requireAuthorization` is kept
+    /// (KubeEdge's fixed `/etc/kubeedge/pki/metaserver`, the default). Not printed when default.
+    #[serde(skip_serializing_if = "MetaServer::default_certificates_dir")]
+    pub certificates_dir: String,
+}
+
+impl MetaServer {
+    /// KubeEdge's fixed directory of MetaServer's serving certificate.
+    pub const CERTIFICATES_DIR: &'static str = "/etc/kubeedge/pki/metaserver";
+
+    fn default_certificates_dir(dir: &str) -> bool {
+        dir == Self::CERTIFICATES_DIR
+    }
 }
 
 /// `modules.health` (ours): the local HTTP endpoint for `/healthz`, `/readyz` and `/metrics`.
@@ -202,6 +215,7 @@ impl Default for MetaServer {
             ]),
             api_audiences: None,
             service_account_key_files: None,
+            certificates_dir: Self::CERTIFICATES_DIR.to_owned(),
         }
     }
 }

@@ -220,8 +220,29 @@ pub async fn run(
     };
     if let Some((server, changes)) = meta_server {
         // Writes and reads of what the store lacks go to the cloud through metamanager.
+        let mut server = server.with_cloud(meta.clone(), &node_name, meta_link.clone());
+        if config.feature_gates.get("requireAuthorization") == Some(&true) {
+            let ms = &config.modules.meta_manager.meta_server;
+            let dummy_server = match ms.dummy_server.trim() {
+                "" => None,
+                d => Some(d.parse().with_context(|| {
+                    format!("modules.metaManager.metaServer.dummyServer {d:?} is not ip:port")
+                })?),
+            };
+            server = server
+                .with_authorization(crate::Authorization {
+                    service_account_key_files: ms
+                        .service_account_key_files
+                        .clone()
+                        .unwrap_or_default(),
+                    service_account_issuers: ms.service_account_issuers.clone().unwrap_or_default(),
+                    api_audiences: ms.api_audiences.clone().unwrap_or_default(),
+                    dummy_server,
+                    certificates_dir: ms.certificates_dir.clone().into(),
+                })
+                .context("starting MetaServer with requireAuthorization")?;
+        }
         server
-            .with_cloud(meta.clone(), &node_name, meta_link.clone())
             .spawn(store.clone(), changes, cancel.child_token(), &tracker)
             .await
             .context("starting MetaServer (modules.metaManager.metaServer)")?;

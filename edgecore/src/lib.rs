@@ -26,7 +26,7 @@ pub use error::{Cause, MetaError, RemoteStatus, StoreError, StoreFailure};
 pub use health::{HealthError, HealthServer, ReadyState, follow_link};
 pub use link::CloudLink;
 pub use metamanager::{MetaHandle, MetaSettings, spawn_metamanager};
-pub use metaserver::{ChangeKind, Changes, MetaServer, MetaServerError};
+pub use metaserver::{Authorization, ChangeKind, Changes, MetaServer, MetaServerError};
 pub use metrics::{
     CertMetrics, EdgedMetrics, HubMetrics, MetaMetrics, MeteredLink, Metrics, SessionState,
     StoreMetrics, sample_store_size,

@@ -12,14 +12,18 @@
 
 mod api;
 mod application;
+mod auth;
 mod body;
 mod changes;
 mod cloud;
+mod guard;
 mod head;
+mod rbac;
 mod remote_watch;
 mod resources;
 mod route;
 mod selector;
+mod serving;
 mod watch;
 
 use std::convert::Infallible;
@@ -32,7 +36,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,6 +65,15 @@ pub enum MetaServerError {
         #[source]
         source: std::io::Error,
     },
+    /// `requireAuthorization` is on and a service-account key file cannot be used.
+    #[error("{0}")]
+    KeyFile(String),
+    /// `requireAuthorization` needs the way to the cloud (the serving certificate comes from
+    /// it), and MetaServer has none.
+    #[error(
+        "requireAuthorization needs modules.edgeHub: the serving certificate comes from the cloud"
+    )]
+    NoCloud,
     /// The store could not be read for the starting resourceVersion.
     #[error("reading the edge store for MetaServer failed")]
     Store(#[source] crate::StoreError),
@@ -76,6 +89,30 @@ pub struct MetaServer {
         cloud::Cloud,
         tokio::sync::watch::Receiver<edgehub::LinkState>,
     )>,
+    secure: Option<Secure>,
+}
+
+/// What `requireAuthorization` needs (KubeEdge's `metaServer` keys of the same names).
+#[derive(Debug, Clone, Default)]
+pub struct Authorization {
+    /// `serviceAccountKeyFiles`: PEM public keys bearer tokens are checked with.
+    pub service_account_key_files: Vec<String>,
+    /// `serviceAccountIssuers`: accepted `iss` (empty: any).
+    pub service_account_issuers: Vec<String>,
+    /// `apiAudiences`: accepted `aud` (empty: any).
+    pub api_audiences: Vec<String>,
+    /// `dummyServer`: the second address served (pods reach it on the dummy interface); served
+    /// when that address is on this host.
+    pub dummy_server: Option<SocketAddr>,
+    /// Where the serving certificate is kept.
+    pub certificates_dir: std::path::PathBuf,
+}
+
+#[derive(Debug)]
+struct Secure {
+    guard: guard::Guard,
+    dummy: Option<SocketAddr>,
+    certificates_dir: std::path::PathBuf,
 }
 
 impl MetaServer {
@@ -89,6 +126,7 @@ impl MetaServer {
             local_addr,
             bookmark_every: BOOKMARK_EVERY,
             cloud: None,
+            secure: None,
         })
     }
 
@@ -125,6 +163,26 @@ impl MetaServer {
         self
     }
 
+    /// `requireAuthorization`: HTTPS with a serving certificate requested from the cloud,
+    /// bearer-token authentication and RBAC at the edge, on `server` and on `dummyServer`.
+    pub fn with_authorization(mut self, a: Authorization) -> Result<Self, MetaServerError> {
+        let authenticator = auth::Authenticator::new(
+            &a.service_account_key_files,
+            &a.service_account_issuers,
+            &a.api_audiences,
+        )
+        .map_err(|e| MetaServerError::KeyFile(e.to_string()))?;
+        self.secure = Some(Secure {
+            guard: guard::Guard {
+                authenticator,
+                rules: rbac::RuleCache::default(),
+            },
+            dummy: a.dummy_server,
+            certificates_dir: a.certificates_dir,
+        });
+        Ok(self)
+    }
+
     /// Serves until `cancel`, on tasks of `tracker`. `changes` must be the feed metamanager
     /// publishes to; the store's newest resourceVersion is where watches can resume from.
     pub async fn spawn(
@@ -155,6 +213,13 @@ impl MetaServer {
             );
             cloud
         });
+        let (guard, secure) = match self.secure {
+            Some(s) => (Some(Arc::new(s.guard)), Some((s.dummy, s.certificates_dir))),
+            None => (None, None),
+        };
+        if secure.is_some() && cloud.is_none() {
+            return Err(MetaServerError::NoCloud);
+        }
         let api = Arc::new(api::Api {
             store,
             changes,
@@ -162,34 +227,120 @@ impl MetaServer {
             cancel: cancel.clone(),
             tracker: tracker.clone(),
             cloud,
+            guard,
         });
-        let span = tracing::info_span!("metaserver", addr = %self.local_addr);
-        tracing::info!(addr = %self.local_addr, revision = newest, through_cloud, "metaserver listening");
-        let serving = cancel.clone();
+        let addr = self.local_addr;
+        let Some((dummy, dir)) = secure else {
+            tracing::info!(%addr, revision = newest, through_cloud, "metaserver listening");
+            spawn_accept(self.listener, None, api, cancel, tracker);
+            return Ok(());
+        };
+        // HTTPS: bind the dummy address now; serve both once the certificate is there.
+        let dummy_listener = match dummy {
+            Some(d) => match TcpListener::bind(d).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(addr = %d, error = %e, "metaserver dummyServer address is not on this host; serving on server only");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut ips = vec![addr.ip()];
+        ips.extend(dummy.map(|d| d.ip()));
+        let tasks = tracker.clone();
+        let listener = self.listener;
         tracker.spawn(
-            crate::accept::accept_loop(
-                self.listener,
-                MAX_CONNECTIONS,
-                "metaserver",
-                cancel,
-                tracker.clone(),
-                move |stream, permit| serve(stream, Arc::clone(&api), serving.clone(), permit),
-            )
-            .instrument(span),
+            async move {
+                let Some(cloud) = api.cloud.clone() else {
+                    return;
+                };
+                let config =
+                    match serving::serving_config(&cloud.meta, &cloud.node, &ips, &dir, &cancel)
+                        .await
+                    {
+                        Ok(c) => c,
+                        Err(serving::ServingError::Cancelled) => return,
+                        Err(e) => {
+                            tracing::error!(error = %e, "metaserver has no serving certificate; not serving");
+                            return;
+                        }
+                    };
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                tracing::info!(%addr, revision = newest, through_cloud, "metaserver listening (HTTPS, requireAuthorization)");
+                if let Some(l) = dummy_listener {
+                    spawn_accept(
+                        l,
+                        Some(acceptor.clone()),
+                        Arc::clone(&api),
+                        cancel.clone(),
+                        &tasks,
+                    );
+                }
+                spawn_accept(listener, Some(acceptor), api, cancel, &tasks);
+            }
+            .instrument(tracing::info_span!("metaserver_tls")),
         );
         Ok(())
     }
 }
 
-async fn serve(
-    stream: TcpStream,
+fn spawn_accept(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    api: Arc<api::Api>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let span = tracing::info_span!("metaserver", addr);
+    let serving = cancel.clone();
+    tracker.spawn(
+        crate::accept::accept_loop(
+            listener,
+            MAX_CONNECTIONS,
+            "metaserver",
+            cancel,
+            tracker.clone(),
+            move |stream, permit| {
+                let api = Arc::clone(&api);
+                let cancel = serving.clone();
+                let tls = tls.clone();
+                async move {
+                    match tls {
+                        None => serve(stream, api, cancel, permit).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => serve(stream, api, cancel, permit).await,
+                            Err(error) => {
+                                tracing::debug!(%error, "metaserver TLS handshake failed");
+                            }
+                        },
+                    }
+                }
+            },
+        )
+        .instrument(span),
+    );
+}
+
+async fn serve<S>(
+    stream: S,
     api: Arc<api::Api>,
     cancel: CancellationToken,
     _permit: OwnedSemaphorePermit,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req: Request<Incoming>| {
         let api = Arc::clone(&api);
         async move {
+            if let Some(guard) = &api.guard
+                && let Err(refused) = guard::check(&api, guard, &req).await
+            {
+                return Ok::<_, Infallible>(refused);
+            }
             let answer = match (&api.cloud, req.method()) {
                 (Some(cloud), m) if m != Method::GET => cloud::write(cloud, req).await,
                 _ => api::answer(&api, &req).await,

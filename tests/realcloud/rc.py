@@ -192,15 +192,17 @@ class Edge:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(c, f, default_flow_style=False, sort_keys=False)
 
-    def start(self, with_token=True, kubelet=None, meta_server=None):
+    def start(self, with_token=True, kubelet=None, meta_server=None, feature_gates=None):
         """Starts the agent; `kubelet` overrides tailoredKubeletConfig keys, `meta_server`
-        metaManager.metaServer keys."""
-        if not os.path.exists(self.config_path) or with_token or kubelet or meta_server:
+        metaManager.metaServer keys, `feature_gates` featureGates."""
+        if not os.path.exists(self.config_path) or with_token or kubelet or meta_server or feature_gates:
             self.write_config(with_token=with_token)
-        if kubelet or meta_server:
+        if kubelet or meta_server or feature_gates:
             c = yaml.safe_load(open(self.config_path))
             c["modules"]["edged"]["tailoredKubeletConfig"].update(kubelet or {})
             c["modules"]["metaManager"]["metaServer"].update(meta_server or {})
+            if feature_gates:
+                c["featureGates"] = {**(c.get("featureGates") or {}), **feature_gates}
             with open(self.config_path, "w") as f:
                 yaml.safe_dump(c, f, default_flow_style=False, sort_keys=False)
         env = dict(os.environ)

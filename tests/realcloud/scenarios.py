@@ -1091,6 +1091,111 @@ def meta_v2():
             teardown(current, [pod], node)
 
 
+def metaserver_auth():
+    """MetaServer with `requireAuthorization`: HTTPS with a kubelet-serving certificate
+    requested through the cloud (this test approves and signs it, as kube-controller-manager
+    and an approver would), service-account tokens checked at the edge, RBAC from the cluster."""
+    import base64
+    import ssl
+    import subprocess
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    s, node = "metaserver-auth", "rc-msa"
+    port, dummy = 10563, "127.0.0.22"
+    certs = os.path.join(rc.RUN, "certs")
+    e = Edge(node)
+    sa, role = "rc-msa-reader", "rc-msa-pod-reader"
+    try:
+        kubectl("create", "serviceaccount", sa, check_rc=False)
+        kubectl("create", "role", role, "--verb=get,list,watch", "--resource=pods", check_rc=False)
+        kubectl("create", "rolebinding", role, f"--role={role}", f"--serviceaccount=default:{sa}", check_rc=False)
+        issuer = "https://kubernetes.default.svc.cluster.local"
+        e.start(meta_server={"enable": True, "server": f"127.0.0.1:{port}", "dummyServer": f"{dummy}:{port}",
+                             "serviceAccountKeyFiles": [os.path.join(certs, "sa.pub")],
+                             "serviceAccountIssuers": [issuer], "apiAudiences": [issuer],
+                             "certificatesDir": os.path.join(e.dir, "pki-metaserver")},
+                feature_gates={"requireAuthorization": True})
+        wait_for("Node Ready", 60, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+
+        def pending_csr():
+            for c in json.loads(kubectl("get", "csr", "-o", "json"))["items"]:
+                if c["spec"].get("signerName") == "kubernetes.io/kubelet-serving" and not c.get("status", {}).get("certificate"):
+                    req = base64.b64decode(c["spec"]["request"]).decode()
+                    subj = subprocess.run(["openssl", "req", "-noout", "-subject"], input=req,
+                                          capture_output=True, text=True).stdout
+                    if f"system:node:{node}" in subj:
+                        return c
+            return None
+        csr = wait_for("the serving certificate request", 60, pending_csr)
+        name = csr["metadata"]["name"]
+
+        def sign():
+            kubectl("certificate", "approve", name)
+            with tempfile.TemporaryDirectory() as d:
+                open(os.path.join(d, "csr.pem"), "w").write(base64.b64decode(csr["spec"]["request"]).decode())
+                open(os.path.join(d, "ext"), "w").write("extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
+                rc.run("openssl", "x509", "-req", "-in", os.path.join(d, "csr.pem"), "-CA", os.path.join(certs, "ca.crt"),
+                       "-CAkey", os.path.join(certs, "ca.key"), "-CAcreateserial", "-days", "2",
+                       "-copy_extensions", "copy", "-extfile", os.path.join(d, "ext"), "-out", os.path.join(d, "crt.pem"))
+                obj = json.loads(kubectl("get", "csr", name, "-o", "json"))
+                obj["status"]["certificate"] = base64.b64encode(open(os.path.join(d, "crt.pem"), "rb").read()).decode()
+                kubectl("replace", "--raw", f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/status",
+                        "-f", "-", input=json.dumps(obj))
+            wait_for("MetaServer on HTTPS", 60, lambda: "metaserver listening (HTTPS" in e.log())
+            return f"{name} approved and signed; MetaServer serves HTTPS"
+        step(s, "a kubelet-serving certificate through the cloud", sign)
+
+        ctx = ssl.create_default_context(cafile=os.path.join(certs, "ca.crt"))
+
+        def call(path, token=None, host="127.0.0.1"):
+            req = urllib.request.Request(f"https://{host}:{port}{path}")
+            if token:
+                req.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=20) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as x:
+                return x.code, json.loads(x.read() or b"null")
+
+        token = kubectl("create", "token", sa, "--audience", issuer).strip()
+
+        def authz():
+            got = {
+                "discovery, anonymous": call("/api/v1")[0],
+                "pods, anonymous": call("/api/v1/namespaces/default/pods")[0],
+                "pods, the reader": call("/api/v1/namespaces/default/pods", token)[0],
+                "pods elsewhere, the reader": call("/api/v1/namespaces/kube-system/pods", token)[0],
+                "secrets, the reader": call("/api/v1/namespaces/default/secrets", token)[0],
+                "pods, a forged token": call("/api/v1/namespaces/default/pods", token[:-4] + "AAAA")[0],
+                "pods on dummyServer, the reader": call("/api/v1/namespaces/default/pods", token, dummy)[0],
+            }
+            want = {"discovery, anonymous": 200, "pods, anonymous": 403, "pods, the reader": 200,
+                    "pods elsewhere, the reader": 403, "secrets, the reader": 403,
+                    "pods, a forged token": 401, "pods on dummyServer, the reader": 200}
+            check(got == want, f"answers {got}")
+            return ", ".join(f"{k} {v}" for k, v in got.items())
+        step(s, "tokens checked, RBAC from the cluster (certificate verified against the cluster CA)", authz)
+
+        def with_kubectl():
+            out = rc.run("kubectl", "--kubeconfig", "/dev/null", "--server", f"https://127.0.0.1:{port}",
+                         "--certificate-authority", os.path.join(certs, "ca.crt"), "--token", token,
+                         "get", "pods", "-n", "default", "-o", "name").stdout
+            denied = rc.run("kubectl", "--kubeconfig", "/dev/null", "--server", f"https://127.0.0.1:{port}",
+                            "--certificate-authority", os.path.join(certs, "ca.crt"), "--token", token,
+                            "get", "secrets", "-n", "default", check_rc=False)
+            check(denied.returncode != 0 and "forbidden" in denied.stderr, f"secrets: {denied.stderr!r}")
+            return f"kubectl --token lists pods ({len(out.split())}), is forbidden secrets"
+        step(s, "kubectl over HTTPS with a service-account token", with_kubectl)
+        check(e.alive(), "edgecore exited")
+    finally:
+        kubectl("delete", "rolebinding", role, "--ignore-not-found", check_rc=False)
+        kubectl("delete", "role", role, "--ignore-not-found", check_rc=False)
+        kubectl("delete", "serviceaccount", sa, "--ignore-not-found", check_rc=False)
+        teardown(e, [], node)
+
+
 BENCHMARKS = {"podbench": podbench}
 
 SCENARIOS = {
@@ -1103,6 +1208,7 @@ SCENARIOS = {
     "compare": compare,
     "metaserver": metaserver,
     "meta-v2": meta_v2,
+    "metaserver-auth": metaserver_auth,
 }
 
 

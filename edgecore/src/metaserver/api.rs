@@ -30,6 +30,8 @@ pub(crate) struct Api {
     pub(crate) tracker: TaskTracker,
     /// The way to the cloud for writes and what the store lacks; `None`: reads only.
     pub(crate) cloud: Option<super::cloud::Cloud>,
+    /// `requireAuthorization`: who may ask what.
+    pub(crate) guard: Option<std::sync::Arc<super::guard::Guard>>,
 }
 
 /// The server's version, as `/version` tells kubectl.
