@@ -1102,7 +1102,7 @@ def metaserver_auth():
     import urllib.error
     import urllib.request
 
-    s, node = "metaserver-auth", "rc-msa"
+    s, node, pod = "metaserver-auth", "rc-msa", "rc-msa-app"
     port, dummy = 10563, "127.0.0.22"
     certs = os.path.join(rc.RUN, "certs")
     e = Edge(node)
@@ -1188,12 +1188,31 @@ def metaserver_auth():
             check(denied.returncode != 0 and "forbidden" in denied.stderr, f"secrets: {denied.stderr!r}")
             return f"kubectl --token lists pods ({len(out.split())}), is forbidden secrets"
         step(s, "kubectl over HTTPS with a service-account token", with_kubectl)
+
+        # A pod's own (bound) token: good while the pod is on the node, refused once it is gone.
+        import glob
+        rc.apply(rc.app_pod(pod, node))
+        wait_for("pod Running", 90, lambda: rc.pod_running(pod))
+        uid = kget("pod", pod)["metadata"]["uid"]
+        pod_token = wait_for("the pod's projected token", 30, lambda: next(iter(glob.glob(
+            os.path.join(e.root_dir, "pods", uid, "volumes", "kubernetes.io~projected", "*", "token"))), None))
+        pod_token = open(pod_token).read().strip()
+
+        def bound_token():
+            alive = call("/api/v1/namespaces/default/pods", pod_token)[0]
+            check(alive == 403, f"the live pod's token (default SA, no role): {alive}")
+            kubectl("delete", "pod", pod, "--wait=false")
+            wait_for("the pod gone from the edge", 90, lambda: not e.row(f"default/pod/{pod}"))
+            gone = call("/api/v1/namespaces/default/pods", pod_token)
+            check(gone[0] == 401, f"the deleted pod's token: {gone}")
+            return "authenticated (403 by RBAC) while the pod runs, 401 once it is deleted"
+        step(s, "a pod-bound token lives as long as its pod", bound_token)
         check(e.alive(), "edgecore exited")
     finally:
         kubectl("delete", "rolebinding", role, "--ignore-not-found", check_rc=False)
         kubectl("delete", "role", role, "--ignore-not-found", check_rc=False)
         kubectl("delete", "serviceaccount", sa, "--ignore-not-found", check_rc=False)
-        teardown(e, [], node)
+        teardown(e, [pod], node)
 
 
 BENCHMARKS = {"podbench": podbench}

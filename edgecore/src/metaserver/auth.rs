@@ -24,6 +24,8 @@ enum Key {
 pub(crate) struct User {
     pub(crate) name: String,
     pub(crate) groups: Vec<String>,
+    /// The pod (namespace, name, uid) a bound token was issued for: it must still exist.
+    pub(crate) pod: Option<(String, String, String)>,
 }
 
 impl User {
@@ -31,6 +33,7 @@ impl User {
         Self {
             name: "system:anonymous".to_owned(),
             groups: vec!["system:unauthenticated".to_owned()],
+            pod: None,
         }
     }
 }
@@ -152,7 +155,15 @@ impl Authenticator {
                 "the token's subject {sub:?} is not a service account"
             ));
         };
+        let bound = &claims["kubernetes.io"]["pod"];
+        let pod = match (bound["name"].as_str(), bound["uid"].as_str()) {
+            (Some(name), Some(uid)) => {
+                Some((namespace.to_owned(), name.to_owned(), uid.to_owned()))
+            }
+            _ => None,
+        };
         Ok(User {
+            pod,
             name: sub.to_owned(),
             groups: vec![
                 "system:serviceaccounts".to_owned(),
@@ -228,6 +239,17 @@ mod tests {
             .user(Some(&format!("Bearer {}", token(&key, &good))), 1_000)
             .unwrap();
         assert_eq!(user.name, "system:serviceaccount:shop:reader");
+        assert_eq!(user.pod, None);
+        let mut bound = good.clone();
+        bound["kubernetes.io"] =
+            serde_json::json!({"namespace": "shop", "pod": {"name": "web", "uid": "u-1"}});
+        let bound_user = auth
+            .user(Some(&format!("Bearer {}", token(&key, &bound))), 1_000)
+            .unwrap();
+        assert_eq!(
+            bound_user.pod,
+            Some(("shop".to_owned(), "web".to_owned(), "u-1".to_owned()))
+        );
         assert!(
             user.groups
                 .contains(&"system:serviceaccounts:shop".to_owned())

@@ -42,6 +42,29 @@ pub(crate) async fn check<B>(
                 &format!("Unauthorized: {why}"),
             )
         })?;
+    // A token bound to a pod is good only while that pod exists (the API server's check).
+    if let Some((ns, name, uid)) = &user.pod {
+        let stored = api
+            .store
+            .get(&format!("{ns}/pod/{name}"))
+            .await
+            .ok()
+            .flatten();
+        let alive = stored.is_some_and(|text| {
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .is_some_and(|p| p["metadata"]["uid"].as_str() == Some(uid.as_str()))
+        });
+        if !alive {
+            return Err(failure(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                &format!(
+                    "Unauthorized: the token was issued for pod {ns}/{name} ({uid}), which is not on this node any more"
+                ),
+            ));
+        }
+    }
     let path = req.uri().path();
     let query = super::route::query(req.uri().query());
     let watching = query

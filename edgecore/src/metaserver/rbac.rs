@@ -198,6 +198,7 @@ mod tests {
                 "system:serviceaccounts".into(),
                 "system:authenticated".into(),
             ],
+            pod: None,
         }
     }
 
