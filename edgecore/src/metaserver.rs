@@ -8,7 +8,8 @@
 //! committed changes; `410 Gone` before it), bookmarks, and kubectl's table output. Watches
 //! are fed by metamanager's commits ([`Changes`]), never by polling. Writes, and reads and
 //! watches of what the store lacks, go to CloudCore's dynamicController as applications
-//! (`cloud`, `remote_watch`). Not yet: HTTPS and authorization (`docs/metaserver.md`).
+//! (`cloud`, `remote_watch`). With `requireAuthorization`: HTTPS, service-account tokens and
+//! RBAC at the edge (`serving`, `auth`, `rbac`, `guard`; `docs/metaserver.md`).
 
 mod api;
 mod application;
