@@ -70,16 +70,7 @@ pub(crate) async fn answer<B>(api: &Api, req: &Request<B>) -> Response<ApiBody> 
     }
     let route = match route::route(req.uri().path()) {
         Ok(r) => r,
-        Err(Unknown::Path) => {
-            return failure(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!(
-                    "the server could not find the requested resource ({})",
-                    req.uri().path()
-                ),
-            );
-        }
+        Err(Unknown::Path) => return super::body::path_not_found(req.uri().path()),
         Err(Unknown::Resource { group, plural }) => {
             let query = route::query(req.uri().query());
             let watching = query.get("watch").is_some_and(|w| truthy(w));

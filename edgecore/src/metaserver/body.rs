@@ -70,6 +70,15 @@ pub(crate) fn failure(code: StatusCode, reason: &str, message: &str) -> Response
     json_response(code, &status_object(code, reason, message))
 }
 
+/// The 404 of a path nothing is served at.
+pub(crate) fn path_not_found(path: &str) -> Response<ApiBody> {
+    failure(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("the server could not find the requested resource ({path})"),
+    )
+}
+
 /// A plain-text 200 (`/healthz`).
 pub(crate) fn text_response(text: &'static str) -> Response<ApiBody> {
     let mut resp = Response::new(BoxBody::new(Full::new(Bytes::from_static(text.as_bytes()))));

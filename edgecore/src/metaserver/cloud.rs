@@ -19,7 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::application::{Application, Outcome, Verb, key};
-use super::body::{ApiBody, ApiError, failure, json_response, text_json_response};
+use super::body::{ApiBody, ApiError, failure, json_response, path_not_found, text_json_response};
 use super::head::Head;
 use super::selector::Selector;
 use crate::MetaError;
@@ -219,14 +219,7 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let Some(target) = Target::parse(req.uri().path()) else {
-        return failure(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!(
-                "the server could not find the requested resource ({})",
-                req.uri().path()
-            ),
-        );
+        return path_not_found(req.uri().path());
     };
     let query = super::route::query(req.uri().query());
     let content_type = req

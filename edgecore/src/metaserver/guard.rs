@@ -191,3 +191,98 @@ async fn fetch(cloud: &Cloud) -> Option<Rules> {
         cluster_role_bindings: lists.next().unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn api_with(rules: Rules) -> (tempfile::TempDir, Api, Guard) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(&dir.path().join("edgecore.db")).unwrap();
+        store
+            .put_object(
+                "default/pod/web",
+                &json!({"metadata": {"name": "web", "namespace": "default", "uid": "u-web"}}),
+                None,
+            )
+            .await
+            .unwrap();
+        let api = Api {
+            store,
+            changes: super::super::Changes::new(),
+            bookmark_every: std::time::Duration::from_secs(30),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            tracker: tokio_util::task::TaskTracker::new(),
+            cloud: None,
+            guard: None,
+        };
+        let guard = Guard {
+            authenticator: Authenticator::default(),
+            rules: RuleCache::default(),
+        };
+        *guard.rules.current.lock().await = Some((rules, Instant::now()));
+        (dir, api, guard)
+    }
+
+    fn get(path: &str) -> Request<()> {
+        Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn discovery_is_open_and_the_rest_needs_a_role() {
+        let rules = Rules {
+            cluster_roles: vec![json!({"metadata": {"name": "anon-pods"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]})],
+            cluster_role_bindings: vec![json!({"metadata": {"name": "b"},
+                "roleRef": {"kind": "ClusterRole", "name": "anon-pods"},
+                "subjects": [{"kind": "Group", "name": "system:unauthenticated"}]})],
+            ..Rules::default()
+        };
+        let (_dir, api, guard) = api_with(rules).await;
+        assert!(check(&api, &guard, &get("/api/v1")).await.is_ok());
+        assert!(check(&api, &guard, &get("/api/v1/pods")).await.is_ok());
+        let refused = check(&api, &guard, &get("/api/v1/namespaces/default/secrets"))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        let refused = check(&api, &guard, &get("/api/v1/pods?watch=1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.status(),
+            StatusCode::FORBIDDEN,
+            "watch is its own verb"
+        );
+        let bad = Request::builder()
+            .uri("/api/v1/pods")
+            .header("authorization", "Bearer not.a.jwt")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            check(&api, &guard, &bad).await.unwrap_err().status(),
+            StatusCode::UNAUTHORIZED
+        );
+        api.store.shutdown().await;
+    }
+
+    #[test]
+    fn forbidden_says_who_what_and_where() {
+        let m = forbidden(
+            &User::anonymous(),
+            &Attributes::Resource {
+                verb: "list".into(),
+                group: String::new(),
+                resource: "secrets".into(),
+                subresource: String::new(),
+                namespace: Some("default".into()),
+                name: None,
+            },
+            "",
+        );
+        assert_eq!(
+            m,
+            "secrets is forbidden: User \"system:anonymous\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\""
+        );
+    }
+}
