@@ -86,9 +86,14 @@ pub(crate) fn release_startup_pages() -> io::Result<Trimmed> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut done = Trimmed::default();
     for c in candidates(&smaps) {
-        advise_dontneed(c.start, c.end - c.start)?;
-        done.mappings += 1;
-        done.resident_kib += c.rss_kib;
+        // A mapping the kernel refuses (say, on hugetlbfs) stays as it is; the others go on.
+        match advise_dontneed(c.start, c.end - c.start) {
+            Ok(()) => {
+                done.mappings += 1;
+                done.resident_kib += c.rss_kib;
+            }
+            Err(e) => tracing::debug!(start = c.start, error = %e, "mapping not released"),
+        }
     }
     Ok(done)
 }
