@@ -223,8 +223,14 @@ pub async fn run(
         let mut server = server.with_cloud(meta.clone(), &node_name, meta_link.clone());
         if config.feature_gates.get("requireAuthorization") == Some(&true) {
             let ms = &config.modules.meta_manager.meta_server;
-            if ms.service_account_key_files.as_ref().is_none_or(Vec::is_empty) {
-                tracing::warn!("requireAuthorization without modules.metaManager.metaServer.serviceAccountKeyFiles: every bearer token is refused, only anonymous requests are authorized");
+            if ms
+                .service_account_key_files
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+            {
+                tracing::warn!(
+                    "requireAuthorization without modules.metaManager.metaServer.serviceAccountKeyFiles: every bearer token is refused, only anonymous requests are authorized"
+                );
             }
             let dummy_server = match ms.dummy_server.trim() {
                 "" => None,

@@ -17,6 +17,8 @@ mod env;
 mod fake_runtime;
 mod host;
 mod keyring;
+mod kubelet_server;
+mod logs;
 mod meta;
 mod node;
 mod node_lease;
@@ -38,6 +40,7 @@ pub use cgroup::{CgroupDriver, CgroupLayout};
 pub use cri::CriRuntime;
 pub use dns::DnsSettings;
 pub use edged::{EdgedHandle, spawn};
+pub use kubelet_server::{KubeletServer, KubeletServerError};
 pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent, VolumeSource};
 pub use runtime::{
     ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, DnsConfig, LinuxResources,
