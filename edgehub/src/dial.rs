@@ -71,6 +71,40 @@ impl Target {
         })
     }
 
+    /// The EdgeStream tunnel to cloudStream: `wss://{endpoint}/v1/kubeedge/connect` with the
+    /// headers that name the session (`docs/edgestream.md`).
+    pub(crate) fn tunnel(
+        endpoint: Endpoint,
+        tls: &ClientTls,
+        node: &str,
+        node_ip: &str,
+        limit: Duration,
+    ) -> Result<Self, HubError> {
+        let bad_url = || HubError::BadUrl {
+            node: node.to_owned(),
+            project: String::new(),
+        };
+        let mut request = format!("wss://{endpoint}/v1/kubeedge/connect")
+            .into_client_request()
+            .map_err(|_| bad_url())?;
+        let headers = request.headers_mut();
+        headers.insert(
+            "SessionHostNameOverride",
+            HeaderValue::from_str(node).map_err(|_| bad_url())?,
+        );
+        headers.insert(
+            "SessionInternalIP",
+            HeaderValue::from_str(node_ip).map_err(|_| bad_url())?,
+        );
+        Ok(Self {
+            tls: tls.config_for(&endpoint)?,
+            server_name: tls.server_name(&endpoint)?,
+            endpoint,
+            request,
+            limit,
+        })
+    }
+
     /// The endpoint this target dials.
     pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.endpoint

@@ -21,6 +21,7 @@ mod link;
 mod link_state;
 mod message;
 mod session;
+mod stream_tunnel;
 #[cfg(test)]
 mod testcloud;
 mod throttle;
@@ -34,3 +35,4 @@ pub use error::{DecodeError, DialError, DialErrorKind, DialStage, HubError, Name
 pub use hub::{HubHandle, HubSettings, spawn};
 pub use link_state::{DisconnectReason, HubStats, LinkState, ReconnectCounts};
 pub use message::{Header, Message, Resource, Route, now_millis, op, sorted_json};
+pub use stream_tunnel::{TunnelSettings, spawn_tunnel};
