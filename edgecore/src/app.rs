@@ -268,6 +268,9 @@ pub async fn run(
             .instrument(tracing::info_span!("runtime_readiness")),
         );
     }
+    if config.modules.edge_stream.enable {
+        start_edge_stream(&config, &cancel, &tracker).await?;
+    }
     tracker.spawn(
         crate::trim::after_startup(trim_link, cancel.child_token())
             .instrument(tracing::info_span!("trim")),
@@ -313,6 +316,55 @@ pub async fn run(
             "metamanager stopped unexpectedly: its store or cloud link failed (see the log above)"
         );
     }
+    Ok(())
+}
+
+/// The local kubelet-style server's address (KubeEdge's constant; no key).
+const KUBELET_SERVER: &str = "127.0.0.1:10350";
+
+/// EdgeStream: the local kubelet-style server (container logs) and the tunnel cloudStream relays
+/// the API server's requests over (`docs/edgestream.md`). Exec, attach and port-forward are not
+/// served yet.
+async fn start_edge_stream(
+    config: &config::EdgeCoreConfig,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    if !config.modules.edge_hub.enable {
+        tracing::warn!("modules.edgeStream needs modules.edgeHub (its certificate); not started");
+        return Ok(());
+    }
+    let addr: std::net::SocketAddr = KUBELET_SERVER.parse()?;
+    let server = edged_shim::KubeletServer::bind(addr)
+        .await
+        .context("starting EdgeStream's local server (modules.edgeStream)")?;
+    let logs = match config
+        .modules
+        .edged
+        .tailored_kubelet_config
+        .pod_logs_dir
+        .trim()
+    {
+        "" => "/var/log/pods".to_owned(),
+        d => d.to_owned(),
+    };
+    let local = server.local_addr();
+    server.spawn(logs.into(), cancel.child_token(), tracker);
+    edgehub::spawn_tunnel(
+        edgehub::TunnelSettings {
+            node: config.modules.edged.hostname_override.clone(),
+            node_ip: config.modules.edged.node_ip.clone(),
+            stream: config.modules.edge_stream.clone(),
+            hub: config.modules.edge_hub.clone(),
+            local,
+        },
+        cancel.child_token(),
+        tracker,
+    )
+    .context("starting the EdgeStream tunnel (modules.edgeStream.server)")?;
+    tracing::warn!(
+        "edgeStream serves container logs only; exec, attach and port-forward are refused"
+    );
     Ok(())
 }
 

@@ -126,6 +126,13 @@ impl Target {
         Ok(ws)
     }
 
+    /// TCP + TLS, and the upgrade request to send on it: for a peer whose WebSocket frames
+    /// the caller reads itself (the EdgeStream tunnel).
+    pub(crate) async fn dial_tls(&self) -> Result<(TlsStream<TcpStream>, &Request), DialError> {
+        let tls = self.tls_connect(Instant::now() + self.limit).await?;
+        Ok((tls, &self.request))
+    }
+
     /// TCP + TLS only: enough to know a preferred endpoint answers again.
     pub(crate) async fn probe(&self) -> Result<(), DialError> {
         self.tls_connect(Instant::now() + self.limit)

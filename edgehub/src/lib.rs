@@ -20,6 +20,7 @@ mod hub;
 mod link;
 mod link_state;
 mod message;
+mod raw_ws;
 mod session;
 mod stream_tunnel;
 #[cfg(test)]

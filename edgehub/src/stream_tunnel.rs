@@ -6,20 +6,18 @@
 //! are refused with `REMOVE_CONNECT` for now. A bad frame is logged and dropped; it never stops
 //! the tunnel or another stream.
 //!
-//! Not started by edgecore yet: cloudStream sends its frames as WebSocket *text* messages with
-//! binary bytes, which a conforming client refuses once they are not UTF-8
-//! (`docs/edgestream.md`, "Found in the lab"); the reader must take them as bytes first.
+//! cloudStream sends its frames as WebSocket *text* messages with binary bytes, which a
+//! conforming client refuses once they are not UTF-8, so the tunnel reads frames itself
+//! ([`crate::raw_ws`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -28,6 +26,7 @@ use crate::backoff::ReconnectBackoff;
 use crate::dial::Target;
 use crate::endpoints::Endpoint;
 use crate::error::HubError;
+use crate::raw_ws;
 use crate::tls::ClientTls;
 
 const LOGS_CONNECT: u64 = 0;
@@ -42,6 +41,8 @@ const ATTACH_CONNECT: u64 = 6;
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// Frames waiting for the socket.
 const OUTBOUND: usize = 256;
+/// Largest WebSocket message taken from cloudStream (as the hub's).
+const MAX_FRAME: usize = crate::dial::MAX_MESSAGE_BYTES;
 /// Largest piece of a local answer in one `DATA` frame.
 const CHUNK: usize = 32 * 1024;
 
@@ -78,6 +79,8 @@ pub fn spawn_tunnel(
         .clone_from(&settings.stream.tls_tunnel_private_key_file.clone().into());
     let endpoint = Endpoint::try_new("modules.edgeStream.server", &settings.stream.server)?;
     let limit = Duration::from_secs(u64::from(settings.stream.handshake_timeout.max(1)));
+    let read_deadline =
+        Duration::from_secs(u64::from(settings.stream.read_deadline.max(1))).max(PING_EVERY * 2);
     let node = settings.node.clone();
     let tasks = tracker.clone();
     tracker.spawn(
@@ -89,13 +92,16 @@ pub fn spawn_tunnel(
                     Target::tunnel(endpoint.clone(), &tls, &settings.node, &settings.node_ip, limit)
                 });
                 match target {
-                    Ok(target) => match target.dial().await {
-                        Ok(ws) => {
-                            tracing::info!(endpoint = %endpoint, "edgestream tunnel up");
-                            backoff.reset();
-                            let why = serve(ws, settings.local, &cancel, &tasks).await;
-                            tracing::info!(endpoint = %endpoint, why, "edgestream tunnel down");
-                        }
+                    Ok(target) => match target.dial_tls().await {
+                        Ok((mut tls, request)) => match raw_ws::handshake(&mut tls, request).await {
+                            Ok(leftover) => {
+                                tracing::info!(endpoint = %endpoint, "edgestream tunnel up");
+                                backoff.reset();
+                                let why = serve(tls, leftover, read_deadline, settings.local, &cancel, &tasks).await;
+                                tracing::info!(endpoint = %endpoint, why, "edgestream tunnel down");
+                            }
+                            Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "edgestream tunnel upgrade failed"),
+                        },
                         Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "edgestream tunnel dial failed"),
                     },
                     Err(e) => tracing::warn!(error = %e, "edgestream tunnel certificate files not usable"),
@@ -176,7 +182,9 @@ struct GoUrl {
 }
 
 async fn serve<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
+    stream: S,
+    leftover: Vec<u8>,
+    read_deadline: Duration,
     local: SocketAddr,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
@@ -184,13 +192,85 @@ async fn serve<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut source) = ws.split();
+    use tokio::io::AsyncReadExt;
+    let (mut read, mut write) = tokio::io::split(stream);
+    let mut reader = raw_ws::Reader::new(leftover, MAX_FRAME);
     let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOUND);
     let session = cancel.child_token();
     let mut streams: HashMap<u64, CancellationToken> = HashMap::new();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
-    let why = loop {
+    // cloudStream answers pings only while it serves the session; one that dropped the
+    // session (it does when the Node does not exist yet) leaves the socket open and silent.
+    let mut last_heard = tokio::time::Instant::now();
+    let why = 'session: loop {
+        // Every whole message already received.
+        loop {
+            let msg = match reader.next() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => break 'session format!("unreadable WebSocket frame: {e}"),
+            };
+            let bytes = match msg {
+                raw_ws::Incoming::Data(b) => b,
+                raw_ws::Incoming::Ping(p) => {
+                    if let Err(e) = send(&mut write, raw_ws::pong(p)).await {
+                        break 'session format!("write failed: {e}");
+                    }
+                    continue;
+                }
+                raw_ws::Incoming::Close => break 'session "closed by cloudStream".to_owned(),
+            };
+            let Some(frame) = Frame::decode(&bytes) else {
+                tracing::info!(len = bytes.len(), "edgestream frame not readable; dropped");
+                continue;
+            };
+            tracing::debug!(
+                id = frame.id,
+                kind = frame.kind,
+                len = frame.data.len(),
+                "edgestream frame"
+            );
+            match frame.kind {
+                LOGS_CONNECT | METRIC_CONNECT => {
+                    let stop = session.child_token();
+                    streams.insert(frame.id, stop.clone());
+                    tracker.spawn(relay(frame, local, tx.clone(), stop));
+                }
+                EXEC_CONNECT | ATTACH_CONNECT => {
+                    tracing::info!(
+                        id = frame.id,
+                        kind = frame.kind,
+                        "edgestream exec/attach not served yet; refused"
+                    );
+                    let refuse = Frame {
+                        id: frame.id,
+                        kind: REMOVE_CONNECT,
+                        data: Vec::new(),
+                    };
+                    if let Err(e) = send(&mut write, raw_ws::text_bytes(refuse.encode())).await {
+                        break 'session format!("write failed: {e}");
+                    }
+                }
+                REMOVE_CONNECT => {
+                    if let Some(stop) = streams.remove(&frame.id) {
+                        stop.cancel();
+                    }
+                }
+                DATA => {}
+                CLOSE_CONNECT => {
+                    break 'session format!(
+                        "cloudStream closed the tunnel: {}",
+                        String::from_utf8_lossy(&frame.data)
+                    );
+                }
+                other => tracing::info!(
+                    id = frame.id,
+                    kind = other,
+                    "edgestream frame of unknown type; dropped"
+                ),
+            }
+        }
         tokio::select! {
             biased;
             () = cancel.cancelled() => break "shutting down".to_owned(),
@@ -198,51 +278,34 @@ where
                 if frame.kind == REMOVE_CONNECT {
                     streams.remove(&frame.id);
                 }
-                if let Err(e) = sink.send(WsMessage::Binary(frame.encode().into())).await {
+                if let Err(e) = send(&mut write, raw_ws::text_bytes(frame.encode())).await {
                     break format!("write failed: {e}");
                 }
             }
             _ = ping.tick() => {
-                if let Err(e) = sink.send(WsMessage::Ping(Bytes::from_static(b"ping you"))).await {
+                if last_heard.elapsed() > read_deadline {
+                    break format!("nothing from cloudStream for {read_deadline:?} (readDeadline)");
+                }
+                if let Err(e) = send(&mut write, raw_ws::ping(b"ping you".to_vec())).await {
                     break format!("ping failed: {e}");
                 }
             }
-            got = source.next() => match got {
-                // cloudStream sends text messages (those tungstenite could read as UTF-8).
-                Some(Ok(msg @ (WsMessage::Binary(_) | WsMessage::Text(_)))) => {
-                    let bytes = msg.into_data();
-                    let Some(frame) = Frame::decode(&bytes) else {
-                        tracing::info!(len = bytes.len(), "edgestream frame not readable; dropped");
-                        continue;
-                    };
-                    match frame.kind {
-                        LOGS_CONNECT | METRIC_CONNECT => {
-                            let stop = session.child_token();
-                            streams.insert(frame.id, stop.clone());
-                            tracker.spawn(relay(frame, local, tx.clone(), stop));
-                        }
-                        EXEC_CONNECT | ATTACH_CONNECT => {
-                            tracing::info!(id = frame.id, kind = frame.kind, "edgestream exec/attach not served yet; refused");
-                            let _ = tx.send(Frame { id: frame.id, kind: REMOVE_CONNECT, data: Vec::new() }).await;
-                        }
-                        REMOVE_CONNECT => {
-                            if let Some(stop) = streams.remove(&frame.id) {
-                                stop.cancel();
-                            }
-                        }
-                        DATA => {}
-                        CLOSE_CONNECT => break format!("cloudStream closed the tunnel: {}", String::from_utf8_lossy(&frame.data)),
-                        other => tracing::info!(id = frame.id, kind = other, "edgestream frame of unknown type; dropped"),
-                    }
-                }
-                Some(Ok(WsMessage::Close(_))) | None => break "closed by cloudStream".to_owned(),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break format!("read failed: {e}"),
+            got = read.read_buf(reader.buffer()) => match got {
+                Ok(0) => break "closed by cloudStream".to_owned(),
+                Ok(_) => last_heard = tokio::time::Instant::now(),
+                Err(e) => break format!("read failed: {e}"),
             },
         }
     };
     session.cancel();
     why
+}
+
+/// Writes one WebSocket frame and flushes it through TLS.
+async fn send<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, frame: Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    w.write_all(&frame).await?;
+    w.flush().await
 }
 
 /// Replays one connect frame against the local server and streams the answer back.

@@ -2,7 +2,7 @@
 """Turn `cloudcore --defaultconfig` (stdin) into one replica's config (stdout) for the real-cloud stage.
 (Adapted from ../shared/lab/realcloud/mkcfg.py.)
 usage: mkcfg.py NAME LISTEN_IP MONITOR_PORT KUBECONFIG RUNDIR VIP"""
-import sys, yaml
+import os, sys, yaml
 name, ip, mon, kubeconfig, rundir, vip = sys.argv[1:7]
 c = yaml.safe_load(sys.stdin)
 c["kubeAPIConfig"]["kubeConfig"] = kubeconfig
@@ -22,11 +22,31 @@ h["tlsCAFile"] = f"{rundir}/ca/rootCA.crt"
 h["tlsCAKeyFile"] = f"{rundir}/ca/rootCA.key"
 h["tlsCertFile"] = f"{rundir}/certs/server.crt"
 h["tlsPrivateKeyFile"] = f"{rundir}/certs/server.key"
-for mod in ("cloudStream", "router", "iptablesManager"):
+for mod in ("router", "iptablesManager"):
     if mod in m:
         m[mod]["enable"] = False
-if "cloudStream" in m:   # never used (disabled) but keep replicas' ports apart anyway
-    m["cloudStream"].update(tunnelPort=10004 if name == "a" else 10014, streamPort=10003 if name == "a" else 10013)
+# cloudStream on (EdgeStream: kubectl logs): it listens on all addresses, so the replicas' ports
+# differ; haproxy puts both behind the VIP with the same primary
+# and backup as 10000 (tunnel on VIP:10024, stream on VIP:10351), so the API server's stream
+# reaches the replica holding the tunnel.
+# Tunnel certificate paths point nowhere: cloudStream then takes CloudHub's CA and pair.
+# Stream server: any certificate (kube-apiserver does not verify kubelets here), the cluster CA.
+certs = os.path.join(os.path.dirname(rundir), "certs")
+# cloudStream writes the tunnel port CloudCore negotiates (10351 for the first host address,
+# kept in the kubeedge/tunnelport ConfigMap) into each node's kubeletEndpoint: the VIP's stream
+# port is that one.
+if "cloudStream" in m:
+    m["cloudStream"].update(
+        enable=True,
+        tunnelPort=10004 if name == "a" else 10014,
+        streamPort=10003 if name == "a" else 10013,
+        tlsTunnelCAFile=f"{rundir}/ca/none.crt",
+        tlsTunnelCertFile=f"{rundir}/certs/none.crt",
+        tlsTunnelPrivateKeyFile=f"{rundir}/certs/none.key",
+        tlsStreamCAFile=f"{certs}/ca.crt",
+        tlsStreamCertFile=f"{certs}/apiserver.crt",
+        tlsStreamPrivateKeyFile=f"{certs}/apiserver.key",
+    )
 # MetaServer's applications (writes, reads of what the edge does not hold) are answered by
 # dynamicController, which KubeEdge ships disabled; both replicas run it so that a VIP move
 # keeps them answered.

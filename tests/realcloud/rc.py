@@ -192,13 +192,21 @@ class Edge:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(c, f, default_flow_style=False, sort_keys=False)
 
-    def start(self, with_token=True, kubelet=None, meta_server=None, feature_gates=None):
+    def start(self, with_token=True, kubelet=None, meta_server=None, feature_gates=None, edge_stream=False):
         """Starts the agent; `kubelet` overrides tailoredKubeletConfig keys, `meta_server`
-        metaManager.metaServer keys, `feature_gates` featureGates."""
-        if not os.path.exists(self.config_path) or with_token or kubelet or meta_server or feature_gates:
+        metaManager.metaServer keys, `feature_gates` featureGates; `edge_stream` turns EdgeStream
+        on with the VIP's tunnel port and reports the VIP as the node's address (where
+        kube-apiserver finds the stream port, see README)."""
+        if not os.path.exists(self.config_path) or with_token or kubelet or meta_server or feature_gates or edge_stream:
             self.write_config(with_token=with_token)
-        if kubelet or meta_server or feature_gates:
+        if kubelet or meta_server or feature_gates or edge_stream:
             c = yaml.safe_load(open(self.config_path))
+            if edge_stream:
+                h = c["modules"]["edgeHub"]
+                c["modules"]["edgeStream"].update(
+                    enable=True, server=f"{VIP}:10024", tlsTunnelCAFile=h["tlsCaFile"],
+                    tlsTunnelCertFile=h["tlsCertFile"], tlsTunnelPrivateKeyFile=h["tlsPrivateKeyFile"])
+                c["modules"]["edged"]["nodeIP"] = VIP
             c["modules"]["edged"]["tailoredKubeletConfig"].update(kubelet or {})
             c["modules"]["metaManager"]["metaServer"].update(meta_server or {})
             if feature_gates:

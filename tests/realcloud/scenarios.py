@@ -12,6 +12,7 @@ edge agents before the next one starts (one edged per containerd, as with KubeEd
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -1215,6 +1216,67 @@ def metaserver_auth():
         teardown(e, [pod], node)
 
 
+def edgestream():
+    """EdgeStream: `kubectl logs` through the real kube-apiserver and CloudCore's cloudStream
+    (the VIP's stream port, the tunnel our edge dialled): plain, --tail, -f while the container
+    writes, and again after a VIP move. Exec, attach and port-forward are not served yet."""
+    s, node, pod = "edgestream", "rc-es", "rc-es-app"
+    e = Edge(node)
+    try:
+        e.start(edge_stream=True)
+        wait_for("Node Ready", 60, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+        wait_for("the tunnel", 60, lambda: "edgestream tunnel up" in e.log())
+        rc.apply(rc.app_pod(pod, node))
+        wait_for("pod Running", 90, lambda: rc.pod_running(pod))
+
+        def logs(*args, timeout=30):
+            p = rc.run("kubectl", "--kubeconfig", rc.KUBECONFIG, "logs", pod, *args, check_rc=False, timeout=timeout)
+            print(f"    kubectl logs {pod} {' '.join(args)} -> exit {p.returncode}, {len(p.stdout)} bytes", flush=True)
+            check(p.returncode == 0, f"kubectl logs {' '.join(args)}: {p.stderr.strip()}")
+            return p.stdout
+
+        def plain():
+            # cloudStream drops a tunnel that came before the Node; the edge dials again after
+            # readDeadline (15 s) of silence.
+            out = wait_for("the pod's first lines", 90, lambda: "sa-token-bytes=" in logs() and logs(), interval=2)
+            check("file-greeting=" in out, f"logs: {out[:200]!r}")
+            tail = logs("--tail=2").strip().splitlines()
+            check(len(tail) == 2, f"--tail=2 gave {tail}")
+            return f"{len(out.splitlines())} lines; --tail=2 gave 2"
+        step(s, "kubectl logs through cloudStream", plain)
+
+        def follow():
+            before = len(logs().splitlines())
+            p = subprocess.Popen(["kubectl", "--kubeconfig", rc.KUBECONFIG, "logs", "-f", pod],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                lines = []
+                deadline = time.time() + 20
+                while time.time() < deadline and len(lines) < before + 3:
+                    line = p.stdout.readline()
+                    if not line:
+                        break
+                    lines.append(line)
+                print(f"    kubectl logs -f {pod} -> {len(lines)} lines", flush=True)
+                check(len(lines) >= before + 3, f"-f gave {len(lines)} lines, {before} were there")
+            finally:
+                p.kill()
+                p.wait(timeout=10)
+            return f"-f streamed {len(lines) - before}+ new lines as the container wrote them"
+        step(s, "kubectl logs -f while the container writes", follow)
+
+        rc.lab("vip", "b")
+        wait_for("session on replica b", 60, lambda: rc.lab("replica") == "b")
+        step(s, "kubectl logs after a VIP move (tunnel and stream on replica b)", wait_for,
+             "logs through replica b", 60, lambda: "file-greeting=" in logs() and "through b")
+        check(e.alive(), "edgecore exited")
+    finally:
+        try:
+            rc.lab("vip", "auto")
+        finally:
+            teardown(e, [pod], node)
+
+
 BENCHMARKS = {"podbench": podbench}
 
 SCENARIOS = {
@@ -1228,6 +1290,7 @@ SCENARIOS = {
     "metaserver": metaserver,
     "meta-v2": meta_v2,
     "metaserver-auth": metaserver_auth,
+    "edgestream": edgestream,
 }
 
 
