@@ -42,6 +42,7 @@ const HONOURED: &[&str] = &[
     "modules.edgeStream.enable",
     "modules.edgeStream.server",
     "modules.edgeStream.handshakeTimeout",
+    "modules.edgeStream.readDeadline",
     "modules.edgeStream.tlsTunnelCAFile",
     "modules.edgeStream.tlsTunnelCertFile",
     "modules.edgeStream.tlsTunnelPrivateKeyFile",
