@@ -51,7 +51,7 @@ fn version() -> Value {
 
 /// A query flag as the API server reads it (Go's `strconv.ParseBool`): the Python client
 /// sends `watch=True`.
-fn truthy(v: &str) -> bool {
+pub(crate) fn truthy(v: &str) -> bool {
     matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 

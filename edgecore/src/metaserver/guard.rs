@@ -67,9 +67,7 @@ pub(crate) async fn check<B>(
     }
     let path = req.uri().path();
     let query = super::route::query(req.uri().query());
-    let watching = query
-        .get("watch")
-        .is_some_and(|w| matches!(w.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
+    let watching = query.get("watch").is_some_and(|w| super::api::truthy(w));
     let attrs = match Target::parse(path) {
         Some(t) => Attributes::Resource {
             verb: verb_of(req.method(), t.name.is_some(), watching).to_owned(),

@@ -210,7 +210,7 @@ pub(crate) async fn start(
             from,
             bookmarks: query
                 .get("allowWatchBookmarks")
-                .is_some_and(|b| matches!(b.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True")),
+                .is_some_and(|b| super::api::truthy(b)),
             timeout: query
                 .get("timeoutSeconds")
                 .and_then(|t| t.parse::<u64>().ok())

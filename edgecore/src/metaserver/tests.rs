@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{Value, json};
@@ -78,22 +78,36 @@ async fn lab() -> Lab {
     }
 }
 
+/// One request over a new connection to `addr`.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static [u8],
+) -> Response<Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "metaserver");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(http_body_util::Full::new(Bytes::from_static(body)))
+        .unwrap();
+    sender.send_request(req).await.unwrap()
+}
+
 impl Lab {
     async fn request(&self, method: &str, path: &str, accept: &str) -> Response<Incoming> {
-        let stream = TcpStream::connect(self.addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "metaserver")
-            .header("accept", accept)
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        sender.send_request(req).await.unwrap()
+        http(self.addr, method, path, &[("accept", accept)], b"").await
     }
 
     /// Status code and JSON body of a whole answer.
@@ -492,20 +506,14 @@ impl CloudLab {
         let (method, path, content_type) =
             (method.to_owned(), path.to_owned(), content_type.to_owned());
         tokio::spawn(async move {
-            let stream = TcpStream::connect(addr).await.unwrap();
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
-            let req = Request::builder()
-                .method(method.as_str())
-                .uri(path)
-                .header("host", "metaserver")
-                .header("content-type", content_type)
-                .body(http_body_util::Full::new(Bytes::from_static(body)))
-                .unwrap();
-            let resp = sender.send_request(req).await.unwrap();
+            let resp = http(
+                addr,
+                &method,
+                &path,
+                &[("content-type", &content_type)],
+                body,
+            )
+            .await;
             let code = resp.status().as_u16();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
@@ -847,18 +855,14 @@ async fn a_watch_of_what_the_edge_does_not_hold_registers_a_listener_and_is_serv
     let mut lab = cloud_lab(connected()).await;
     let addr = lab.lab.addr;
     let watching = tokio::spawn(async move {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .uri("/apis/apps/v1/namespaces/shop/deployments?watch=true&resourceVersion=50")
-            .header("host", "metaserver")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
+        let resp = http(
+            addr,
+            "GET",
+            "/apis/apps/v1/namespaces/shop/deployments?watch=true&resourceVersion=50",
+            &[],
+            b"",
+        )
+        .await;
         (resp.status().as_u16(), Events::new(resp))
     });
     // The kind is learnt from a one-item list.
