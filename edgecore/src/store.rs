@@ -5,6 +5,7 @@
 //! its transaction has committed, so a caller that acks after `await` acks durable state.
 
 mod meta_v2;
+pub(crate) use meta_v2::key as meta_v2_key;
 mod resource_version;
 mod writer;
 

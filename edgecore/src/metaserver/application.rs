@@ -108,13 +108,9 @@ pub(crate) fn key(
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> String {
-    let group = if group.is_empty() { "core" } else { group };
-    let namespace = match namespace {
-        Some(ns) if !ns.is_empty() && plural != "namespaces" => ns,
-        _ => "null",
-    };
-    let name = name.filter(|n| !n.is_empty()).unwrap_or("null");
-    format!("/{group}/{version}/{plural}/{namespace}/{name}")
+    // A namespace's own key has no namespace (KubeEdge's `KeyFuncReq`).
+    let namespace = namespace.filter(|_| plural != "namespaces").unwrap_or("");
+    crate::store::meta_v2_key(group, version, plural, namespace, name.unwrap_or(""))
 }
 
 impl Application {
