@@ -120,8 +120,8 @@ pub async fn run(
     };
     let node_name = config.modules.edged.hostname_override.clone();
 
-    let mut trim_link = None;
-    // The link MetaServer follows to re-register its cloud watches; offline it never changes.
+    // The hub's link state (MetaServer re-registers its cloud watches on each session, the
+    // start-up trim waits for the first); offline it never changes.
     let (_offline_link, mut meta_link) = watch::channel(LinkState::Disconnected {
         reason: DisconnectReason::Closed,
     });
@@ -179,7 +179,6 @@ pub async fn run(
             cancel.child_token(),
             &tracker,
         );
-        trim_link = Some(hub.link());
         meta_link = hub.link();
         let stats = hub.clone();
         tracker.spawn(
@@ -272,8 +271,11 @@ pub async fn run(
         start_edge_stream(&config, &cancel, &tracker).await?;
     }
     tracker.spawn(
-        crate::trim::after_startup(trim_link, cancel.child_token())
-            .instrument(tracing::info_span!("trim")),
+        crate::trim::after_startup(
+            config.modules.edge_hub.enable.then(|| meta_link.clone()),
+            cancel.child_token(),
+        )
+        .instrument(tracing::info_span!("trim")),
     );
     tracing::info!(node = %node_name, "edgecore started");
 
