@@ -225,8 +225,8 @@ PY
 }
 
 vip() {
-  setstate() { local be; for be in ws https; do hap "set server $be/$1 state $2" >/dev/null; done; }
-  cut() { local be; for be in ws https; do hap "shutdown sessions server $be/$1" >/dev/null; done; }
+  setstate() { local be; for be in ws https tunnel stream; do hap "set server $be/$1 state $2" >/dev/null; done; }
+  cut() { local be; for be in ws https tunnel stream; do hap "shutdown sessions server $be/$1" >/dev/null; done; }
   case "${1:-status}" in
     a) setstate a ready; setstate b maint; cut b ;;       # a VIP move to a
     b) setstate b ready; setstate a maint; cut a ;;       # a VIP move to b
