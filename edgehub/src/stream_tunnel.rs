@@ -39,6 +39,11 @@ const ATTACH_CONNECT: u64 = 6;
 
 /// How often the tunnel is pinged (KubeEdge: every 5 s).
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long a tunnel cloudStream has not started serving may stay silent. cloudStream serves
+/// a tunnel only once it has set the Node's kubelet port, trying every 20 s for 2 minutes
+/// (`DefaultRetrySleepTime`, `DefaultNodeStatusUpdateTimeout`), and then sends `CLOSE_CONNECT`;
+/// silence past that means the socket is dead.
+const UNSERVED_LIMIT: Duration = Duration::from_secs(150);
 /// Frames waiting for the socket.
 const OUTBOUND: usize = 256;
 /// Largest WebSocket message taken from cloudStream (as the hub's).
@@ -200,9 +205,11 @@ where
     let mut streams: HashMap<u64, CancellationToken> = HashMap::new();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
-    // cloudStream answers pings only while it serves the session; one that dropped the
-    // session (it does when the Node does not exist yet) leaves the socket open and silent.
+    // cloudStream reads the tunnel (and so answers pings) only once it serves the session,
+    // after it has set the Node's kubelet port; until then the socket is silent by design and
+    // only UNSERVED_LIMIT applies. From its first frame on, readDeadline does.
     let mut last_heard = tokio::time::Instant::now();
+    let mut served = false;
     let why = 'session: loop {
         // Every whole message already received.
         loop {
@@ -283,8 +290,11 @@ where
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > read_deadline {
+                if served && last_heard.elapsed() > read_deadline {
                     break format!("nothing from cloudStream for {read_deadline:?} (readDeadline)");
+                }
+                if !served && last_heard.elapsed() > UNSERVED_LIMIT {
+                    break format!("cloudStream did not start serving the tunnel in {UNSERVED_LIMIT:?}");
                 }
                 if let Err(e) = send(&mut write, raw_ws::ping(b"ping you".to_vec())).await {
                     break format!("ping failed: {e}");
@@ -292,7 +302,13 @@ where
             }
             got = read.read_buf(reader.buffer()) => match got {
                 Ok(0) => break "closed by cloudStream".to_owned(),
-                Ok(_) => last_heard = tokio::time::Instant::now(),
+                Ok(_) => {
+                    if !served {
+                        tracing::info!("edgestream tunnel served by cloudStream");
+                    }
+                    served = true;
+                    last_heard = tokio::time::Instant::now();
+                }
                 Err(e) => break format!("read failed: {e}"),
             },
         }
@@ -410,6 +426,118 @@ mod tests {
         assert_eq!(
             (empty.id, empty.kind, empty.data.len()),
             (1, REMOVE_CONNECT, 0)
+        );
+    }
+
+    /// A fake cloudStream end: drains what the edge writes, and writes `frames` on demand.
+    fn fake_cloud(
+        cloud: tokio::io::DuplexStream,
+    ) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+        let (mut read, mut write) = tokio::io::split(cloud);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let task = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut sink = tokio::io::sink();
+            let drain = tokio::io::copy(&mut read, &mut sink);
+            tokio::pin!(drain);
+            loop {
+                tokio::select! {
+                    _ = &mut drain => return,
+                    Some(bytes) = rx.recv() => {
+                        if write.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        (tx, task)
+    }
+
+    fn start(
+        edge: tokio::io::DuplexStream,
+        read_deadline: Duration,
+    ) -> tokio::task::JoinHandle<String> {
+        tokio::spawn(async move {
+            let cancel = CancellationToken::new();
+            let tracker = TaskTracker::new();
+            // Nothing listens there; no request reaches it in these tests.
+            let local = SocketAddr::from(([127, 0, 0, 1], 9));
+            serve(edge, Vec::new(), read_deadline, local, &cancel, &tracker).await
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_waits_for_cloudstream_to_serve_it_then_read_deadline_applies() {
+        let (edge, cloud) = tokio::io::duplex(64 * 1024);
+        let (to_edge, _cloud) = fake_cloud(cloud);
+        let deadline = Duration::from_secs(15);
+        let tunnel = start(edge, deadline);
+        // cloudStream retries the Node update every 20 s: a minute of silence is normal.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            !tunnel.is_finished(),
+            "the tunnel gave up before cloudStream served it"
+        );
+        // It serves the session: the first pong arrives, and from now on silence counts.
+        to_edge
+            .send(raw_ws::pong(b"ping you".to_vec()))
+            .await
+            .expect("the fake cloud runs");
+        let served_at = tokio::time::Instant::now();
+        let why = tokio::time::timeout(Duration::from_secs(60), tunnel)
+            .await
+            .expect("readDeadline ends a silent served tunnel")
+            .expect("serve does not panic");
+        assert!(why.contains("readDeadline"), "{why}");
+        let after = served_at.elapsed();
+        assert!(
+            after >= deadline && after <= deadline + PING_EVERY * 2,
+            "ended {after:?} after the last frame"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_never_served_ends_after_cloudstreams_own_limit() {
+        let (edge, cloud) = tokio::io::duplex(64 * 1024);
+        let (_to_edge, _cloud) = fake_cloud(cloud);
+        let began = tokio::time::Instant::now();
+        let why = tokio::time::timeout(
+            Duration::from_secs(600),
+            start(edge, Duration::from_secs(15)),
+        )
+        .await
+        .expect("a dead socket is given up")
+        .expect("serve does not panic");
+        assert!(why.contains("did not start serving"), "{why}");
+        assert!(
+            began.elapsed() >= UNSERVED_LIMIT,
+            "gave up after {:?}",
+            began.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_connect_ends_the_tunnel_with_cloudstreams_reason() {
+        let (edge, cloud) = tokio::io::duplex(64 * 1024);
+        let (to_edge, _cloud) = fake_cloud(cloud);
+        let tunnel = start(edge, Duration::from_secs(15));
+        let close = Frame {
+            id: 0,
+            kind: CLOSE_CONNECT,
+            data: b"failed to Update KubeletEndpoint Port".to_vec(),
+        };
+        to_edge
+            .send(raw_ws::text_bytes(close.encode()))
+            .await
+            .expect("the fake cloud runs");
+        let why = tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .expect("CLOSE_CONNECT ends the tunnel at once")
+            .expect("serve does not panic");
+        assert!(
+            why.contains("failed to Update KubeletEndpoint Port"),
+            "{why}"
         );
     }
 

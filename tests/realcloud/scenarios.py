@@ -1236,8 +1236,8 @@ def edgestream():
             return p.stdout
 
         def plain():
-            # cloudStream drops a tunnel that came before the Node; the edge dials again after
-            # readDeadline (15 s) of silence.
+            # cloudStream serves a tunnel that came before the Node once its retry (every 20 s)
+            # finds the Node; until then the stream port answers 500 (no session).
             out = wait_for("the pod's first lines", 90, lambda: "sa-token-bytes=" in logs() and logs(), interval=2)
             check("file-greeting=" in out, f"logs: {out[:200]!r}")
             tail = logs("--tail=2").strip().splitlines()
