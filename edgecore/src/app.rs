@@ -255,8 +255,11 @@ pub async fn run(
             .await
             .context("starting MetaServer (modules.metaManager.metaServer)")?;
     }
+    let mut streaming: Option<Arc<dyn edged_shim::Runtime>> = None;
     if let Some(pods_rx) = pods_rx {
-        let edged = start_edged(&config, &meta, &store, pods_rx, &cancel, &tracker)?;
+        let runtime = cri_runtime(&config)?;
+        streaming = Some(Arc::new(runtime.clone()));
+        let edged = start_edged(&config, &meta, &store, pods_rx, runtime, &cancel, &tracker);
         tracker.spawn(
             follow_runtime(
                 edged.runtime_state(),
@@ -268,7 +271,7 @@ pub async fn run(
         );
     }
     if config.modules.edge_stream.enable {
-        start_edge_stream(&config, &cancel, &tracker).await?;
+        start_edge_stream(&config, streaming, &cancel, &tracker).await?;
     }
     tracker.spawn(
         crate::trim::after_startup(
@@ -324,11 +327,12 @@ pub async fn run(
 /// The local kubelet-style server's address (KubeEdge's constant; no key).
 const KUBELET_SERVER: &str = "127.0.0.1:10350";
 
-/// EdgeStream: the local kubelet-style server (container logs) and the tunnel cloudStream relays
-/// the API server's requests over (`docs/edgestream.md`). Exec, attach and port-forward are not
-/// served yet.
+/// EdgeStream: the local kubelet-style server (container logs; exec, attach and port-forward
+/// through `runtime`'s streaming server) and the tunnel cloudStream relays the API server's
+/// requests over (`docs/edgestream.md`).
 async fn start_edge_stream(
     config: &config::EdgeCoreConfig,
+    runtime: Option<Arc<dyn edged_shim::Runtime>>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
@@ -337,9 +341,15 @@ async fn start_edge_stream(
         return Ok(());
     }
     let addr: std::net::SocketAddr = KUBELET_SERVER.parse()?;
-    let server = edged_shim::KubeletServer::bind(addr)
+    let mut server = edged_shim::KubeletServer::bind(addr)
         .await
         .context("starting EdgeStream's local server (modules.edgeStream)")?;
+    match runtime {
+        Some(runtime) => server = server.with_runtime(runtime),
+        None => tracing::warn!(
+            "modules.edged is off: edgeStream serves container logs only (no exec, attach or port-forward)"
+        ),
+    }
     let logs = match config
         .modules
         .edged
@@ -364,9 +374,6 @@ async fn start_edge_stream(
         tracker,
     )
     .context("starting the EdgeStream tunnel (modules.edgeStream.server)")?;
-    tracing::warn!(
-        "edgeStream serves container logs only; exec, attach and port-forward are refused"
-    );
     Ok(())
 }
 
@@ -377,9 +384,23 @@ fn start_edged(
     meta: &crate::metamanager::MetaHandle,
     store: &Store,
     pods: mpsc::Receiver<edged_shim::PodEvent>,
+    runtime: edged_shim::CriRuntime,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
-) -> anyhow::Result<edged_shim::EdgedHandle> {
+) -> edged_shim::EdgedHandle {
+    edged_shim::spawn(
+        edged_shim::EdgedSettings::from_config(&config.modules.edged),
+        EdgedMeta::new(meta.clone(), store.clone()),
+        pods,
+        Box::new(runtime),
+        cancel.child_token(),
+        tracker,
+    )
+}
+
+/// The CRI client edged-shim and EdgeStream's exec share (`containerRuntimeEndpoint`,
+/// `imageServiceEndpoint`); it dials on first use.
+fn cri_runtime(config: &config::EdgeCoreConfig) -> anyhow::Result<edged_shim::CriRuntime> {
     let settings = edged_shim::EdgedSettings::from_config(&config.modules.edged);
     let endpoint = &config
         .modules
@@ -399,14 +420,7 @@ fn start_edged(
                 "modules.edged.tailoredKubeletConfig.imageServiceEndpoint {images:?} is not usable"
             )
         })?;
-    Ok(edged_shim::spawn(
-        settings,
-        EdgedMeta::new(meta.clone(), store.clone()),
-        pods,
-        Box::new(runtime),
-        cancel.child_token(),
-        tracker,
-    ))
+    Ok(runtime)
 }
 
 /// Where image calls go: `imageServiceEndpoint`, except that an empty one, or KubeEdge's

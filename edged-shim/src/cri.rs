@@ -14,7 +14,7 @@ use crate::cri_api::image_service_client::ImageServiceClient;
 use crate::cri_api::runtime_service_client::RuntimeServiceClient;
 use crate::runtime::{
     ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, MANAGED_LABEL, RegistryAuth,
-    Runtime, RuntimeError, RuntimeFuture, SandboxConfig, SandboxInfo,
+    Runtime, RuntimeError, RuntimeFuture, SandboxConfig, SandboxInfo, StreamRequest,
 };
 
 /// How long to wait for the socket to accept a connection.
@@ -397,11 +397,13 @@ impl Runtime for CriRuntime {
             Ok(r.items
                 .into_iter()
                 .filter_map(|s| {
-                    let uid = s.metadata.map(|m| m.uid).filter(|u| !u.is_empty())?;
+                    let meta = s.metadata.filter(|m| !m.uid.is_empty())?;
                     Some(SandboxInfo {
+                        uid: meta.uid,
+                        namespace: meta.namespace,
+                        name: meta.name,
                         ready: s.state == api::PodSandboxState::SandboxReady as i32,
                         managed: s.labels.get(MANAGED_LABEL).is_some_and(|v| v == "true"),
-                        uid,
                         id: s.id,
                     })
                 })
@@ -530,6 +532,59 @@ impl Runtime for CriRuntime {
             let mut output = String::from_utf8_lossy(&r.stdout).into_owned();
             output.push_str(&String::from_utf8_lossy(&r.stderr));
             Ok((r.exit_code, output))
+        })
+    }
+
+    fn stream_url<'a>(&'a self, request: &'a StreamRequest) -> RuntimeFuture<'a, String> {
+        Box::pin(async move {
+            let mut client = self.runtime.clone();
+            let url = match request {
+                StreamRequest::Exec {
+                    container_id,
+                    cmd,
+                    io,
+                } => {
+                    self.bounded(
+                        "Exec",
+                        client.exec(api::ExecRequest {
+                            container_id: container_id.clone(),
+                            cmd: cmd.clone(),
+                            tty: io.tty,
+                            stdin: io.stdin,
+                            stdout: io.stdout,
+                            stderr: io.stderr,
+                        }),
+                    )
+                    .await?
+                    .url
+                }
+                StreamRequest::Attach { container_id, io } => {
+                    self.bounded(
+                        "Attach",
+                        client.attach(api::AttachRequest {
+                            container_id: container_id.clone(),
+                            stdin: io.stdin,
+                            tty: io.tty,
+                            stdout: io.stdout,
+                            stderr: io.stderr,
+                        }),
+                    )
+                    .await?
+                    .url
+                }
+                StreamRequest::PortForward { sandbox_id, ports } => {
+                    self.bounded(
+                        "PortForward",
+                        client.port_forward(api::PortForwardRequest {
+                            pod_sandbox_id: sandbox_id.clone(),
+                            port: ports.clone(),
+                        }),
+                    )
+                    .await?
+                    .url
+                }
+            };
+            Ok(url)
         })
     }
 

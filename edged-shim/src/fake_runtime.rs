@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::runtime::{
     ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, RegistryAuth, Runtime,
-    RuntimeError, RuntimeFuture, SandboxConfig, SandboxInfo,
+    RuntimeError, RuntimeFuture, SandboxConfig, SandboxInfo, StreamRequest,
 };
 
 #[derive(Debug, Clone)]
@@ -42,6 +42,10 @@ pub(crate) struct FakeState {
     pub(crate) stop_graces: Vec<Duration>,
     /// Sandboxes another agent made (listed without edged-shim's label).
     pub(crate) foreign: HashSet<String>,
+    /// Base of the streaming URLs handed out (a test's upstream server); `None` refuses.
+    pub(crate) stream_base: Option<String>,
+    /// Every streaming request, in call order.
+    pub(crate) stream_requests: Vec<StreamRequest>,
     next_id: u64,
 }
 
@@ -249,6 +253,8 @@ impl Runtime for FakeRuntime {
                 .map(|(id, c)| SandboxInfo {
                     id: id.clone(),
                     uid: c.uid.clone(),
+                    namespace: c.namespace.clone(),
+                    name: c.name.clone(),
                     ready: true,
                     managed: !s.foreign.contains(id),
                 })
@@ -358,6 +364,27 @@ impl Runtime for FakeRuntime {
             })?;
             let code = s.exec_codes.get(&c.config.name).copied().unwrap_or(0);
             Ok((code, String::new()))
+        });
+        Box::pin(async move { r })
+    }
+
+    fn stream_url<'a>(&'a self, request: &'a StreamRequest) -> RuntimeFuture<'a, String> {
+        let call = match request {
+            StreamRequest::Exec { .. } => "Exec",
+            StreamRequest::Attach { .. } => "Attach",
+            StreamRequest::PortForward { .. } => "PortForward",
+        };
+        let r = self.op(call, |s| {
+            s.stream_requests.push(request.clone());
+            let base = s.stream_base.clone().ok_or_else(|| RuntimeError::Call {
+                call,
+                message: "streaming is not served by this runtime".to_owned(),
+            })?;
+            Ok(format!(
+                "{base}/{}/token{}",
+                call.to_ascii_lowercase(),
+                s.stream_requests.len()
+            ))
         });
         Box::pin(async move { r })
     }

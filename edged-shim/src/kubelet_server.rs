@@ -1,6 +1,7 @@
 //! The kubelet-style local server that EdgeStream relays the API server's requests to
 //! (`docs/edgestream.md`): `GET /containerLogs/{namespace}/{pod}/{container}` from the CRI log
-//! files. It listens on loopback by default; exec, attach and port-forward are not served yet.
+//! files, and `/exec`, `/attach`, `/portForward` through the runtime's streaming server
+//! (`streaming.rs`). It listens on loopback by default.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,17 +24,35 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::logs::{self, LogOptions};
+use crate::runtime::Runtime;
+use crate::streaming::{self, Refusal, Target};
 
 /// Chunks of a followed log buffered for a slow client before the reader waits.
 const CHUNKS: usize = 16;
 
-type ServerBody = BoxBody<Bytes, Infallible>;
+pub(crate) type ServerBody = BoxBody<Bytes, Infallible>;
+
+pub(crate) fn boxed<B>(body: B) -> ServerBody
+where
+    B: Body<Data = Bytes, Error = Infallible> + Send + Sync + 'static,
+{
+    BoxBody::new(body)
+}
 
 /// The bound, not yet serving, server.
-#[derive(Debug)]
 pub struct KubeletServer {
     listener: TcpListener,
     addr: SocketAddr,
+    runtime: Option<Arc<dyn Runtime>>,
+}
+
+impl std::fmt::Debug for KubeletServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeletServer")
+            .field("addr", &self.addr)
+            .field("streaming", &self.runtime.is_some())
+            .finish()
+    }
 }
 
 /// The server cannot listen.
@@ -51,7 +70,19 @@ impl KubeletServer {
         let err = |source| KubeletServerError { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
-        Ok(Self { listener, addr })
+        Ok(Self {
+            listener,
+            addr,
+            runtime: None,
+        })
+    }
+
+    /// Serves exec, attach and port-forward through `runtime`'s streaming server; without
+    /// it they are answered 404.
+    #[must_use]
+    pub fn with_runtime(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
     }
 
     /// The address bound.
@@ -62,10 +93,15 @@ impl KubeletServer {
     /// Serves logs from `pod_logs_dir` (`podLogsDir`) until `cancel`.
     pub fn spawn(self, pod_logs_dir: PathBuf, cancel: CancellationToken, tracker: &TaskTracker) {
         let dir = Arc::new(pod_logs_dir);
+        let runtime = self.runtime;
         let conns = tracker.clone();
         tracker.spawn(
             async move {
-                tracing::info!(addr = %self.addr, "kubelet-style server listening (containerLogs)");
+                tracing::info!(
+                    addr = %self.addr,
+                    streaming = runtime.is_some(),
+                    "kubelet-style server listening (containerLogs, exec, attach, portForward)"
+                );
                 loop {
                     let accepted = tokio::select! {
                         biased;
@@ -80,14 +116,17 @@ impl KubeletServer {
                         }
                     };
                     let dir = Arc::clone(&dir);
+                    let runtime = runtime.clone();
                     let cancel = cancel.clone();
                     conns.spawn(async move {
                         let service = service_fn(move |req: Request<Incoming>| {
                             let dir = Arc::clone(&dir);
-                            async move { Ok::<_, Infallible>(answer(&dir, &req).await) }
+                            let runtime = runtime.clone();
+                            async move { Ok::<_, Infallible>(answer(&dir, runtime, req).await) }
                         });
-                        let conn =
-                            http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                        let conn = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades();
                         tokio::select! {
                             _ = conn => {}
                             () = cancel.cancelled() => {}
@@ -101,18 +140,33 @@ impl KubeletServer {
 }
 
 fn text(code: StatusCode, body: String) -> Response<ServerBody> {
-    let mut resp = Response::new(BoxBody::new(Full::new(Bytes::from(body))));
+    let mut resp = Response::new(boxed(Full::new(Bytes::from(body))));
     *resp.status_mut() = code;
     resp
 }
 
-async fn answer<B>(dir: &std::path::Path, req: &Request<B>) -> Response<ServerBody> {
-    let parts: Vec<&str> = req
-        .uri()
-        .path()
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .collect();
+async fn answer(
+    dir: &std::path::Path,
+    runtime: Option<Arc<dyn Runtime>>,
+    req: Request<Incoming>,
+) -> Response<ServerBody> {
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if let Some(target) = Target::parse(&parts) {
+        let Some(runtime) = runtime else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("{path} is not served here: no container runtime\n"),
+            );
+        };
+        return match streaming::serve(runtime, target, req).await {
+            Ok(resp) => resp,
+            Err(Refusal(code, why)) => {
+                tracing::info!(path, %code, why, "streaming request refused");
+                text(code, format!("{why}\n"))
+            }
+        };
+    }
     let ["containerLogs", namespace, pod, container] = parts.as_slice() else {
         return text(
             StatusCode::NOT_FOUND,
@@ -150,7 +204,7 @@ async fn answer<B>(dir: &std::path::Path, req: &Request<B>) -> Response<ServerBo
             tracing::info!(container = %what, error = %e, "container log could not be read");
         }
     });
-    let mut resp = Response::new(BoxBody::new(Chunks(rx)));
+    let mut resp = Response::new(boxed(Chunks(rx)));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain"),
@@ -242,6 +296,131 @@ mod tests {
             400
         );
         assert_eq!(get(addr, "/exec/shop/web/app").await.0, 404);
+        cancel.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// A runtime streaming server: answers one upgrade with 101 and then echoes upper-cased;
+    /// hands back the request head it got.
+    async fn streaming_server() -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n").await.unwrap();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
+            }
+            String::from_utf8(head).unwrap()
+        });
+        (addr, task)
+    }
+
+    /// Sends a raw upgrade request; returns the answer's head and the connection.
+    async fn upgrade(addr: SocketAddr, path: &str) -> (String, tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:10350\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nX-Stream-Protocol-Version: v3.channel.k8s.io\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        (String::from_utf8(head).unwrap(), s)
+    }
+
+    #[tokio::test]
+    async fn exec_is_proxied_to_the_runtimes_streaming_server() {
+        use crate::fake_runtime::FakeRuntime;
+        use crate::runtime::{StreamIo, StreamRequest};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (upstream, upstream_done) = streaming_server().await;
+        let runtime = FakeRuntime::with_images(&["busybox"]);
+        runtime.state().stream_base = Some(format!("http://{upstream}"));
+        let (sandbox, container) = crate::testutil::running_pair("web", "app", "busybox", 0);
+        let sb = runtime.run_sandbox(&sandbox).await.unwrap();
+        let id = runtime
+            .create_container(&sb, &sandbox, &container)
+            .await
+            .unwrap();
+        runtime.start_container(&id).await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let server = KubeletServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap()
+            .with_runtime(Arc::new(runtime.clone()));
+        let addr = server.local_addr();
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        server.spawn(dir.path().to_owned(), cancel.clone(), &tracker);
+
+        // Refusals name what was wrong.
+        let (code, why) = get(addr, "/exec/default/web/app?stdout=1").await;
+        assert_eq!(code, 400);
+        assert!(why.contains("command"), "{why}");
+        let (code, why) = get(addr, "/exec/default/nope/app?command=ls&stdout=1").await;
+        assert_eq!(code, 404);
+        assert!(why.contains("default/nope"), "{why}");
+        let (code, why) = get(addr, "/attach/default/web/db?stdout=1").await;
+        assert_eq!(code, 404);
+        assert!(why.contains("\"db\""), "{why}");
+
+        let (head, mut conn) = upgrade(
+            addr,
+            "/exec/default/web/app?command=sh&command=-c&command=echo+hi&stdin=1&stdout=1&stderr=1",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("x-stream-protocol-version: v4.channel.k8s.io"),
+            "{head}"
+        );
+        conn.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        conn.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"PING");
+        drop(conn);
+        let seen = upstream_done.await.unwrap();
+        assert!(seen.starts_with("POST /exec/token1 HTTP/1.1\r\n"), "{seen}");
+        let lower = seen.to_ascii_lowercase();
+        assert!(lower.contains("upgrade: spdy/3.1"), "{seen}");
+        assert_eq!(
+            lower.matches("x-stream-protocol-version").count(),
+            2,
+            "{seen}"
+        );
+        assert_eq!(
+            runtime.state().stream_requests,
+            [StreamRequest::Exec {
+                container_id: id,
+                cmd: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                io: StreamIo {
+                    stdin: true,
+                    stdout: true,
+                    stderr: true,
+                    tty: false
+                },
+            }]
+        );
         cancel.cancel();
         tracker.close();
         tracker.wait().await;

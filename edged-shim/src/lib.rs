@@ -30,6 +30,7 @@ mod probe;
 mod resources;
 mod runtime;
 mod settings;
+mod streaming;
 mod termination;
 #[cfg(test)]
 mod testutil;
@@ -45,6 +46,6 @@ pub use meta::{MetaClient, MetaError, MetaFuture, POD_EVENT_CAPACITY, PodEvent, 
 pub use runtime::{
     ContainerConfig, ContainerInfo, ContainerState, ContainerStatus, DnsConfig, LinuxResources,
     MANAGED_LABEL, Mount, RegistryAuth, Runtime, RuntimeError, RuntimeFuture, RuntimeState,
-    SandboxConfig, SandboxInfo,
+    SandboxConfig, SandboxInfo, StreamIo, StreamRequest,
 };
 pub use settings::{EdgedSettings, PressureThresholds};

@@ -220,12 +220,58 @@ pub struct SandboxInfo {
     pub id: String,
     /// Pod UID from the sandbox metadata.
     pub uid: String,
+    /// Pod namespace from the sandbox metadata.
+    pub namespace: String,
+    /// Pod name from the sandbox metadata.
+    pub name: String,
     /// Whether the sandbox is ready.
     pub ready: bool,
     /// Made by edged-shim ([`MANAGED_LABEL`]); the others were made by another kubelet-style
     /// agent on this runtime (KubeEdge's edged on the same `edgecore.db`): they are adopted
     /// for a pod of ours, never removed as orphans.
     pub managed: bool,
+}
+
+/// Which standard streams a streaming call carries, and whether it is a terminal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamIo {
+    /// Standard input.
+    pub stdin: bool,
+    /// Standard output.
+    pub stdout: bool,
+    /// Standard error (never with `tty`: a terminal merges it into stdout).
+    pub stderr: bool,
+    /// A terminal.
+    pub tty: bool,
+}
+
+/// A streaming call (CRI `Exec`, `Attach`, `PortForward`): the runtime answers with a URL on
+/// its streaming server, which the client's upgraded connection is then proxied to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamRequest {
+    /// Run a command in a running container.
+    Exec {
+        /// Runtime's container ID.
+        container_id: String,
+        /// The command and its arguments.
+        cmd: Vec<String>,
+        /// Streams.
+        io: StreamIo,
+    },
+    /// Attach to a running container's process.
+    Attach {
+        /// Runtime's container ID.
+        container_id: String,
+        /// Streams.
+        io: StreamIo,
+    },
+    /// Forward ports of a pod's network namespace.
+    PortForward {
+        /// Runtime's sandbox ID.
+        sandbox_id: String,
+        /// The ports asked for in the URL (may be empty: SPDY names them per stream).
+        ports: Vec<i32>,
+    },
 }
 
 /// A container as listed by the runtime.
@@ -293,6 +339,8 @@ pub trait Runtime: Send + Sync + 'static {
         cmd: &'a [String],
         timeout: Duration,
     ) -> RuntimeFuture<'a, (i32, String)>;
+    /// The runtime's streaming URL for an exec, attach or port-forward.
+    fn stream_url<'a>(&'a self, request: &'a StreamRequest) -> RuntimeFuture<'a, String>;
 }
 
 /// The runtime's health as the pod worker last saw it; the node's Ready condition follows it.

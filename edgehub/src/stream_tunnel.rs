@@ -50,6 +50,9 @@ const OUTBOUND: usize = 256;
 const MAX_FRAME: usize = crate::dial::MAX_MESSAGE_BYTES;
 /// Largest piece of a local answer in one `DATA` frame.
 const CHUNK: usize = 32 * 1024;
+/// `DATA` frames from cloudStream waiting for one exec or attach stream's local connection;
+/// a stream that falls this far behind is closed rather than stalling the tunnel.
+const INBOUND: usize = 128;
 
 /// What the tunnel needs.
 #[derive(Debug, Clone)]
@@ -176,6 +179,64 @@ struct Connect {
     url: GoUrl,
     #[serde(default)]
     header: HashMap<String, Vec<String>>,
+    /// Exec and attach carry the API server's method (`POST` or `GET`).
+    #[serde(default)]
+    method: String,
+}
+
+impl Connect {
+    fn path(&self) -> String {
+        if self.url.raw_query.is_empty() {
+            self.url.path.clone()
+        } else {
+            format!("{}?{}", self.url.path, self.url.raw_query)
+        }
+    }
+
+    /// The request as KubeEdge's edge writes it to the local server for an upgrade: the API
+    /// server's method, path and headers (`Connection`, `Upgrade`, the stream protocol
+    /// versions), with `Host` set to the local server. `None` when a header is not writable.
+    fn upgrade_head(&self, local: SocketAddr) -> Option<Vec<u8>> {
+        let method = match self.method.as_str() {
+            "" => "GET",
+            m if m.bytes().all(|b| b.is_ascii_uppercase()) => m,
+            _ => return None,
+        };
+        let path = self.path();
+        if !path.starts_with('/')
+            || path
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return None;
+        }
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {local}\r\n");
+        let mut names: Vec<_> = self.header.keys().collect();
+        names.sort();
+        for name in names {
+            if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                return None;
+            }
+            for value in &self.header[name] {
+                if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+                    return None;
+                }
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        head.push_str("\r\n");
+        Some(head.into_bytes())
+    }
+}
+
+/// One relayed stream of the tunnel.
+struct Stream {
+    stop: CancellationToken,
+    /// Where cloudStream's `DATA` for an exec or attach goes; `None` for logs and metrics.
+    input: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,7 +263,7 @@ where
     let mut reader = raw_ws::Reader::new(leftover, MAX_FRAME);
     let (tx, mut rx) = mpsc::channel::<Frame>(OUTBOUND);
     let session = cancel.child_token();
-    let mut streams: HashMap<u64, CancellationToken> = HashMap::new();
+    let mut streams: HashMap<u64, Stream> = HashMap::new();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     // cloudStream reads the tunnel (and so answers pings) only once it serves the session,
@@ -241,30 +302,46 @@ where
             match frame.kind {
                 LOGS_CONNECT | METRIC_CONNECT => {
                     let stop = session.child_token();
-                    streams.insert(frame.id, stop.clone());
+                    let stream = Stream {
+                        stop: stop.clone(),
+                        input: None,
+                    };
+                    if let Some(old) = streams.insert(frame.id, stream) {
+                        old.stop.cancel();
+                    }
                     tracker.spawn(relay(frame, local, tx.clone(), stop));
                 }
                 EXEC_CONNECT | ATTACH_CONNECT => {
-                    tracing::info!(
-                        id = frame.id,
-                        kind = frame.kind,
-                        "edgestream exec/attach not served yet; refused"
-                    );
-                    let refuse = Frame {
-                        id: frame.id,
-                        kind: REMOVE_CONNECT,
-                        data: Vec::new(),
+                    let stop = session.child_token();
+                    let (input, from_cloud) = mpsc::channel(INBOUND);
+                    let stream = Stream {
+                        stop: stop.clone(),
+                        input: Some(input),
                     };
-                    if let Err(e) = send(&mut write, raw_ws::text_bytes(refuse.encode())).await {
-                        break 'session format!("write failed: {e}");
+                    if let Some(old) = streams.insert(frame.id, stream) {
+                        old.stop.cancel();
                     }
+                    tracker.spawn(relay_upgrade(frame, local, tx.clone(), from_cloud, stop));
                 }
                 REMOVE_CONNECT => {
-                    if let Some(stop) = streams.remove(&frame.id) {
-                        stop.cancel();
+                    if let Some(stream) = streams.remove(&frame.id) {
+                        stream.stop.cancel();
                     }
                 }
-                DATA => {}
+                DATA => {
+                    let Some(stream) = streams.get(&frame.id) else {
+                        tracing::debug!(id = frame.id, "edgestream data for no stream; dropped");
+                        continue;
+                    };
+                    let Some(input) = &stream.input else { continue };
+                    if let Err(mpsc::error::TrySendError::Full(_)) = input.try_send(frame.data) {
+                        tracing::info!(
+                            id = frame.id,
+                            "edgestream stream's local connection fell {INBOUND} frames behind; closed"
+                        );
+                        stream.stop.cancel();
+                    }
+                }
                 CLOSE_CONNECT => {
                     break 'session format!(
                         "cloudStream closed the tunnel: {}",
@@ -340,11 +417,7 @@ async fn relay(frame: Frame, local: SocketAddr, tx: mpsc::Sender<Frame>, stop: C
             return;
         }
     };
-    let path = if connect.url.raw_query.is_empty() {
-        connect.url.path.clone()
-    } else {
-        format!("{}?{}", connect.url.path, connect.url.raw_query)
-    };
+    let path = connect.path();
     tracing::debug!(id, path, "edgestream request");
     let streamed = tokio::select! {
         () = stop.cancelled() => Ok(()),
@@ -352,6 +425,73 @@ async fn relay(frame: Frame, local: SocketAddr, tx: mpsc::Sender<Frame>, stop: C
     };
     if let Err(e) = streamed {
         tracing::info!(id, path, error = %e, "edgestream request to the local server failed");
+    }
+    let _ = tx.send(done).await;
+}
+
+/// Relays one exec or attach: the API server's upgrade request is written to the local
+/// server, and from then on bytes flow unchanged both ways (the SPDY or WebSocket session is
+/// between the API server and the runtime's streaming server) until either side ends.
+async fn relay_upgrade(
+    frame: Frame,
+    local: SocketAddr,
+    tx: mpsc::Sender<Frame>,
+    mut from_cloud: mpsc::Receiver<Vec<u8>>,
+    stop: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let id = frame.id;
+    let done = Frame {
+        id,
+        kind: REMOVE_CONNECT,
+        data: Vec::new(),
+    };
+    let head = match serde_json::from_slice::<Connect>(&frame.data) {
+        Ok(c) => c
+            .upgrade_head(local)
+            .ok_or("a header or the path is not writable"),
+        Err(_) => Err("not a connect request"),
+    };
+    let head = match head {
+        Ok(h) => h,
+        Err(why) => {
+            tracing::info!(id, why, "edgestream exec/attach frame not usable; closed");
+            let _ = tx.send(done).await;
+            return;
+        }
+    };
+    let ended = async {
+        let conn = tokio::net::TcpStream::connect(local)
+            .await
+            .map_err(|e| format!("local server: {e}"))?;
+        let (mut read, mut write) = conn.into_split();
+        write
+            .write_all(&head)
+            .await
+            .map_err(|e| format!("local server: {e}"))?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok("closed by cloudStream"),
+                got = read.read(&mut buf) => match got {
+                    Ok(0) => return Ok("ended by the local server"),
+                    Ok(n) => {
+                        let out = Frame { id, kind: DATA, data: buf[..n].to_vec() };
+                        if tx.send(out).await.is_err() {
+                            return Ok("tunnel closed");
+                        }
+                    }
+                    Err(e) => return Err(format!("local server: {e}")),
+                },
+                Some(data) = from_cloud.recv() => {
+                    write.write_all(&data).await.map_err(|e| format!("local server: {e}"))?;
+                }
+            }
+        }
+    };
+    match ended.await {
+        Ok(why) => tracing::debug!(id, why, "edgestream exec/attach ended"),
+        Err(e) => tracing::info!(id, error = %e, "edgestream exec/attach failed"),
     }
     let _ = tx.send(done).await;
 }
@@ -538,6 +678,163 @@ mod tests {
         assert!(
             why.contains("failed to Update KubeletEndpoint Port"),
             "{why}"
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_bytes_flow_both_ways_between_cloudstream_and_the_local_server() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The local kubelet-style server: takes the upgrade, answers 101, echoes upper-cased.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).await.expect("head");
+                head.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = [0u8; 64];
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => s
+                        .write_all(&buf[..n].to_ascii_uppercase())
+                        .await
+                        .expect("echo"),
+                }
+            }
+            String::from_utf8(head).expect("ascii head")
+        });
+
+        let (edge, cloud) = tokio::io::duplex(64 * 1024);
+        let (mut cloud_read, mut cloud_write) = tokio::io::split(cloud);
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let tunnel = {
+            let (cancel, tracker) = (cancel.clone(), tracker.clone());
+            tokio::spawn(async move {
+                serve(
+                    edge,
+                    Vec::new(),
+                    Duration::from_secs(15),
+                    local,
+                    &cancel,
+                    &tracker,
+                )
+                .await
+            })
+        };
+        let connect = br#"{"MessID":7,"url":{"Scheme":"http","Host":"127.0.0.1:10350","Path":"/exec/default/web/app","RawQuery":"command=ls&stdout=1","Fragment":""},"header":{"Connection":["Upgrade"],"Upgrade":["SPDY/3.1"],"X-Stream-Protocol-Version":["v4.channel.k8s.io","v3.channel.k8s.io"]},"method":"POST"}"#;
+        for frame in [
+            Frame {
+                id: 7,
+                kind: EXEC_CONNECT,
+                data: connect.to_vec(),
+            },
+            Frame {
+                id: 7,
+                kind: DATA,
+                data: b"spdy bytes".to_vec(),
+            },
+        ] {
+            cloud_write
+                .write_all(&raw_ws::text_bytes(frame.encode()))
+                .await
+                .expect("cloud writes");
+        }
+        // What the edge sends back for stream 7, until the echo has come through.
+        let mut reader = raw_ws::Reader::new(Vec::new(), MAX_FRAME);
+        let mut back = Vec::new();
+        while !back.ends_with(b"SPDY BYTES") {
+            match reader.next().expect("readable frames") {
+                Some(raw_ws::Incoming::Data(bytes)) => {
+                    let f = Frame::decode(&bytes).expect("a tunnel frame");
+                    assert_eq!((f.id, f.kind), (7, DATA));
+                    back.extend_from_slice(&f.data);
+                }
+                Some(_) => {}
+                None => {
+                    let n = cloud_read
+                        .read_buf(reader.buffer())
+                        .await
+                        .expect("cloud reads");
+                    assert!(n > 0, "the edge closed the tunnel");
+                }
+            }
+        }
+        assert!(
+            back.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&back)
+        );
+        // cloudStream ends the stream: the local connection is closed.
+        let remove = Frame {
+            id: 7,
+            kind: REMOVE_CONNECT,
+            data: Vec::new(),
+        };
+        cloud_write
+            .write_all(&raw_ws::text_bytes(remove.encode()))
+            .await
+            .expect("cloud writes");
+        let head = server
+            .await
+            .expect("the local server saw the connection end");
+        assert!(
+            head.starts_with("POST /exec/default/web/app?command=ls&stdout=1 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("Host: {local}\r\n")), "{head}");
+        assert!(head.contains("Upgrade: SPDY/3.1\r\n"), "{head}");
+        assert_eq!(
+            head.matches("X-Stream-Protocol-Version").count(),
+            2,
+            "{head}"
+        );
+        cancel.cancel();
+        assert_eq!(tunnel.await.expect("serve does not panic"), "shutting down");
+    }
+
+    #[test]
+    fn an_upgrade_head_refuses_what_would_split_the_request() {
+        let local = SocketAddr::from(([127, 0, 0, 1], 10350));
+        let connect = |method: &str, path: &str, header: &str| -> Connect {
+            serde_json::from_str(&format!(
+                r#"{{"url":{{"Path":"{path}","RawQuery":""}},"header":{header},"method":"{method}"}}"#
+            ))
+            .expect("parses")
+        };
+        assert!(
+            connect("POST", "/exec/a/b/c", r#"{"A":["1"]}"#)
+                .upgrade_head(local)
+                .is_some()
+        );
+        assert!(
+            connect("POST", "/exec/a/b/c", r#"{"A":["1\r\nX: y"]}"#)
+                .upgrade_head(local)
+                .is_none()
+        );
+        assert!(
+            connect("POST", "/exec/a b", "{}")
+                .upgrade_head(local)
+                .is_none()
+        );
+        assert!(
+            connect("P OST", "/exec/a/b/c", "{}")
+                .upgrade_head(local)
+                .is_none()
+        );
+        assert!(
+            connect("GET", "/x", r#"{"Bad Name":["v"]}"#)
+                .upgrade_head(local)
+                .is_none()
         );
     }
 

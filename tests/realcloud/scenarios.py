@@ -12,6 +12,7 @@ edge agents before the next one starts (one edged per containerd, as with KubeEd
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -1219,7 +1220,8 @@ def metaserver_auth():
 def edgestream():
     """EdgeStream: `kubectl logs` through the real kube-apiserver and CloudCore's cloudStream
     (the VIP's stream port, the tunnel our edge dialled): plain, --tail, -f while the container
-    writes, and again after a VIP move. Exec, attach and port-forward are not served yet."""
+    writes; exec with a command and with stdin, attach; port-forward (which CloudCore does not
+    route); then logs and exec again after a VIP move."""
     s, node, pod = "edgestream", "rc-es", "rc-es-app"
     e = Edge(node)
     try:
@@ -1265,6 +1267,70 @@ def edgestream():
             return f"-f streamed {len(lines) - before}+ new lines as the container wrote them"
         step(s, "kubectl logs -f while the container writes", follow)
 
+        def kc(*args, input=None, timeout=30):
+            p = rc.run("kubectl", "--kubeconfig", rc.KUBECONFIG, *args, input=input, check_rc=False,
+                       timeout=timeout)
+            print(f"    kubectl {' '.join(args)} -> exit {p.returncode}, {len(p.stdout)} bytes out, "
+                  f"{len(p.stderr)} bytes err", flush=True)
+            return p
+
+        def exec_command():
+            p = kc("exec", pod, "--", "sh", "-c", "echo exec-ok $((6*7)); echo to-stderr >&2; exit 3")
+            check(p.stdout == "exec-ok 42\n", f"stdout {p.stdout!r}, stderr {p.stderr!r}")
+            check("to-stderr" in p.stderr, f"stderr {p.stderr!r}")
+            check(p.returncode == 3, f"the command's exit code 3 came back as {p.returncode}")
+            return "stdout, stderr and exit code 3 came back"
+        step(s, "kubectl exec with a command", exec_command)
+
+        def exec_stdin():
+            p = kc("exec", "-i", pod, "--", "sh", "-c", 'read a; read b; echo "got $b, $a"',
+                   input="hello\nfrom stdin\n")
+            check(p.returncode == 0, f"exit {p.returncode}: {p.stderr.strip()}")
+            check(p.stdout == "got from stdin, hello\n", f"stdout {p.stdout!r}")
+            return "two lines went in on stdin, the shell's answer came back"
+        step(s, "kubectl exec -i with stdin", exec_stdin)
+
+        def attach():
+            p = subprocess.Popen(["kubectl", "--kubeconfig", rc.KUBECONFIG, "attach", pod],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                lines = []
+                deadline = time.time() + 20
+                while time.time() < deadline and len(lines) < 2:
+                    line = p.stdout.readline()
+                    if not line:
+                        break
+                    if line.startswith("file-greeting="):
+                        lines.append(line)
+            finally:
+                p.kill()
+                _, err = p.communicate(timeout=10)
+            print(f"    kubectl attach {pod} -> {len(lines)} lines", flush=True)
+            check(len(lines) >= 2, f"attach gave {lines}; stderr {err.strip()[:300]!r}")
+            return "the running process's output streamed"
+        step(s, "kubectl attach", attach)
+
+        def port_forward():
+            # cloudStream routes /containerLogs, /exec, /attach, /stats and /metrics only: the
+            # API server's port-forward request to it gets 404, whatever the edge serves.
+            p = subprocess.Popen(["kubectl", "--kubeconfig", rc.KUBECONFIG, "port-forward", pod, "18089:18089"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                out, err = p.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate(timeout=10)
+            try:
+                socket.create_connection(("127.0.0.1", 18089), timeout=2).close()
+                forwarded = True
+            except OSError:
+                forwarded = False
+            print(f"    kubectl port-forward {pod} 18089:18089 -> exit {p.returncode}: {err.strip()[:160]}", flush=True)
+            check(not forwarded and "404" in err,
+                  f"CloudCore's cloudStream answered port-forward differently than recorded: {err.strip()[:300]!r}")
+            return "refused by CloudCore's cloudStream (404: it has no /portForward route), as recorded in docs/edgestream.md"
+        step(s, "kubectl port-forward (a CloudCore limit)", port_forward)
+
         tunnels = e.log().count("edgestream tunnel up")
         rc.lab("vip", "b")
         wait_for("session on replica b", 60, lambda: rc.lab("replica") == "b")
@@ -1274,8 +1340,11 @@ def edgestream():
             # (to b) before these logs could come through.
             check(e.log().count("edgestream tunnel up") > tunnels, "the tunnel was not dialled again")
             check("file-greeting=" in logs(), "no logs after the move")
-            return f"tunnel dialled again ({e.log().count('edgestream tunnel up') - tunnels}x), logs through replica b"
-        step(s, "kubectl logs after a VIP move (tunnel and stream on replica b)", wait_for,
+            p = kc("exec", "-i", pod, "--", "sh", "-c", 'read a; echo "got $a"', input="after the move\n")
+            check(p.stdout == "got after the move\n", f"exec -i after the move: {p.stdout!r} {p.stderr.strip()!r}")
+            return (f"tunnel dialled again ({e.log().count('edgestream tunnel up') - tunnels}x), "
+                    "logs and exec -i through replica b")
+        step(s, "kubectl logs and exec after a VIP move (tunnel and stream on replica b)", wait_for,
              "logs through replica b", 60, after_move)
         check(e.alive(), "edgecore exited")
     finally:
