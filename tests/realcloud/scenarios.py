@@ -1222,7 +1222,7 @@ def edgestream():
     (the VIP's stream port, the tunnel our edge dialled): plain, --tail, -f while the container
     writes; exec with a command and with stdin, attach; port-forward (which CloudCore does not
     route); then logs and exec again after a VIP move."""
-    s, node, pod = "edgestream", "rc-es", "rc-es-app"
+    s, node, pod, crashing = "edgestream", "rc-es", "rc-es-app", "rc-es-restarts"
     e = Edge(node)
     try:
         e.start(edge_stream=True)
@@ -1267,11 +1267,27 @@ def edgestream():
             return f"-f streamed {len(lines) - before}+ new lines as the container wrote them"
         step(s, "kubectl logs -f while the container writes", follow)
 
+        def previous():
+            crash = rc.app_pod(crashing, node)
+            crash["spec"]["containers"][0]["command"] = [
+                "/bin/sh", "-c", 'read up _ < /proc/uptime; echo "run at $up"; sleep 2; exit 1']
+            rc.apply(crash)
+            wait_for("a restart", 90, lambda: ((kget("pod", crashing) or {}).get("status", {})
+                                               .get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 1)
+            p = rc.run("kubectl", "--kubeconfig", rc.KUBECONFIG, "logs", crashing, "--previous",
+                       check_rc=False, timeout=30)
+            print(f"    kubectl logs {crashing} --previous -> exit {p.returncode}, {len(p.stdout)} bytes", flush=True)
+            check(p.returncode == 0 and p.stdout.startswith("run at "),
+                  f"--previous: exit {p.returncode}, {p.stdout!r}, {p.stderr.strip()!r}")
+            return f"the run before the restart: {p.stdout.strip()!r}"
+        step(s, "kubectl logs --previous after a restart", previous)
+
         def kc(*args, input=None, timeout=30):
             p = rc.run("kubectl", "--kubeconfig", rc.KUBECONFIG, *args, input=input, check_rc=False,
                        timeout=timeout)
+            err = f": {p.stderr.strip()[:160]!r}" if p.stderr.strip() else ""
             print(f"    kubectl {' '.join(args)} -> exit {p.returncode}, {len(p.stdout)} bytes out, "
-                  f"{len(p.stderr)} bytes err", flush=True)
+                  f"{len(p.stderr)} bytes err{err}", flush=True)
             return p
 
         def exec_command():
@@ -1351,7 +1367,7 @@ def edgestream():
         try:
             rc.lab("vip", "auto")
         finally:
-            teardown(e, [pod], node)
+            teardown(e, [pod, crashing], node)
 
 
 BENCHMARKS = {"podbench": podbench}
