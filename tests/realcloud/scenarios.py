@@ -1222,7 +1222,7 @@ def edgestream():
     (the VIP's stream port, the tunnel our edge dialled): plain, --tail, -f while the container
     writes; exec with a command and with stdin, attach; port-forward (which CloudCore does not
     route); then logs and exec again after a VIP move."""
-    s, node, pod, crashing = "edgestream", "rc-es", "rc-es-app", "rc-es-restarts"
+    s, node, pod, crashing, web_pod = "edgestream", "rc-es", "rc-es-app", "rc-es-restarts", "rc-es-web"
     e = Edge(node)
     try:
         e.start(edge_stream=True)
@@ -1347,6 +1347,38 @@ def edgestream():
             return "refused by CloudCore's cloudStream (404: it has no /portForward route), as recorded in docs/edgestream.md"
         step(s, "kubectl port-forward (a CloudCore limit)", port_forward)
 
+        def local_port_forward():
+            # What cloudStream would relay if it routed port-forward: the edge's own kubelet-style
+            # server, over the WebSocket port-forward protocol (v4.channel.k8s.io: per port a data
+            # and an error channel, each opened by the port number, every frame led by its
+            # channel byte), through containerd's streaming server to a port in the pod.
+            import websocket  # websocket-client, from the venv's kubernetes client
+            web = rc.app_pod(web_pod, node)
+            web["spec"]["containers"][0]["command"] = [
+                "/bin/sh", "-c", "echo forwarded-ok > /tmp/index.html; exec busybox httpd -f -p 18089 -h /tmp"]
+            rc.apply(web)
+            wait_for("web pod Running", 90, lambda: rc.pod_running(web_pod))
+            ws = websocket.create_connection(
+                f"ws://127.0.0.1:10350/portForward/default/{web_pod}?port=18089",
+                subprotocols=["v4.channel.k8s.io"], timeout=10)
+            try:
+                opened = sorted(ws.recv()[:1] for _ in range(2))
+                check(opened == [b"\x00", b"\x01"], f"channels opened: {opened}")
+                ws.send_binary(b"\x00GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n")
+                got = b""
+                while b"forwarded-ok" not in got:
+                    frame = ws.recv()
+                    if not frame:
+                        break
+                    check(frame[:1] == b"\x00", f"a frame on channel {frame[:1]!r}: {frame[1:200]!r}")
+                    got += frame[1:]
+            finally:
+                ws.close()
+            print(f"    websocket port-forward {web_pod} 18089 via 127.0.0.1:10350 -> {len(got)} bytes", flush=True)
+            check(b" 200 " in got.split(b"\r\n", 1)[0] and b"forwarded-ok" in got, f"answer {got[:300]!r}")
+            return "HTTP through the pod's port 18089 over the edge's /portForward (WebSocket)"
+        step(s, "port-forward on the edge's kubelet-style server", local_port_forward)
+
         tunnels = e.log().count("edgestream tunnel up")
         rc.lab("vip", "b")
         wait_for("session on replica b", 60, lambda: rc.lab("replica") == "b")
@@ -1367,7 +1399,7 @@ def edgestream():
         try:
             rc.lab("vip", "auto")
         finally:
-            teardown(e, [pod, crashing], node)
+            teardown(e, [pod, crashing, web_pod], node)
 
 
 BENCHMARKS = {"podbench": podbench}
