@@ -39,6 +39,8 @@ const ATTACH_CONNECT: u64 = 6;
 
 /// How often the tunnel is pinged (KubeEdge: every 5 s).
 const PING_EVERY: Duration = Duration::from_secs(5);
+/// How often the certificate files are looked at while a tunnel is up.
+const CERT_CHECK: Duration = Duration::from_secs(5);
 /// How long a tunnel cloudStream has not started serving may stay silent. cloudStream serves
 /// a tunnel only once it has set the Node's kubelet port, trying every 20 s for 2 minutes
 /// (`DefaultRetrySleepTime`, `DefaultNodeStatusUpdateTimeout`), and then sends `CLOSE_CONNECT`;
@@ -98,14 +100,17 @@ pub fn spawn_tunnel(
                 // The files are read again for every dial: a rotated certificate is used.
                 let target = ClientTls::load(&files).and_then(|tls| {
                     Target::tunnel(endpoint.clone(), &tls, &settings.node, &settings.node_ip, limit)
+                        .map(|t| (t, tls.fingerprint()))
                 });
+                let stamp = files_stamp(&files).await;
                 match target {
-                    Ok(target) => match target.dial_tls().await {
+                    Ok((target, cert)) => match target.dial_tls().await {
                         Ok((mut tls, request)) => match raw_ws::handshake(&mut tls, request).await {
                             Ok(leftover) => {
-                                tracing::info!(endpoint = %endpoint, "edgestream tunnel up");
+                                tracing::info!(endpoint = %endpoint, cert, "edgestream tunnel up");
                                 backoff.reset();
-                                let why = serve(tls, leftover, read_deadline, settings.local, &cancel, &tasks).await;
+                                let renewed = certificate_changed(&files, stamp, CERT_CHECK);
+                                let why = serve(tls, leftover, read_deadline, settings.local, renewed, &cancel, &tasks).await;
                                 tracing::info!(endpoint = %endpoint, why, "edgestream tunnel down");
                             }
                             Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "edgestream tunnel upgrade failed"),
@@ -124,6 +129,37 @@ pub fn spawn_tunnel(
         .instrument(tracing::info_span!("edgestream", node = %node)),
     );
     Ok(())
+}
+
+/// When the certificate and key files were last written, as far as `stat` tells.
+type Stamp = Option<(std::time::SystemTime, u64, std::time::SystemTime, u64)>;
+
+async fn files_stamp(files: &config::EdgeHub) -> Stamp {
+    let cert = tokio::fs::metadata(&files.tls_cert_file).await.ok()?;
+    let key = tokio::fs::metadata(&files.tls_private_key_file)
+        .await
+        .ok()?;
+    Some((
+        cert.modified().ok()?,
+        cert.len(),
+        key.modified().ok()?,
+        key.len(),
+    ))
+}
+
+/// Ends when the certificate or key file differs from `stamp` (renewed by our rotation, or
+/// replaced by an operator): the tunnel is then dialled again with the new pair (kubeedge#5788
+/// is the tunnel that kept the old one).
+async fn certificate_changed(files: &config::EdgeHub, stamp: Stamp, every: Duration) -> String {
+    let mut check = tokio::time::interval(every);
+    check.tick().await;
+    loop {
+        check.tick().await;
+        let now = files_stamp(files).await;
+        if now.is_some() && now != stamp {
+            return "the certificate files changed; dialling again with the new pair".to_owned();
+        }
+    }
 }
 
 /// One frame of the tunnel.
@@ -252,12 +288,14 @@ async fn serve<S>(
     leftover: Vec<u8>,
     read_deadline: Duration,
     local: SocketAddr,
+    renewed: impl std::future::Future<Output = String>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
 ) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    tokio::pin!(renewed);
     use tokio::io::AsyncReadExt;
     let (mut read, mut write) = tokio::io::split(stream);
     let mut reader = raw_ws::Reader::new(leftover, MAX_FRAME);
@@ -358,6 +396,7 @@ where
         tokio::select! {
             biased;
             () = cancel.cancelled() => break "shutting down".to_owned(),
+            why = &mut renewed => break why,
             Some(frame) = rx.recv() => {
                 if frame.kind == REMOVE_CONNECT {
                     streams.remove(&frame.id);
@@ -603,7 +642,16 @@ mod tests {
             let tracker = TaskTracker::new();
             // Nothing listens there; no request reaches it in these tests.
             let local = SocketAddr::from(([127, 0, 0, 1], 9));
-            serve(edge, Vec::new(), read_deadline, local, &cancel, &tracker).await
+            serve(
+                edge,
+                Vec::new(),
+                read_deadline,
+                local,
+                std::future::pending(),
+                &cancel,
+                &tracker,
+            )
+            .await
         })
     }
 
@@ -725,6 +773,7 @@ mod tests {
                     Vec::new(),
                     Duration::from_secs(15),
                     local,
+                    std::future::pending(),
                     &cancel,
                     &tracker,
                 )
@@ -836,6 +885,44 @@ mod tests {
                 .upgrade_head(local)
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn a_renewed_pair_on_disk_ends_the_tunnel_so_it_is_dialled_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut files = config::EdgeHub::default();
+        files.tls_cert_file = dir.path().join("server.crt");
+        files.tls_private_key_file = dir.path().join("server.key");
+        std::fs::write(&files.tls_cert_file, "old certificate").expect("write");
+        std::fs::write(&files.tls_private_key_file, "old key").expect("write");
+        let stamp = files_stamp(&files).await;
+        assert!(stamp.is_some());
+        let every = Duration::from_millis(20);
+        // Unchanged files keep the tunnel.
+        let unchanged = tokio::time::timeout(
+            Duration::from_millis(200),
+            certificate_changed(&files, stamp, every),
+        )
+        .await;
+        assert!(unchanged.is_err(), "ended with no change");
+        // A missing file (a rotation between its two renames) is not a change yet.
+        std::fs::remove_file(&files.tls_private_key_file).expect("remove");
+        let missing = tokio::time::timeout(
+            Duration::from_millis(200),
+            certificate_changed(&files, stamp, every),
+        )
+        .await;
+        assert!(missing.is_err(), "ended on a missing file");
+        // The renewed pair, written as the rotation does, ends it.
+        std::fs::write(&files.tls_cert_file, "the renewed certificate").expect("write");
+        std::fs::write(&files.tls_private_key_file, "the renewed key").expect("write");
+        let why = tokio::time::timeout(
+            Duration::from_secs(10),
+            certificate_changed(&files, stamp, every),
+        )
+        .await
+        .expect("a renewed pair is noticed");
+        assert!(why.contains("certificate files changed"), "{why}");
     }
 
     #[test]

@@ -81,6 +81,18 @@ impl ClientTls {
         Ok(tls)
     }
 
+    /// The first 8 bytes of the leaf certificate's SHA-256, in hex: which pair a dial used
+    /// (`openssl x509 -noout -fingerprint -sha256` starts with the same bytes).
+    pub(crate) fn fingerprint(&self) -> String {
+        self.chain.first().map_or_else(String::new, |leaf| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref());
+            digest.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect()
+        })
+    }
+
     /// The name the server certificate of `endpoint` must carry.
     pub(crate) fn server_name(&self, endpoint: &Endpoint) -> Result<ServerName<'static>, HubError> {
         server_name_of(self.server_name.as_deref().unwrap_or(endpoint.host()))

@@ -9,12 +9,15 @@
 Each scenario uses its own node name, tears its pods down through its own edge, and stops its
 edge agents before the next one starts (one edged per containerd, as with KubeEdge)."""
 
+import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -1394,6 +1397,43 @@ def edgestream():
                     "logs and exec -i through replica b")
         step(s, "kubectl logs and exec after a VIP move (tunnel and stream on replica b)", wait_for,
              "logs through replica b", 60, after_move)
+
+        def rotation():
+            # A renewed pair, signed by CloudCore's CA (kubeedge/casecret) with the subject and
+            # usages CloudCore gives edge certificates, replaces the files as a rotation does.
+            certs = os.path.join(e.dir, "certs")
+            data = json.loads(kubectl("-n", "kubeedge", "get", "secret", "casecret", "-o", "json"))["data"]
+            with tempfile.TemporaryDirectory() as d:
+                f = lambda n: os.path.join(d, n)  # noqa: E731
+                open(f("ca.der"), "wb").write(base64.b64decode(data["cadata"]))
+                open(f("cakey.der"), "wb").write(base64.b64decode(data["cakeydata"]))
+                rc.run("openssl", "x509", "-inform", "DER", "-in", f("ca.der"), "-out", f("ca.pem"))
+                if rc.run("openssl", "pkey", "-inform", "DER", "-in", f("cakey.der"), "-out", f("cakey.pem"),
+                          check_rc=False).returncode != 0:
+                    rc.run("openssl", "ec", "-inform", "DER", "-in", f("cakey.der"), "-out", f("cakey.pem"))
+                subj = rc.run("openssl", "x509", "-noout", "-subject", "-nameopt", "compat", "-in",
+                              os.path.join(certs, "server.crt")).stdout.strip().removeprefix("subject=")
+                rc.run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                       "-keyout", f("new.key"), "-subj", subj, "-out", f("new.csr"))
+                open(f("ext"), "w").write("extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n")
+                rc.run("openssl", "x509", "-req", "-in", f("new.csr"), "-CA", f("ca.pem"), "-CAkey", f("cakey.pem"),
+                       "-CAcreateserial", "-days", "2", "-extfile", f("ext"), "-out", f("new.crt"))
+                fp = rc.run("openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", f("new.crt")).stdout
+                fp = fp.strip().split("=", 1)[1].replace(":", "")[:16]
+                os.chmod(f("new.key"), 0o600)
+                shutil.copy(f("new.key"), os.path.join(certs, "server.key.new"))
+                shutil.copy(f("new.crt"), os.path.join(certs, "server.crt.new"))
+            os.replace(os.path.join(certs, "server.key.new"), os.path.join(certs, "server.key"))
+            os.replace(os.path.join(certs, "server.crt.new"), os.path.join(certs, "server.crt"))
+            wait_for("the tunnel dialled with the renewed pair", 30,
+                     lambda: f"cert={fp}" in e.log() or f'cert="{fp}"' in e.log())
+            def through_new_tunnel():
+                check("file-greeting=" in logs(), "no logs after the rotation")
+                p = kc("exec", "-i", pod, "--", "sh", "-c", 'read a; echo "got $a"', input="after the rotation\n")
+                check(p.stdout == "got after the rotation\n", f"exec -i after the rotation: {p.stdout!r} {p.stderr.strip()!r}")
+            wait_for("logs and exec through the new tunnel", 60, lambda: through_new_tunnel() or True, interval=2)
+            return f"tunnel dialled again with certificate {fp}…; logs and exec -i through it"
+        step(s, "kubectl logs and exec after a certificate rotation", rotation)
         check(e.alive(), "edgecore exited")
     finally:
         try:
