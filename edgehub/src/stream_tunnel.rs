@@ -890,9 +890,11 @@ mod tests {
     #[tokio::test]
     async fn a_renewed_pair_on_disk_ends_the_tunnel_so_it_is_dialled_with_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut files = config::EdgeHub::default();
-        files.tls_cert_file = dir.path().join("server.crt");
-        files.tls_private_key_file = dir.path().join("server.key");
+        let files = config::EdgeHub {
+            tls_cert_file: dir.path().join("server.crt"),
+            tls_private_key_file: dir.path().join("server.key"),
+            ..config::EdgeHub::default()
+        };
         std::fs::write(&files.tls_cert_file, "old certificate").expect("write");
         std::fs::write(&files.tls_private_key_file, "old key").expect("write");
         let stamp = files_stamp(&files).await;
