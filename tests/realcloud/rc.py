@@ -207,6 +207,9 @@ class Edge:
                     enable=True, server=f"{VIP}:10024", tlsTunnelCAFile=h["tlsCaFile"],
                     tlsTunnelCertFile=h["tlsCertFile"], tlsTunnelPrivateKeyFile=h["tlsPrivateKeyFile"])
                 c["modules"]["edged"]["nodeIP"] = VIP
+                if self.kind == "go":
+                    # KubeEdge's edgestream relays to the kubelet's read-only port, 127.0.0.1:10350.
+                    c["modules"]["edged"]["tailoredKubeletConfig"]["readOnlyPort"] = 10350
             c["modules"]["edged"]["tailoredKubeletConfig"].update(kubelet or {})
             c["modules"]["metaManager"]["metaServer"].update(meta_server or {})
             if feature_gates:
@@ -214,7 +217,7 @@ class Edge:
             with open(self.config_path, "w") as f:
                 yaml.safe_dump(c, f, default_flow_style=False, sort_keys=False)
         env = dict(os.environ)
-        env["RUST_LOG"] = "info,edgecore::metamanager=debug"
+        env["RUST_LOG"] = os.environ.get("EDGE_RUST_LOG", "info,edgecore::metamanager=debug")
         log = open(self.log_path, "a")
         log.write(f"\n==== {time.strftime('%T')} start {self.kind} edgecore for {self.node}\n")
         log.flush()

@@ -1442,7 +1442,111 @@ def edgestream():
             teardown(e, [pod, crashing, web_pod], node)
 
 
-BENCHMARKS = {"podbench": podbench}
+def streambench():
+    """EdgeStream through the real kube-apiserver and cloudStream, for our edgecore and
+    KubeEdge's: time to the first byte of `pods/log` (STREAMBENCH_RUNS requests), `exec` session
+    set-up and the round trip of a line through `exec -i cat`, and the agent's VmRSS with 10
+    concurrent `kubectl logs -f`. A benchmark: prints numbers; fails only when a stream fails.
+    STREAMBENCH_KINDS (default `rust,go`) picks the agents."""
+    from kubernetes import client, config as kconfig
+    from kubernetes.stream import stream
+
+    s = "streambench"
+    runs = int(os.environ.get("STREAMBENCH_RUNS", "30"))
+    kconfig.load_kube_config(rc.KUBECONFIG)
+    api = client.CoreV1Api()
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+    for kind in os.environ.get("STREAMBENCH_KINDS", "rust,go").split(","):
+        node, pod = f"rc-sb-{kind}", f"rc-sb-{kind}-app"
+        e = Edge(node, kind=kind)
+        followers = []
+        try:
+            e.start(edge_stream=True)
+            wait_for("Node Ready", 90, lambda: (rc.condition(kget("node", node), "Ready") or {}).get("status") == "True")
+            rc.apply(rc.app_pod(pod, node))
+            wait_for("pod Running", 90, lambda: rc.pod_running(pod))
+            def tail():
+                try:
+                    return "file-greeting=" in api.read_namespaced_pod_log(pod, "default", tail_lines=1,
+                                                                            _request_timeout=10)
+                except client.exceptions.ApiException as err:
+                    raise Failed(f"{err.status}: {err.body}") from err
+                except Exception as err:  # a read timeout: the stream never answered
+                    raise Failed(f"{type(err).__name__}: {err}") from err
+            wait_for("logs through the tunnel", 150, tail, interval=2)
+            first = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                r = api.read_namespaced_pod_log(pod, "default", tail_lines=1, _preload_content=False,
+                                                _request_timeout=10)
+                check(r.read(1), "an empty log answer")
+                first.append(time.perf_counter() - t0)
+                r.release_conn()
+            setup, rtt = [], []
+            for _ in range(max(5, runs // 3)):
+                t0 = time.perf_counter()
+                # Until the exec's status frame (channel 3), not until the WebSocket closes:
+                # cloudStream keeps the API server's side open until that side sends again.
+                ws = stream(api.connect_get_namespaced_pod_exec, pod, "default", command=["echo", "ok"],
+                            stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+                try:
+                    out, status = "", ""
+                    while True:
+                        ws.update(timeout=10)
+                        out += ws.read_stdout(timeout=0) or ""
+                        status = ws.read_channel(3, timeout=0)
+                        if status:
+                            break
+                        check(ws.is_open(), f"the exec stream closed before its status; stdout {out!r}")
+                finally:
+                    ws.close()
+                check(out.strip() == "ok" and '"Success"' in status, f"exec answered {out!r}, status {status!r}")
+                setup.append(time.perf_counter() - t0)
+            ws = stream(api.connect_get_namespaced_pod_exec, pod, "default", command=["cat"],
+                        stderr=True, stdin=True, stdout=True, tty=False, _preload_content=False)
+            try:
+                for i in range(runs):
+                    line = f"line-{i}\n"
+                    t0 = time.perf_counter()
+                    ws.write_stdin(line)
+                    got = ""
+                    while not got.endswith(line):
+                        ws.update(timeout=10)
+                        check(ws.is_open(), "the exec stream closed")
+                        got += ws.read_stdout(timeout=0) or ""
+                    rtt.append(time.perf_counter() - t0)
+            finally:
+                ws.close()
+            idle = max(vm_rss_kb(e.proc.pid) for _ in range(3))
+            for _ in range(10):
+                followers.append(subprocess.Popen(["kubectl", "--kubeconfig", rc.KUBECONFIG, "logs", "-f", pod],
+                                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
+            for f in followers:
+                check(f.stdout.readline(), "a logs -f stream gave nothing")
+            samples = []
+            for _ in range(10):
+                time.sleep(0.5)
+                samples.append(vm_rss_kb(e.proc.pid))
+            check(all(f.poll() is None for f in followers), "a logs -f stream ended")
+            R.ok(s, f"{kind} edgecore",
+                 f"first log byte p50 {pct(first, 0.5):.0f} ms, p99 {pct(first, 0.99):.0f} ms ({runs} requests); "
+                 f"exec set-up p50 {pct(setup, 0.5):.0f} ms; exec -i line round trip p50 {pct(rtt, 0.5):.1f} ms, "
+                 f"p99 {pct(rtt, 0.99):.1f} ms; VmRSS idle {idle / 1024:.1f} MiB, with 10 logs -f "
+                 f"{max(samples) / 1024:.1f} MiB")
+        except Failed as err:
+            R.fail(s, f"{kind} edgecore: {err}")
+        finally:
+            for f in followers:
+                f.kill()
+                f.wait(timeout=10)
+            teardown(e, [pod], node)
+
+
+BENCHMARKS = {"podbench": podbench, "streambench": streambench}
 
 SCENARIOS = {
     "bootstrap": bootstrap,
