@@ -413,11 +413,11 @@ class NodeWatch(threading.Thread):
             self.join(timeout=10)
 
 
-def app_pod(name, node, cm=None, secret=None, grace=5, extra_env=None):
+def app_pod(name, node, cm=None, secret=None, grace=5, extra_env=None, script=None):
     """A hostNetwork pod that prints its env, then the configmap's `greeting` file every second,
-    and exits on SIGTERM."""
+    and exits on SIGTERM; `script` replaces that shell script."""
     sa = "/var/run/secrets/kubernetes.io/serviceaccount"
-    script = ("trap 'exit 0' TERM; echo env-greeting=$GREETING env-password=$PASSWORD; "
+    script = script or ("trap 'exit 0' TERM; echo env-greeting=$GREETING env-password=$PASSWORD; "
               f"t=$(cat {sa}/token 2>/dev/null); echo sa-token-bytes=${{#t}}; "
               f"echo sa-namespace=$(cat {sa}/namespace 2>/dev/null); "
               f"c=$(cat {sa}/ca.crt 2>/dev/null); case \"$c\" in '-----BEGIN CERTIFICATE-----'*) echo sa-ca=pem;; *) echo sa-ca=none;; esac; "

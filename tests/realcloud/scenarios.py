@@ -1271,10 +1271,8 @@ def edgestream():
         step(s, "kubectl logs -f while the container writes", follow)
 
         def previous():
-            crash = rc.app_pod(crashing, node)
-            crash["spec"]["containers"][0]["command"] = [
-                "/bin/sh", "-c", 'read up _ < /proc/uptime; echo "run at $up"; sleep 2; exit 1']
-            rc.apply(crash)
+            rc.apply(rc.app_pod(crashing, node,
+                                script='read up _ < /proc/uptime; echo "run at $up"; sleep 2; exit 1'))
             wait_for("a restart", 90, lambda: ((kget("pod", crashing) or {}).get("status", {})
                                                .get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 1)
             p = rc.run("kubectl", "--kubeconfig", rc.KUBECONFIG, "logs", crashing, "--previous",
@@ -1356,10 +1354,8 @@ def edgestream():
             # and an error channel, each opened by the port number, every frame led by its
             # channel byte), through containerd's streaming server to a port in the pod.
             import websocket  # websocket-client, from the venv's kubernetes client
-            web = rc.app_pod(web_pod, node)
-            web["spec"]["containers"][0]["command"] = [
-                "/bin/sh", "-c", "echo forwarded-ok > /tmp/index.html; exec busybox httpd -f -p 18089 -h /tmp"]
-            rc.apply(web)
+            rc.apply(rc.app_pod(web_pod, node,
+                                script="echo forwarded-ok > /tmp/index.html; exec busybox httpd -f -p 18089 -h /tmp"))
             wait_for("web pod Running", 90, lambda: rc.pod_running(web_pod))
             ws = websocket.create_connection(
                 f"ws://127.0.0.1:10350/portForward/default/{web_pod}?port=18089",
