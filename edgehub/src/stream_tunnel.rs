@@ -730,7 +730,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn exec_bytes_flow_both_ways_between_cloudstream_and_the_local_server() {
+    async fn exec_bytes_flow_both_ways_and_bad_frames_close_only_their_own_stream() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // The local kubelet-style server: takes the upgrade, answers 101, echoes upper-cased.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -781,7 +781,28 @@ mod tests {
             })
         };
         let connect = br#"{"MessID":7,"url":{"Scheme":"http","Host":"127.0.0.1:10350","Path":"/exec/default/web/app","RawQuery":"command=ls&stdout=1","Fragment":""},"header":{"Connection":["Upgrade"],"Upgrade":["SPDY/3.1"],"X-Stream-Protocol-Version":["v4.channel.k8s.io","v3.channel.k8s.io"]},"method":"POST"}"#;
+        // Before the good stream: a truncated frame, a frame of no known type, an exec connect
+        // that does not parse (stream 5) and data for no stream. None may touch stream 7.
+        cloud_write
+            .write_all(&raw_ws::text_bytes(vec![0x80]))
+            .await
+            .expect("cloud writes");
         for frame in [
+            Frame {
+                id: 3,
+                kind: 99,
+                data: b"?".to_vec(),
+            },
+            Frame {
+                id: 5,
+                kind: EXEC_CONNECT,
+                data: br#"{"url": {"Path": "/exec/def"#.to_vec(),
+            },
+            Frame {
+                id: 9,
+                kind: DATA,
+                data: b"stray".to_vec(),
+            },
             Frame {
                 id: 7,
                 kind: EXEC_CONNECT,
@@ -798,13 +819,19 @@ mod tests {
                 .await
                 .expect("cloud writes");
         }
-        // What the edge sends back for stream 7, until the echo has come through.
+        // What the edge sends back: stream 5 refused, stream 7's bytes until the echo is in.
         let mut reader = raw_ws::Reader::new(Vec::new(), MAX_FRAME);
         let mut back = Vec::new();
-        while !back.ends_with(b"SPDY BYTES") {
+        let mut refused = false;
+        while !(back.ends_with(b"SPDY BYTES") && refused) {
             match reader.next().expect("readable frames") {
                 Some(raw_ws::Incoming::Data(bytes)) => {
                     let f = Frame::decode(&bytes).expect("a tunnel frame");
+                    if f.id == 5 {
+                        assert_eq!(f.kind, REMOVE_CONNECT, "the unparsable connect is closed");
+                        refused = true;
+                        continue;
+                    }
                     assert_eq!((f.id, f.kind), (7, DATA));
                     back.extend_from_slice(&f.data);
                 }
