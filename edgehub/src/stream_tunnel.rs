@@ -377,7 +377,10 @@ where
                             id = frame.id,
                             "edgestream stream's local connection fell {INBOUND} frames behind; closed"
                         );
-                        stream.stop.cancel();
+                        // Its task sends REMOVE_CONNECT; later data for it is dropped quietly.
+                        if let Some(stream) = streams.remove(&frame.id) {
+                            stream.stop.cancel();
+                        }
                     }
                 }
                 CLOSE_CONNECT => {
@@ -523,7 +526,11 @@ async fn relay_upgrade(
                     Err(e) => return Err(format!("local server: {e}")),
                 },
                 Some(data) = from_cloud.recv() => {
-                    write.write_all(&data).await.map_err(|e| format!("local server: {e}"))?;
+                    // A local side that stops reading must not keep the stream past its stop.
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok("closed while the local server was not reading"),
+                        w = write.write_all(&data) => w.map_err(|e| format!("local server: {e}"))?,
+                    }
                 }
             }
         }
@@ -874,6 +881,151 @@ mod tests {
             2,
             "{head}"
         );
+        cancel.cancel();
+        assert_eq!(tunnel.await.expect("serve does not panic"), "shutting down");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_local_side_stops_reading_is_closed_and_the_others_go_on() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The local server answers 101 to every upgrade; `/stuck/` connections are then never
+        // read (held open), the others echo upper-cased.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let (held_tx, _held) = mpsc::channel::<tokio::net::TcpStream>(4);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let held_tx = held_tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        s.read_exact(&mut byte).await.expect("head");
+                        head.push(byte[0]);
+                    }
+                    s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+                        .await
+                        .expect("write");
+                    if String::from_utf8_lossy(&head).contains("/stuck/") {
+                        let _ = held_tx.send(s).await;
+                        return;
+                    }
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        if s.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+
+        let (edge, cloud) = tokio::io::duplex(64 * 1024);
+        let (mut cloud_read, mut cloud_write) = tokio::io::split(cloud);
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let tunnel = {
+            let (cancel, tracker) = (cancel.clone(), tracker.clone());
+            tokio::spawn(async move {
+                serve(
+                    edge,
+                    Vec::new(),
+                    Duration::from_secs(15),
+                    local,
+                    std::future::pending(),
+                    &cancel,
+                    &tracker,
+                )
+                .await
+            })
+        };
+        // Every frame the edge sends, decoded.
+        let (seen_tx, mut seen) = mpsc::channel::<Frame>(1024);
+        tokio::spawn(async move {
+            let mut reader = raw_ws::Reader::new(Vec::new(), MAX_FRAME);
+            loop {
+                match reader.next().expect("readable frames") {
+                    Some(raw_ws::Incoming::Data(bytes)) => {
+                        let f = Frame::decode(&bytes).expect("a tunnel frame");
+                        if seen_tx.send(f).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(_) => {}
+                    None => match cloud_read.read_buf(reader.buffer()).await {
+                        Ok(1..) => {}
+                        _ => return,
+                    },
+                }
+            }
+        });
+        let connect = |path: &str| {
+            format!(
+                r#"{{"url":{{"Path":"{path}","RawQuery":"command=cat&stdin=1"}},"header":{{"Connection":["Upgrade"],"Upgrade":["SPDY/3.1"]}},"method":"POST"}}"#
+            )
+            .into_bytes()
+        };
+        let frame = |id, kind, data: &[u8]| {
+            raw_ws::text_bytes(
+                Frame {
+                    id,
+                    kind,
+                    data: data.to_vec(),
+                }
+                .encode(),
+            )
+        };
+        // Waits for stream 12's echo to end with `want`.
+        async fn echoed(seen: &mut mpsc::Receiver<Frame>, want: &[u8]) {
+            let mut got = Vec::new();
+            while !got.ends_with(want) {
+                let f = seen.recv().await.expect("the tunnel is up");
+                if f.id == 12 {
+                    assert_eq!(f.kind, DATA, "stream 12 stays open");
+                    got.extend_from_slice(&f.data);
+                }
+            }
+        }
+        for bytes in [
+            frame(11, EXEC_CONNECT, &connect("/exec/default/stuck/app")),
+            frame(12, EXEC_CONNECT, &connect("/exec/default/web/app")),
+            frame(12, DATA, b"hello"),
+        ] {
+            cloud_write.write_all(&bytes).await.expect("cloud writes");
+        }
+        echoed(&mut seen, b"HELLO").await;
+
+        // Stream 11's local side reads nothing: once the socket buffers and its queue are
+        // full, the edge closes it (and only it).
+        let chunk = frame(11, DATA, &vec![b'x'; 64 * 1024]);
+        let mut closed = false;
+        let mut other = Vec::new();
+        for _ in 0..2000 {
+            cloud_write.write_all(&chunk).await.expect("cloud writes");
+            while let Ok(f) = seen.try_recv() {
+                if (f.id, f.kind) == (11, REMOVE_CONNECT) {
+                    closed = true;
+                } else {
+                    other.push((f.id, f.kind));
+                }
+            }
+            if closed {
+                break;
+            }
+        }
+        assert!(closed, "the stuck stream was never closed");
+        assert!(
+            other.iter().all(|&(id, kind)| id == 11 && kind == DATA),
+            "{other:?}"
+        );
+        // The tunnel and stream 12 were not held up.
+        cloud_write
+            .write_all(&frame(12, DATA, b"again"))
+            .await
+            .expect("cloud writes");
+        echoed(&mut seen, b"AGAIN").await;
         cancel.cancel();
         assert_eq!(tunnel.await.expect("serve does not panic"), "shutting down");
     }
