@@ -644,11 +644,46 @@ mod tests {
         edge: tokio::io::DuplexStream,
         read_deadline: Duration,
     ) -> tokio::task::JoinHandle<String> {
+        // Nothing listens there; no request reaches it in these tests.
+        let local = SocketAddr::from(([127, 0, 0, 1], 9));
+        spawn_serve(edge, read_deadline, local, CancellationToken::new())
+    }
+
+    /// The local server's side of an upgrade: reads the request head, answers 101.
+    async fn take_upgrade(s: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).await.expect("head");
+            head.push(byte[0]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .expect("write");
+        String::from_utf8(head).expect("ascii head")
+    }
+
+    /// Echoes what arrives, upper-cased, until the connection ends.
+    async fn echo_upper_cased(mut s: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            if s.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    /// The tunnel's session over `edge`, relaying to `local`, until `cancel`.
+    fn spawn_serve(
+        edge: tokio::io::DuplexStream,
+        read_deadline: Duration,
+        local: SocketAddr,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<String> {
         tokio::spawn(async move {
-            let cancel = CancellationToken::new();
             let tracker = TaskTracker::new();
-            // Nothing listens there; no request reaches it in these tests.
-            let local = SocketAddr::from(([127, 0, 0, 1], 9));
             serve(
                 edge,
                 Vec::new(),
@@ -746,47 +781,15 @@ mod tests {
         let local = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.expect("accept");
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                s.read_exact(&mut byte).await.expect("head");
-                head.push(byte[0]);
-            }
-            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
-                .await
-                .expect("write");
-            let mut buf = [0u8; 64];
-            loop {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => s
-                        .write_all(&buf[..n].to_ascii_uppercase())
-                        .await
-                        .expect("echo"),
-                }
-            }
-            String::from_utf8(head).expect("ascii head")
+            let head = take_upgrade(&mut s).await;
+            echo_upper_cased(s).await;
+            head
         });
 
         let (edge, cloud) = tokio::io::duplex(64 * 1024);
         let (mut cloud_read, mut cloud_write) = tokio::io::split(cloud);
         let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let tunnel = {
-            let (cancel, tracker) = (cancel.clone(), tracker.clone());
-            tokio::spawn(async move {
-                serve(
-                    edge,
-                    Vec::new(),
-                    Duration::from_secs(15),
-                    local,
-                    std::future::pending(),
-                    &cancel,
-                    &tracker,
-                )
-                .await
-            })
-        };
+        let tunnel = spawn_serve(edge, Duration::from_secs(15), local, cancel.clone());
         let connect = br#"{"MessID":7,"url":{"Scheme":"http","Host":"127.0.0.1:10350","Path":"/exec/default/web/app","RawQuery":"command=ls&stdout=1","Fragment":""},"header":{"Connection":["Upgrade"],"Upgrade":["SPDY/3.1"],"X-Stream-Protocol-Version":["v4.channel.k8s.io","v3.channel.k8s.io"]},"method":"POST"}"#;
         // Before the good stream: a truncated frame, a frame of no known type, an exec connect
         // that does not parse (stream 5) and data for no stream. None may touch stream 7.
@@ -899,24 +902,10 @@ mod tests {
             while let Ok((mut s, _)) = listener.accept().await {
                 let held_tx = held_tx.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        s.read_exact(&mut byte).await.expect("head");
-                        head.push(byte[0]);
-                    }
-                    s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
-                        .await
-                        .expect("write");
-                    if String::from_utf8_lossy(&head).contains("/stuck/") {
+                    if take_upgrade(&mut s).await.contains("/stuck/") {
                         let _ = held_tx.send(s).await;
-                        return;
-                    }
-                    let mut buf = [0u8; 64];
-                    while let Ok(n @ 1..) = s.read(&mut buf).await {
-                        if s.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
-                            break;
-                        }
+                    } else {
+                        echo_upper_cased(s).await;
                     }
                 });
             }
@@ -925,22 +914,7 @@ mod tests {
         let (edge, cloud) = tokio::io::duplex(64 * 1024);
         let (mut cloud_read, mut cloud_write) = tokio::io::split(cloud);
         let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let tunnel = {
-            let (cancel, tracker) = (cancel.clone(), tracker.clone());
-            tokio::spawn(async move {
-                serve(
-                    edge,
-                    Vec::new(),
-                    Duration::from_secs(15),
-                    local,
-                    std::future::pending(),
-                    &cancel,
-                    &tracker,
-                )
-                .await
-            })
-        };
+        let tunnel = spawn_serve(edge, Duration::from_secs(15), local, cancel.clone());
         // Every frame the edge sends, decoded.
         let (seen_tx, mut seen) = mpsc::channel::<Frame>(1024);
         tokio::spawn(async move {
