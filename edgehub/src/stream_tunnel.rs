@@ -247,16 +247,16 @@ impl Connect {
             return None;
         }
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {local}\r\n");
-        let mut names: Vec<_> = self.header.keys().collect();
-        names.sort();
-        for name in names {
+        let mut headers: Vec<_> = self.header.iter().collect();
+        headers.sort_by_key(|(name, _)| *name);
+        for (name, values) in headers {
             if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
                 continue;
             }
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
                 return None;
             }
-            for value in &self.header[name] {
+            for value in values {
                 if value.bytes().any(|b| b == b'\r' || b == b'\n') {
                     return None;
                 }
