@@ -118,11 +118,18 @@ impl KubeletServer {
                     let dir = Arc::clone(&dir);
                     let runtime = runtime.clone();
                     let cancel = cancel.clone();
+                    let upgraded = conns.clone();
                     conns.spawn(async move {
+                        let stop = cancel.clone();
                         let service = service_fn(move |req: Request<Incoming>| {
                             let dir = Arc::clone(&dir);
                             let runtime = runtime.clone();
-                            async move { Ok::<_, Infallible>(answer(&dir, runtime, req).await) }
+                            let (stop, upgraded) = (stop.clone(), upgraded.clone());
+                            async move {
+                                Ok::<_, Infallible>(
+                                    answer(&dir, runtime, req, &stop, &upgraded).await,
+                                )
+                            }
                         });
                         let conn = http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
@@ -145,10 +152,14 @@ fn text(code: StatusCode, body: String) -> Response<ServerBody> {
     resp
 }
 
+/// Answers one request; an upgraded exec, attach or port-forward connection goes on in a task
+/// of `upgraded` until either side ends it or `stop`.
 async fn answer(
     dir: &std::path::Path,
     runtime: Option<Arc<dyn Runtime>>,
     req: Request<Incoming>,
+    stop: &CancellationToken,
+    upgraded: &TaskTracker,
 ) -> Response<ServerBody> {
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -159,7 +170,7 @@ async fn answer(
                 format!("{path} is not served here: no container runtime\n"),
             );
         };
-        return match streaming::serve(runtime, target, req).await {
+        return match streaming::serve(runtime, target, req, stop, upgraded).await {
             Ok(resp) => resp,
             Err(Refusal(code, why)) => {
                 tracing::info!(path, %code, why, "streaming request refused");

@@ -11,6 +11,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HOST, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::runtime::{ContainerState, Runtime, RuntimeError, StreamIo, StreamRequest};
 
@@ -199,17 +201,20 @@ pub(crate) async fn runtime_request(
     })
 }
 
-/// Serves one streaming request: asks the runtime for its URL and proxies the upgrade there.
+/// Serves one streaming request: asks the runtime for its URL and proxies the upgrade there,
+/// the joined connections in a task of `upgraded` that ends with them or at `stop`.
 pub(crate) async fn serve(
     runtime: Arc<dyn Runtime>,
     target: Target<'_>,
     req: Request<Incoming>,
+    stop: &CancellationToken,
+    upgraded: &TaskTracker,
 ) -> Result<Response<crate::kubelet_server::ServerBody>, Refusal> {
     let query = req.uri().query().unwrap_or("").to_owned();
     let request = runtime_request(runtime.as_ref(), &target, &query).await?;
     let url = runtime.stream_url(&request).await?;
     tracing::info!(?target, "streaming request proxied to the runtime");
-    proxy_upgrade(req, &url).await
+    proxy_upgrade(req, &url, stop, upgraded).await
 }
 
 /// Sends `req` (an upgrade request) to `url` and, once that answers `101`, joins the two
@@ -217,6 +222,8 @@ pub(crate) async fn serve(
 async fn proxy_upgrade(
     mut req: Request<Incoming>,
     url: &str,
+    stop: &CancellationToken,
+    upgraded: &TaskTracker,
 ) -> Result<Response<crate::kubelet_server::ServerBody>, Refusal> {
     let internal = |why: String| Refusal(StatusCode::INTERNAL_SERVER_ERROR, why);
     let uri: Uri = url
@@ -281,19 +288,26 @@ async fn proxy_upgrade(
         );
     }
     let runtime_side = hyper::upgrade::on(answer);
-    tokio::spawn(async move {
-        let (client, runtime) = tokio::join!(client_side, runtime_side);
-        match (client, runtime) {
-            (Ok(client), Ok(runtime)) => {
-                let mut client = TokioIo::new(client);
-                let mut runtime = TokioIo::new(runtime);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut runtime).await {
-                    tracing::debug!(error = %e, "streaming connection ended");
+    let stop = stop.clone();
+    upgraded.spawn(async move {
+        let joined = async {
+            let (client, runtime) = tokio::join!(client_side, runtime_side);
+            match (client, runtime) {
+                (Ok(client), Ok(runtime)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut runtime = TokioIo::new(runtime);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut runtime).await {
+                        tracing::debug!(error = %e, "streaming connection ended");
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::info!(error = %e, "streaming upgrade failed");
                 }
             }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::info!(error = %e, "streaming upgrade failed");
-            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = joined => {}
         }
     });
     Ok(resp)
